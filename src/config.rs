@@ -1,0 +1,280 @@
+//! rebox.toml: the homelab's names and the server's address.
+//!
+//! Every field has a default equal to the author's homelab, so a real config only needs the
+//! host, the NAS and the Git repository. Unknown fields are errors (a typo must not silently
+//! fall back to a default), and errors name the file, line and field.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::ConnArgs;
+
+pub const DEFAULT_FILE: &str = "rebox.toml";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Name recorded in offline backups and reports.
+    pub cluster_name: String,
+    pub server: Server,
+    pub requirements: Requirements,
+    pub nas: Nas,
+    pub vault: Vault,
+    pub eso: Eso,
+    pub argocd: ArgoCd,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Server {
+    /// Host name, address, or ~/.ssh/config alias. Empty until configured.
+    pub host: String,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    pub identity_files: Vec<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    pub connect_timeout_secs: u64,
+    pub keepalive_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Requirements {
+    pub os_id: String,
+    pub os_version: String,
+    pub architectures: Vec<String>,
+    pub min_cpus: u32,
+    pub min_memory_mib: u64,
+    /// Free space on the filesystem holding /var/lib (k3s and Longhorn data).
+    pub min_disk_gib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Nas {
+    /// Longhorn backup target, e.g. nfs://nas.lan:/volume1/longhorn-backups
+    pub backup_target: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Vault {
+    pub namespace: String,
+    pub pod: String,
+    pub service: String,
+    pub port: u16,
+    pub pvc: String,
+    pub unseal_secret: String,
+    pub unseal_secret_key: String,
+    pub unseal_cronjob: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Eso {
+    pub namespace: String,
+    pub store: String,
+    pub deployments: Vec<String>,
+    pub recovery_cronjob: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArgoCd {
+    pub namespace: String,
+    pub repo_url: String,
+    pub path: String,
+    pub revision: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            cluster_name: "homelab".into(),
+            server: Server::default(),
+            requirements: Requirements::default(),
+            nas: Nas::default(),
+            vault: Vault::default(),
+            eso: Eso::default(),
+            argocd: ArgoCd::default(),
+        }
+    }
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            host: String::new(),
+            port: None,
+            user: None,
+            identity_files: Vec::new(),
+            known_hosts: None,
+            connect_timeout_secs: 15,
+            keepalive_secs: 15,
+        }
+    }
+}
+
+impl Default for Requirements {
+    fn default() -> Self {
+        Requirements {
+            os_id: "ubuntu".into(),
+            os_version: "26.04".into(),
+            architectures: vec!["x86_64".into(), "aarch64".into()],
+            min_cpus: 2,
+            min_memory_mib: 3800,
+            min_disk_gib: 40,
+        }
+    }
+}
+
+impl Default for Nas {
+    fn default() -> Self {
+        Nas {
+            backup_target: "nfs://nas.lan:/volume1/longhorn-backups".into(),
+        }
+    }
+}
+
+impl Default for Vault {
+    fn default() -> Self {
+        Vault {
+            namespace: "security".into(),
+            pod: "vault-0".into(),
+            service: "vault".into(),
+            port: 8200,
+            pvc: "vault-data-lh".into(),
+            unseal_secret: "vault-unseal-key".into(),
+            unseal_secret_key: "key".into(),
+            unseal_cronjob: "vault-auto-unseal".into(),
+        }
+    }
+}
+
+impl Default for Eso {
+    fn default() -> Self {
+        Eso {
+            namespace: "security".into(),
+            store: "k8s-secrets".into(),
+            deployments: vec![
+                "external-secrets".into(),
+                "external-secrets-webhook".into(),
+                "external-secrets-cert-controller".into(),
+            ],
+            recovery_cronjob: "eso-recovery".into(),
+        }
+    }
+}
+
+impl Default for ArgoCd {
+    fn default() -> Self {
+        ArgoCd {
+            namespace: "argocd".into(),
+            repo_url: String::new(),
+            path: "clusters/homelab".into(),
+            revision: "HEAD".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a config file's text. The error names the line, column and field.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config> {
+        toml::from_str(text).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not a valid rebox config:\n{}\nFix the line above (`rebox init --defaults -o example.toml` writes a commented example).",
+                origin.display(),
+                e.to_string().trim_end()
+            )
+        })
+    }
+
+    /// Loads the config: the explicit file (which must exist), else ./rebox.toml, else
+    /// ~/.config/rebox/rebox.toml, else the defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<(Config, Option<PathBuf>)> {
+        let candidates: Vec<PathBuf> = match explicit {
+            Some(p) => {
+                if !p.exists() {
+                    anyhow::bail!(
+                        "config file {} does not exist (create one with `rebox init -o {}`)",
+                        p.display(),
+                        p.display()
+                    );
+                }
+                vec![p.to_path_buf()]
+            }
+            None => {
+                let mut c = vec![PathBuf::from(DEFAULT_FILE)];
+                if let Some(dir) = dirs::config_dir() {
+                    c.push(dir.join("rebox").join(DEFAULT_FILE));
+                }
+                c
+            }
+        };
+        for path in candidates {
+            if path.exists() {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                let config = Config::parse(&text, &path)?;
+                return Ok((config, Some(path)));
+            }
+        }
+        Ok((Config::default(), None))
+    }
+
+    /// Applies connection flags on top of the `[server]` table.
+    pub fn apply_conn_args(&mut self, args: &ConnArgs) {
+        if let Some(h) = &args.host {
+            self.server.host = h.clone();
+        }
+        if let Some(p) = args.port {
+            self.server.port = Some(p);
+        }
+        if let Some(u) = &args.user {
+            self.server.user = Some(u.clone());
+        }
+        if !args.identity.is_empty() {
+            self.server.identity_files = args.identity.clone();
+        }
+        if let Some(k) = &args.known_hosts {
+            self.server.known_hosts = Some(k.clone());
+        }
+        if let Some(t) = args.connect_timeout {
+            self.server.connect_timeout_secs = t;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_homelab_defaults() {
+        let c = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.vault.pvc, "vault-data-lh");
+        assert_eq!(c.vault.namespace, "security");
+        assert_eq!(c.eso.store, "k8s-secrets");
+        assert_eq!(c.eso.deployments.len(), 3);
+    }
+
+    #[test]
+    fn misspelled_field_names_line_and_field() {
+        let text = "cluster_name = \"x\"\n\n[server]\nhots = \"a\"\n";
+        let err = Config::parse(text, Path::new("r.toml")).unwrap_err().to_string();
+        assert!(err.contains("line 4"), "{err}");
+        assert!(err.contains("hots"), "{err}");
+        assert!(err.contains("r.toml"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_line_and_field() {
+        let text = "[server]\nhost = \"h\"\nport = \"twenty-two\"\n";
+        let err = Config::parse(text, Path::new("r.toml")).unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("port"), "{err}");
+    }
+}

@@ -1,0 +1,1 @@
+//! The offline unseal-key backup: document format and age encryption (issue 3).

@@ -1,0 +1,1 @@
+//! The SSH connection to the server: session, exec, upload, tunnels.

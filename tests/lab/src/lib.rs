@@ -1,0 +1,8 @@
+//! rebox-lab: the simulated homelab rebox's tests and `scripts/demo` run against.
+//! Never part of the shipped binary.
+//!
+//! - [`server`]: a real server stand-in (network namespace, overlay root, real sshd + sudo).
+//! - [`vault`]: the Vault HTTP API stand-in (`lab-vault`).
+
+pub mod server;
+pub mod vault;

@@ -1,0 +1,1 @@
+//! Lab server (issue 2).

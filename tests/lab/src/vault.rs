@@ -1,0 +1,1 @@
+//! Vault stand-in (issue 4).
