@@ -1,16 +1,9 @@
-//! rebox: rebuild a destroyed single-node k3s homelab from a laptop, over SSH.
-
-mod cli;
-mod commands;
-mod config;
-mod embedded;
-mod keys;
-mod remote;
-mod ui;
+//! The `rebox` executable: parse the command line, run the command, report errors.
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use rebox::{cli, commands, ui};
 
 #[cfg(target_env = "musl")]
 #[global_allocator]

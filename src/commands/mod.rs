@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ConnArgs, GlobalArgs};
+use crate::config::Config;
+use crate::remote::{known_hosts, HostKeyPolicy, Target};
 
 mod init;
 mod key;
@@ -28,4 +30,25 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The config with connection flags applied, where to connect, and how to treat host keys.
+pub fn connection_settings(
+    global: &GlobalArgs,
+    conn: &ConnArgs,
+) -> Result<(Config, Target, HostKeyPolicy)> {
+    let (mut config, _) = Config::load(global.config.as_deref())?;
+    config.apply_conn_args(conn);
+    let target = Target::resolve(&config.server)?;
+    let known_hosts = match &config.server.known_hosts {
+        Some(p) => p.clone(),
+        None => known_hosts::default_path()?,
+    };
+    let policy = HostKeyPolicy {
+        known_hosts,
+        accept_new: conn.accept_new_host_key,
+        replace: conn.replace_host_key.clone(),
+        interactive: !global.yes && crate::ui::interactive(),
+    };
+    Ok((config, target, policy))
 }

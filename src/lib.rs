@@ -1,0 +1,14 @@
+//! rebox: rebuild a destroyed single-node k3s homelab from a laptop, over SSH.
+//!
+//! The binary (`main.rs`) is a thin shell around [`commands::run`]; the modules are public so
+//! integration tests can drive the SSH layer directly where the CLI cannot reach (e.g. cutting
+//! an upload at a chosen byte).
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod embedded;
+pub mod keys;
+pub mod preflight;
+pub mod remote;
+pub mod ui;

@@ -1,0 +1,200 @@
+//! Uploading a file: SFTP into a staging file named after its sha256 (so an interrupted upload
+//! resumes from where it stopped), sha256 checked on the server, then installed with mode and
+//! owner under a temporary name and renamed into place (atomic: the destination is either the
+//! old file or the complete new one).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use russh_sftp::client::SftpSession;
+use russh_sftp::protocol::OpenFlags;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use super::{shell_quote, Remote};
+
+/// Staging directory, relative to the SSH user's home (SFTP's starting directory).
+const STAGING: &str = ".cache/rebox/uploads";
+
+/// One file to put on the server.
+pub struct UploadSpec<'a> {
+    pub local: &'a Path,
+    /// Absolute destination path on the server.
+    pub remote: &'a str,
+    /// Octal mode, e.g. 0o755.
+    pub mode: u32,
+    /// `user:group` to own the file.
+    pub owner: &'a str,
+}
+
+/// What an upload did, for reports and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadReport {
+    pub sha256: String,
+    pub size: u64,
+    /// Bytes already on the server from an earlier, interrupted upload.
+    pub resumed_from: u64,
+}
+
+/// sha256 of a local file, hex.
+pub async fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+impl Remote {
+    /// Uploads `spec.local` to `spec.remote`, verified and installed atomically.
+    pub async fn upload(&self, spec: &UploadSpec<'_>) -> Result<UploadReport> {
+        let (sha256, size) = sha256_file(spec.local).await?;
+        let staged = format!("{STAGING}/{sha256}.part");
+        let out = self.exec(&format!("mkdir -p -m 700 {STAGING}")).await?;
+        if !out.success() {
+            anyhow::bail!(
+                "cannot create ~/{STAGING} on the server: {}",
+                out.stderr_str().trim()
+            );
+        }
+
+        let resumed_from = self.send_staged(spec.local, &staged, size).await?;
+        let remote_sum = self
+            .exec(&format!("sha256sum {}", shell_quote(&staged)))
+            .await?;
+        let remote_sum = remote_sum.stdout_str();
+        if remote_sum.split_whitespace().next() != Some(sha256.as_str()) {
+            // A corrupt partial upload must not poison the next attempt.
+            self.exec(&format!("rm -f {}", shell_quote(&staged)))
+                .await?;
+            anyhow::bail!(
+                "the uploaded copy of {} does not match its sha256 on the server; it was deleted\n  next: rerun to upload it again",
+                spec.local.display()
+            );
+        }
+        self.install_staged(&staged, spec, &sha256).await?;
+        Ok(UploadReport {
+            sha256,
+            size,
+            resumed_from,
+        })
+    }
+
+    /// Writes the local file into the staging file, continuing after any bytes already there.
+    /// Returns the offset it resumed from.
+    async fn send_staged(&self, local: &Path, staged: &str, size: u64) -> Result<u64> {
+        let channel = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| self.link_error(e, "opening the SFTP channel"))?;
+        channel
+            .request_subsystem(true, "sftp")
+            .await
+            .map_err(|e| self.link_error(e, "starting SFTP"))?;
+        let sftp = SftpSession::new(channel.into_stream())
+            .await
+            .map_err(|e| self.link_error(e, "starting SFTP"))?;
+
+        let existing = match sftp.metadata(staged).await {
+            Ok(meta) => meta.len(),
+            Err(_) => 0,
+        };
+        let offset = if existing <= size { existing } else { 0 };
+        if offset == size && size > 0 {
+            return Ok(offset);
+        }
+        let flags = if offset == 0 {
+            OpenFlags::WRITE | OpenFlags::CREATE | OpenFlags::TRUNCATE
+        } else {
+            OpenFlags::WRITE
+        };
+        let mut remote = sftp
+            .open_with_flags(staged, flags)
+            .await
+            .map_err(|e| self.link_error(e, "opening the staging file"))?;
+        remote
+            .seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| self.link_error(e, "seeking in the staging file"))?;
+        let mut file = tokio::fs::File::open(local).await?;
+        file.seek(std::io::SeekFrom::Start(offset)).await?;
+        if offset > 0 {
+            tracing::info!(
+                "resuming the upload of {} at byte {offset} of {size}",
+                local.display()
+            );
+        }
+
+        let name = local
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bar = crate::ui::bytes_bar(size, &format!("uploading {name}"));
+        bar.set_position(offset);
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            remote
+                .write_all(&buf[..n])
+                .await
+                .map_err(|e| self.link_error(e, "writing to the server"))?;
+            bar.inc(n as u64);
+        }
+        remote
+            .shutdown()
+            .await
+            .map_err(|e| self.link_error(e, "finishing the upload"))?;
+        let _ = sftp.close().await;
+        bar.finish_and_clear();
+        Ok(offset)
+    }
+
+    /// Installs the staged file with mode and owner under a temporary name next to the
+    /// destination, checks it again, and renames it into place.
+    async fn install_staged(
+        &self,
+        staged: &str,
+        spec: &UploadSpec<'_>,
+        sha256: &str,
+    ) -> Result<()> {
+        let home = self.exec("printf %s \"$HOME\"").await?.stdout_str();
+        let src = format!("{home}/{staged}");
+        let dest = spec.remote;
+        let tmp = format!("{dest}.rebox-new");
+        let script = format!(
+            "set -e; mkdir -p \"$(dirname {d})\"; install -m {mode:o} -o {own} -g {grp} {s} {t}; \
+             sum=$(sha256sum {t} | cut -d' ' -f1); \
+             if [ \"$sum\" != {sha} ]; then rm -f {t}; echo 'sha256 mismatch after install' >&2; exit 3; fi; \
+             sync {t} 2>/dev/null || sync; mv -f {t} {d}; rm -f {s}",
+            d = shell_quote(dest),
+            t = shell_quote(&tmp),
+            s = shell_quote(&src),
+            mode = spec.mode,
+            own = shell_quote(spec.owner.split(':').next().unwrap_or("root")),
+            grp = shell_quote(spec.owner.split(':').nth(1).unwrap_or("root")),
+            sha = shell_quote(sha256),
+        );
+        let out = self.sudo(&script).await?;
+        if !out.success() {
+            anyhow::bail!(
+                "installing {dest} on the server failed: {}",
+                out.stderr_str().trim()
+            );
+        }
+        Ok(())
+    }
+}
