@@ -264,7 +264,9 @@ mod tests {
     #[test]
     fn misspelled_field_names_line_and_field() {
         let text = "cluster_name = \"x\"\n\n[server]\nhots = \"a\"\n";
-        let err = Config::parse(text, Path::new("r.toml")).unwrap_err().to_string();
+        let err = Config::parse(text, Path::new("r.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 4"), "{err}");
         assert!(err.contains("hots"), "{err}");
         assert!(err.contains("r.toml"), "{err}");
@@ -273,7 +275,9 @@ mod tests {
     #[test]
     fn wrong_type_names_line_and_field() {
         let text = "[server]\nhost = \"h\"\nport = \"twenty-two\"\n";
-        let err = Config::parse(text, Path::new("r.toml")).unwrap_err().to_string();
+        let err = Config::parse(text, Path::new("r.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("port"), "{err}");
     }

@@ -10,5 +10,6 @@ struct Files;
 /// The text of an embedded file.
 pub fn text(path: &str) -> Result<String> {
     let file = Files::get(path).with_context(|| format!("embedded file {path} is missing"))?;
-    String::from_utf8(file.data.into_owned()).with_context(|| format!("embedded {path} is not UTF-8"))
+    String::from_utf8(file.data.into_owned())
+        .with_context(|| format!("embedded {path} is not UTF-8"))
 }

@@ -74,14 +74,16 @@ pub fn render(c: &Config) -> Result<String> {
     env.add_filter("tomlstr", |s: String| toml::Value::String(s).to_string());
     let template = crate::embedded::text("rebox.toml.j2")?;
     env.add_template("rebox.toml", &template)?;
-    let out = env.get_template("rebox.toml")?.render(minijinja::context! {
-        cluster_name => c.cluster_name,
-        host => c.server.host,
-        user => c.server.user.clone().unwrap_or_else(|| "homelab".into()),
-        backup_target => c.nas.backup_target,
-        repo_url => c.argocd.repo_url,
-        path => c.argocd.path,
-    })?;
+    let out = env
+        .get_template("rebox.toml")?
+        .render(minijinja::context! {
+            cluster_name => c.cluster_name,
+            host => c.server.host,
+            user => c.server.user.clone().unwrap_or_else(|| "homelab".into()),
+            backup_target => c.nas.backup_target,
+            repo_url => c.argocd.repo_url,
+            path => c.argocd.path,
+        })?;
     Ok(out)
 }
 
