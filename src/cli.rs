@@ -133,56 +133,86 @@ pub enum KeyCommand {
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    printf %s \"$KEY\" | rebox key export --from-stdin -r age1… -o vault-key.age\n  \
+    rebox key export --from-stdin -p -R ~/.ssh/id_ed25519.pub -o vault-key.age < key.txt   \
+    (writes vault-key.pass.age and vault-key.keys.age)")]
 pub struct KeyExportArgs {
-    /// Read the unseal key (one share per line) from standard input
+    /// Read the unseal key from standard input, one share per line (`Unseal Key N: …` lines
+    /// from `vault operator init` work as they are). Without it the key would come from the
+    /// cluster, which is not available yet.
     #[arg(long)]
     pub from_stdin: bool,
-    /// Encrypt to an age recipient (age1…) or SSH public key line (repeatable)
+    /// Encrypt to an age recipient (age1…) or an SSH public key line (repeatable)
     #[arg(short = 'r', long = "recipient", value_name = "RECIPIENT")]
     pub recipients: Vec<String>,
-    /// Encrypt to the recipients listed in FILE (repeatable)
+    /// Encrypt to the recipients listed in FILE, one per line, e.g. ~/.ssh/id_ed25519.pub (repeatable)
     #[arg(short = 'R', long = "recipients-file", value_name = "FILE")]
     pub recipients_files: Vec<PathBuf>,
-    /// Also (or only) encrypt with a passphrase asked on the terminal
+    /// Encrypt with a passphrase typed twice on the terminal. With -r/-R too, two files are
+    /// written (NAME.pass.age and NAME.keys.age), since age allows a passphrase only alone.
     #[arg(short = 'p', long)]
     pub passphrase: bool,
-    /// Identity used to read the written file back before reporting success (repeatable)
+    /// Private key used to decrypt the written file once before reporting success (repeatable)
     #[arg(short = 'i', long = "identity", value_name = "FILE")]
     pub identities: Vec<PathBuf>,
-    /// Output file
+    /// Output file (created with mode 0600)
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: PathBuf,
+    /// ASCII-armored output (the default; accepted for age muscle memory)
+    #[arg(short = 'a', long, conflicts_with = "binary")]
+    pub armor: bool,
     /// Binary age output instead of ASCII armor
     #[arg(long)]
     pub binary: bool,
-    /// Overwrite an existing output file
+    /// Replace an existing output file (only after the new one is written and verified)
     #[arg(long)]
     pub force: bool,
-    /// Also write a printable page next to the output (FILE.paper.txt)
+    /// Also write a printable page next to each output (FILE.paper.txt): the armored text,
+    /// fingerprints, date and the `age -d` command that recovers the key
     #[arg(long)]
     pub paper: bool,
-    /// Extra named secret to store from an environment variable: NAME=ENVVAR (repeatable)
+    /// Cluster name recorded in the backup [default: `cluster_name` from rebox.toml]
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+    /// Shares Vault needs to unseal [default: the number of shares given]
+    #[arg(long, value_name = "N")]
+    pub threshold: Option<u32>,
+    /// Shares Vault made in total [default: the number of shares given]
+    #[arg(long = "share-count", value_name = "N")]
+    pub share_count: Option<u32>,
+    /// Also store a named secret read from an environment variable: NAME=ENVVAR (repeatable)
     #[arg(long = "extra-from-env", value_name = "NAME=ENVVAR")]
     pub extra_from_env: Vec<String>,
+    /// Also store a named secret read from a file: NAME=FILE (repeatable)
+    #[arg(long = "extra-from-file", value_name = "NAME=FILE")]
+    pub extra_from_file: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct KeyVerifyArgs {
-    /// Identity file (age or SSH private key); without one a passphrase is asked
+    /// Identity file (age or SSH private key, repeatable); a passphrase file asks on the terminal
     #[arg(short = 'i', long = "identity", value_name = "FILE")]
     pub identities: Vec<PathBuf>,
+    /// Also compare the fingerprints with the key in the cluster's Secret (needs the cluster
+    /// client, not yet available)
+    #[arg(long)]
+    pub against_cluster: bool,
     /// Backup file
     pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct KeyShowArgs {
-    /// Identity file (age or SSH private key); without one a passphrase is asked
+    /// Identity file (age or SSH private key, repeatable); a passphrase file asks on the terminal
     #[arg(short = 'i', long = "identity", value_name = "FILE")]
     pub identities: Vec<PathBuf>,
-    /// Really print the key
+    /// Really print the key (one share per line on stdout)
     #[arg(long)]
     pub reveal: bool,
+    /// Print this named extra secret instead of the unseal key
+    #[arg(long, value_name = "NAME")]
+    pub extra: Option<String>,
     /// Backup file
     pub file: PathBuf,
 }

@@ -1,11 +1,483 @@
-//! `rebox key export | verify | show` (issue 3).
+//! `rebox key export | verify | show`: the age-encrypted offline backup of the unseal key.
+//!
+//! Thin orchestration over `crate::keys`: parse flags, check every output path before
+//! asking anything, encrypt, write, read back and decrypt, then commit. Secrets only ever
+//! pass through `SecretText` and zeroizing buffers; logs carry paths, counts and
+//! fingerprints, never key text.
 
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{anyhow, bail, Context, Result};
+use zeroize::Zeroizing;
 
-use crate::cli::{GlobalArgs, KeyCommand};
+use crate::cli::{GlobalArgs, KeyCommand, KeyExportArgs, KeyShowArgs, KeyVerifyArgs};
+use crate::config::Config;
+use crate::keys::crypt::{self, NamedRecipient};
+use crate::keys::document::{self, Summary};
+use crate::keys::output::Pending;
+use crate::keys::{passphrase, BackupDocument, KeySource, SecretText};
 
-pub async fn run(_global: &GlobalArgs, _cmd: KeyCommand) -> Result<ExitCode> {
-    anyhow::bail!("`rebox key` is not implemented yet")
+pub async fn run(global: &GlobalArgs, cmd: KeyCommand) -> Result<ExitCode> {
+    match cmd {
+        KeyCommand::Export(args) => export(global, args),
+        KeyCommand::Verify(args) => verify(global, args),
+        KeyCommand::Show(args) => show(args),
+    }
+}
+
+/// How one output file is protected.
+enum Protection {
+    Passphrase,
+    Keys,
+}
+
+/// One file `export` will write, with its optional paper page.
+struct Target {
+    protection: Protection,
+    file: Pending,
+    paper: Option<Pending>,
+}
+
+fn export(global: &GlobalArgs, args: KeyExportArgs) -> Result<ExitCode> {
+    // 1. Everything that can be checked without the key or a passphrase comes first.
+    let recipients = collect_recipients(&args)?;
+    if recipients.is_empty() && !args.passphrase {
+        bail!(
+            "no recipients: pass -r age1… or -R FILE (e.g. -R ~/.ssh/id_ed25519.pub) to encrypt \
+             to keys, and/or -p for a passphrase; nothing was written"
+        );
+    }
+    let identities = load_identities(&args.identities)?;
+    if !args.identities.is_empty() && recipients.is_empty() {
+        eprintln!("note: -i is only used to read back key-encrypted files; the passphrase file is checked with the passphrase");
+    }
+    let cluster = match &args.cluster {
+        Some(c) => c.clone(),
+        None => Config::load(global.config.as_deref())?.0.cluster_name,
+    };
+    let extras = collect_extras(&args)?;
+    let mut targets = plan_targets(&args, !recipients.is_empty())?;
+
+    // 2. The key.
+    let source = if args.from_stdin {
+        KeySource::Stdin
+    } else {
+        KeySource::Cluster
+    };
+    let shares = source.read()?;
+    let given = shares.len() as u32;
+    let share_count = args
+        .share_count
+        .unwrap_or(given.max(args.threshold.unwrap_or(0)));
+    let threshold = args.threshold.unwrap_or(given);
+    let doc = BackupDocument::new(&cluster, threshold, share_count, shares, extras)
+        .context("cannot build the backup document; nothing was written")?;
+    if given < threshold {
+        eprintln!(
+            "warning: this backup holds {given} share(s) but Vault needs {threshold}; \
+             it cannot unseal Vault on its own"
+        );
+    }
+    let text = doc.to_text()?;
+    // What we write must be what we can read: parse our own output before encrypting it.
+    let expected = BackupDocument::parse(text.as_bytes())
+        .map_err(|e| anyhow!("internal error, refusing to write: {e}"))?
+        .summary();
+    tracing::info!(cluster = %cluster, shares = given, threshold, share_count, "backup document built");
+
+    // 3. Encrypt, write, read back, decrypt; nothing is visible until every file checks out.
+    let pass = if args.passphrase {
+        Some(passphrase::ask_new("the backup file")?)
+    } else {
+        None
+    };
+    let armor = !args.binary;
+    let mut reports = Vec::new();
+    for t in &mut targets {
+        let label = t.file.path().display().to_string();
+        let ciphertext = match t.protection {
+            Protection::Passphrase => {
+                let p = pass.as_ref().expect("passphrase asked above");
+                crypt::encrypt_with_passphrase(text.as_bytes(), p, armor)?
+            }
+            Protection::Keys => crypt::encrypt_to_recipients(text.as_bytes(), &recipients, armor)?,
+        };
+        tracing::debug!(file = %label, bytes = ciphertext.len(), armor, "encrypted");
+        t.file.write(&ciphertext)?;
+        let back = t.file.read_back()?;
+        if back != ciphertext {
+            bail!("{label}: what was read back differs from what was written (failing disk or stick?); nothing was written");
+        }
+        let check = read_back_check(&back, &label, t, pass.as_ref(), &identities, &expected)?;
+        tracing::info!(file = %label, check = %check, "read back");
+        if let Some(paper) = &t.paper {
+            let page = paper_page(t, &back, &doc.summary(), &recipients, &args.identities)?;
+            paper.write(page.as_bytes())?;
+            if paper.read_back()? != page.as_bytes() {
+                bail!(
+                    "{}: read-back mismatch; nothing was written",
+                    paper.path().display()
+                );
+            }
+        }
+        reports.push((label, check));
+    }
+    drop(text);
+    for t in targets {
+        let paper = t.paper;
+        t.file.commit()?;
+        if let Some(p) = paper {
+            let shown = p.path().display().to_string();
+            p.commit()?;
+            eprintln!(
+                "wrote {shown} (printable page; contains only encrypted text and fingerprints)"
+            );
+        }
+    }
+    for (label, check) in &reports {
+        eprintln!("wrote {label}: {check}");
+    }
+    print_summary(global, &expected, None, &reports)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every `-r` and `-R`, parsed; errors say which flag was wrong.
+fn collect_recipients(args: &KeyExportArgs) -> Result<Vec<NamedRecipient>> {
+    let mut out = Vec::new();
+    for (n, r) in args.recipients.iter().enumerate() {
+        out.push(crypt::parse_recipient(r).with_context(|| format!("-r recipient #{}", n + 1))?);
+    }
+    for f in &args.recipients_files {
+        out.extend(crypt::read_recipients_file(f)?);
+    }
+    Ok(out)
+}
+
+fn load_identities(paths: &[PathBuf]) -> Result<Vec<Box<dyn age::Identity>>> {
+    let mut ids = Vec::new();
+    for p in paths {
+        ids.extend(crypt::load_identity_file(p)?);
+    }
+    Ok(ids)
+}
+
+/// `--extra-from-env NAME=VAR` and `--extra-from-file NAME=FILE`.
+fn collect_extras(args: &KeyExportArgs) -> Result<Vec<(String, SecretText)>> {
+    let mut out = Vec::new();
+    let split = |spec: &str, flag: &str| -> Result<(String, String)> {
+        let (name, from) = spec
+            .split_once('=')
+            .ok_or_else(|| anyhow!("{flag} expects NAME=…, got `{spec}`"))?;
+        if !document::valid_name(name) {
+            bail!("{flag}: `{name}` is not a valid secret name (letters, digits, '-', '_', '.')");
+        }
+        Ok((name.to_string(), from.to_string()))
+    };
+    for spec in &args.extra_from_env {
+        let (name, var) = split(spec, "--extra-from-env")?;
+        let value = std::env::var(&var).map_err(|_| {
+            anyhow!("--extra-from-env {name}: environment variable {var} is not set (or not UTF-8)")
+        })?;
+        out.push((name, SecretText::new(value.trim().to_owned())));
+    }
+    for spec in &args.extra_from_file {
+        let (name, file) = split(spec, "--extra-from-file")?;
+        let value = Zeroizing::new(
+            std::fs::read_to_string(&file)
+                .with_context(|| format!("--extra-from-file {name}: cannot read {file}"))?,
+        );
+        out.push((name, SecretText::new(value.trim().to_owned())));
+    }
+    Ok(out)
+}
+
+/// Decides the output files and creates their temp files (so an unwritable directory or an
+/// existing file is reported before the key or a passphrase is asked for).
+fn plan_targets(args: &KeyExportArgs, keys: bool) -> Result<Vec<Target>> {
+    let mut plan = Vec::new();
+    match (args.passphrase, keys) {
+        (true, true) => {
+            plan.push((Protection::Passphrase, sibling(&args.output, "pass")));
+            plan.push((Protection::Keys, sibling(&args.output, "keys")));
+        }
+        (true, false) => plan.push((Protection::Passphrase, args.output.clone())),
+        _ => plan.push((Protection::Keys, args.output.clone())),
+    }
+    plan.into_iter()
+        .map(|(protection, path)| {
+            let paper = if args.paper {
+                let mut p = path.clone().into_os_string();
+                p.push(".paper.txt");
+                Some(Pending::create(Path::new(&p), args.force)?)
+            } else {
+                None
+            };
+            Ok(Target {
+                protection,
+                file: Pending::create(&path, args.force)?,
+                paper,
+            })
+        })
+        .collect()
+}
+
+/// `vault-key.age` → `vault-key.pass.age` / `vault-key.keys.age`.
+fn sibling(output: &Path, kind: &str) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".age").unwrap_or(&name);
+    output.with_file_name(format!("{stem}.{kind}.age"))
+}
+
+/// Decrypts what reached the disk, where the operator's passphrase or identities allow,
+/// and checks that it holds exactly the document we meant to write.
+fn read_back_check(
+    data: &[u8],
+    label: &str,
+    t: &Target,
+    pass: Option<&SecretText>,
+    ids: &[Box<dyn age::Identity>],
+    expected: &Summary,
+) -> Result<String> {
+    let opened = crypt::open(data, label)?;
+    let plaintext = match t.protection {
+        Protection::Passphrase => {
+            opened.decrypt_with_passphrase(pass.expect("passphrase target has a passphrase"))?
+        }
+        Protection::Keys if ids.is_empty() => {
+            return Ok("read back; its age header is valid, but it was not decrypted (pass -i \
+                       with a matching private key to prove that it decrypts)"
+                .into())
+        }
+        Protection::Keys => opened.decrypt_with_identities(ids).map_err(|e| {
+            anyhow!("{e}\nthe identities given with -i do not match the -r/-R recipients; nothing was written")
+        })?,
+    };
+    let doc = BackupDocument::parse(&plaintext)
+        .map_err(|e| anyhow!("{label}: {e}; nothing was written"))?;
+    let got = doc.summary();
+    if got
+        .shares
+        .iter()
+        .map(|f| &f.sha256)
+        .ne(expected.shares.iter().map(|f| &f.sha256))
+        || got
+            .extra
+            .iter()
+            .map(|f| &f.sha256)
+            .ne(expected.extra.iter().map(|f| &f.sha256))
+    {
+        bail!("{label}: decrypted content differs from what was meant to be written; nothing was written");
+    }
+    Ok("read back, decrypted and every fingerprint checked".into())
+}
+
+/// The printable page: encrypted text, fingerprints, date and the recovery command.
+fn paper_page(
+    t: &Target,
+    data: &[u8],
+    s: &Summary,
+    recipients: &[NamedRecipient],
+    ids: &[PathBuf],
+) -> Result<String> {
+    let name = t
+        .file
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (protected, command) = match t.protection {
+        Protection::Passphrase => ("a passphrase".to_string(), format!("age -d {name}")),
+        Protection::Keys => {
+            let who: Vec<&str> = recipients.iter().map(|r| r.name.as_str()).collect();
+            let id = ids
+                .first()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "YOUR_PRIVATE_KEY_FILE".into());
+            (
+                format!("these keys: {}", who.join(", ")),
+                format!("age -d -i {id} {name}"),
+            )
+        }
+    };
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    writeln!(
+        out,
+        "REBOX OFFLINE BACKUP OF THE VAULT UNSEAL KEY (printed copy)"
+    )?;
+    writeln!(
+        out,
+        "============================================================"
+    )?;
+    writeln!(out, "File:       {name}")?;
+    writeln!(out, "Cluster:    {}", s.cluster)?;
+    writeln!(out, "Created:    {} by {}", s.created_at, s.created_by)?;
+    writeln!(out, "Encrypted:  with age, to {protected}")?;
+    writeln!(
+        out,
+        "Unseal:     {} of {} shares needed; this backup holds {}",
+        s.threshold,
+        s.share_count,
+        s.shares.len()
+    )?;
+    writeln!(
+        out,
+        "\nSHA-256 fingerprints (compare the recovered key with these):"
+    )?;
+    for f in s.shares.iter().chain(&s.extra) {
+        writeln!(out, "  {:<24} {}", f.name, f.sha256)?;
+    }
+    writeln!(out, "\nTo recover the key with only the stock age tool:")?;
+    writeln!(
+        out,
+        "  1. Type (or scan) everything from the BEGIN line to the END line below,"
+    )?;
+    writeln!(out, "     both included, into a file named {name}.")?;
+    writeln!(out, "  2. Run:  {command}")?;
+    writeln!(
+        out,
+        "     It prints a TOML document; each `key = \"…\"` line is an unseal key share."
+    )?;
+    writeln!(
+        out,
+        "     (Or: rebox key verify {name}  to check it without printing the key.)"
+    )?;
+    writeln!(out)?;
+    out.push_str(&crypt::to_armor(data)?);
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+fn verify(global: &GlobalArgs, args: KeyVerifyArgs) -> Result<ExitCode> {
+    if args.against_cluster {
+        bail!(
+            "--against-cluster needs the cluster client, not yet available; run `rebox key verify {}` \
+             without it to check the file alone",
+            args.file.display()
+        );
+    }
+    let (doc, how) = open_backup(&args.file, &args.identities)?;
+    print_summary(global, &doc.summary(), Some((&args.file, how)), &[])?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(args: KeyShowArgs) -> Result<ExitCode> {
+    let f = args.file.display();
+    if !args.reveal {
+        bail!(
+            "refusing to print the unseal key without --reveal. To check the backup without \
+             printing the key: `rebox key verify {f}`; to print it: `rebox key show --reveal {f}`"
+        );
+    }
+    let (doc, _) = open_backup(&args.file, &args.identities)?;
+    let mut secrets: Vec<&SecretText> = match &args.extra {
+        None => doc.unseal.shares.iter().map(|s| &s.key).collect(),
+        Some(name) => {
+            let e = doc.extra.iter().find(|e| &e.name == name).ok_or_else(|| {
+                let names: Vec<&str> = doc.extra.iter().map(|e| e.name.as_str()).collect();
+                anyhow!(
+                    "{f} holds no extra secret named `{name}` (it holds: {})",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                )
+            })?;
+            vec![&e.value]
+        }
+    };
+    if std::io::stdout().is_terminal() {
+        eprintln!(
+            "warning: printing a secret to the terminal; clear the screen and scrollback afterwards \
+             (pipe it instead: `rebox key show --reveal {f} | …`)"
+        );
+    }
+    let mut stdout = std::io::stdout().lock();
+    for s in secrets.drain(..) {
+        stdout.write_all(s.expose().as_bytes())?;
+        stdout.write_all(b"\n")?;
+    }
+    stdout.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads, decrypts and fully checks a backup file. Returns how it was protected.
+fn open_backup(path: &Path, identity_paths: &[PathBuf]) -> Result<(BackupDocument, &'static str)> {
+    let label = path.display().to_string();
+    let mut data = Vec::new();
+    std::fs::File::open(path)
+        .with_context(|| format!("cannot open backup file {label}"))?
+        .take(crypt::MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut data)
+        .with_context(|| format!("cannot read backup file {label}"))?;
+    let opened = crypt::open(&data, &label)?;
+    let (plaintext, how) = if opened.is_passphrase() {
+        if !identity_paths.is_empty() {
+            eprintln!("note: {label} is protected by a passphrase, not by keys; -i is not needed");
+        }
+        let pass = passphrase::ask_existing(&format!("Passphrase for {label}: "))?;
+        (opened.decrypt_with_passphrase(&pass)?, "passphrase")
+    } else {
+        let ids = load_identities(identity_paths)?;
+        (opened.decrypt_with_identities(&ids)?, "keys")
+    };
+    tracing::debug!(file = %label, bytes = plaintext.len(), how, "decrypted");
+    let doc = BackupDocument::parse(&plaintext).map_err(|e| anyhow!("{label}: {e}"))?;
+    Ok((doc, how))
+}
+
+/// The metadata-and-fingerprints report (stdout), human or `--json`. Never the key.
+fn print_summary(
+    global: &GlobalArgs,
+    s: &Summary,
+    verified: Option<(&Path, &str)>,
+    written: &[(String, String)],
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if global.json {
+        let mut v = serde_json::to_value(s)?;
+        if let Some((file, how)) = verified {
+            v["file"] = file.display().to_string().into();
+            v["protected_by"] = how.into();
+            v["valid"] = true.into();
+        }
+        if !written.is_empty() {
+            v["written"] = written
+                .iter()
+                .map(|(f, c)| serde_json::json!({ "file": f, "check": c }))
+                .collect();
+        }
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    if let Some((file, how)) = verified {
+        writeln!(out, "{}: a valid rebox unseal-key backup", file.display())?;
+        writeln!(out, "  protected by    {how}")?;
+    }
+    writeln!(out, "  format version  {}", s.format_version)?;
+    writeln!(out, "  cluster         {}", s.cluster)?;
+    writeln!(
+        out,
+        "  created         {} by {}",
+        s.created_at, s.created_by
+    )?;
+    writeln!(
+        out,
+        "  unseal          {} of {} shares needed; this backup holds {}",
+        s.threshold,
+        s.share_count,
+        s.shares.len()
+    )?;
+    for f in s.shares.iter().chain(&s.extra) {
+        writeln!(out, "  {:<15} sha256:{}", f.name, f.sha256)?;
+    }
+    Ok(())
 }
