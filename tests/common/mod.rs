@@ -1,0 +1,101 @@
+//! Shared helpers for integration tests that drive `rebox` against lab servers.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use rebox_lab::server::{LabOptions, LabServer};
+
+/// A lab server plus a scratch dir on the laptop side (known_hosts, rebox.toml).
+pub struct Lab {
+    pub server: LabServer,
+    pub dir: tempfile::TempDir,
+    /// Stands in for the NAS's NFS port on the host side of the lab's veth.
+    pub nas: TcpListener,
+}
+
+impl Lab {
+    pub fn start(opts: LabOptions) -> Lab {
+        let server = LabServer::start(opts).expect("starting a lab server");
+        let dir = tempfile::tempdir().unwrap();
+        let nas =
+            TcpListener::bind((server.host_addr(), 2049)).expect("binding the NAS stand-in port");
+        let config = format!(
+            "[server]\nhost = \"{}\"\nuser = \"{}\"\n\n# The lab server is small: its root is a tmpfs-backed overlay.\n[requirements]\nmin_disk_gib = 1\n\n[nas]\nbackup_target = \"nfs://{}:/backups\"\n",
+            server.addr(),
+            server.user(),
+            server.host_addr()
+        );
+        std::fs::write(dir.path().join("rebox.toml"), config).unwrap();
+        Lab { server, dir, nas }
+    }
+
+    pub fn known_hosts(&self) -> PathBuf {
+        self.dir.path().join("known_hosts")
+    }
+
+    /// Writes known_hosts with the lab's current host key.
+    pub fn trust(&self) {
+        std::fs::write(
+            self.known_hosts(),
+            format!("{}\n", self.server.known_hosts_line()),
+        )
+        .unwrap();
+    }
+
+    /// `rebox` with this lab's config, key and known_hosts, never interactive.
+    pub fn rebox(&self) -> Command {
+        let mut cmd = Command::cargo_bin("rebox").unwrap();
+        cmd.env("HOME", self.dir.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .arg("--config")
+            .arg(self.dir.path().join("rebox.toml"));
+        cmd
+    }
+
+    /// Connection flags for subcommands that connect.
+    pub fn conn_args(&self) -> Vec<String> {
+        vec![
+            "-i".into(),
+            self.server.client_key().display().to_string(),
+            "--known-hosts".into(),
+            self.known_hosts().display().to_string(),
+        ]
+    }
+}
+
+/// Runs `rebox preflight --json` and returns (exit code, parsed report).
+pub fn preflight_json(lab: &Lab, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = lab
+        .rebox()
+        .arg("--json")
+        .arg("preflight")
+        .args(lab.conn_args())
+        .args(extra)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("preflight printed no JSON ({e}); stderr: {stderr}"));
+    (out.status.code().unwrap_or(-1), report, stderr)
+}
+
+/// The check with this id from a preflight report.
+pub fn check<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no check {id} in {report}"))
+}
+
+pub fn status<'a>(report: &'a serde_json::Value, id: &str) -> &'a str {
+    check(report, id)["status"].as_str().unwrap()
+}
+
+pub fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
