@@ -364,7 +364,8 @@ impl LabServer {
 
     /// A command that runs `bash -c shell` as root inside the server (its namespaces and root
     /// file system; a clean environment with PATH, HOME=/root, LANG=C.UTF-8). Configure stdio
-    /// and run it yourself.
+    /// and run it yourself. Background processes it starts (`cmd &`, daemons) keep running
+    /// until the lab stops.
     pub fn command_as_root(&self, shell: &str) -> Command {
         self.root_command(shell, &[])
     }
@@ -374,6 +375,9 @@ impl LabServer {
         cmd.arg("-t")
             .arg(self.info.holder_pid.to_string())
             .args(["-m", "-u", "-n", "-p", "-r", "-w", "--"])
+            // nsenter forks to enter the PID namespace; if it dies (killed child, timeout),
+            // the command dies too (processes it forks, like daemons, do not).
+            .args(["setpriv", "--pdeathsig", "KILL", "--"])
             .args([
                 "env",
                 "-i",
@@ -416,8 +420,8 @@ impl LabServer {
 
     /// Start `bash -c shell` as root inside the server in the background (stdio: null; use
     /// [`LabServer::command_as_root`] for other stdio), e.g. a listener for tunnel tests.
-    /// It is killed when the lab stops (killing the returned child, which is `nsenter` on the
-    /// host, does not reliably kill the command inside).
+    /// Killing the returned child (`nsenter` on the host) kills the command inside (not what
+    /// it forked); everything dies when the lab stops.
     pub fn spawn_as_root(&self, shell: &str) -> Result<Child> {
         self.check_running()?;
         self.command_as_root(shell)

@@ -103,6 +103,41 @@ fn drop_leaves_nothing_behind() {
     let mut child = lab.spawn_as_root("exec sleep 1000").unwrap();
     let out = lab.run_as_root_ok("pgrep -x sleep | wc -l").unwrap();
     assert!(out.trim().parse::<u32>().unwrap() >= 1);
+    // Killing a spawned child kills the command inside; a forked daemon survives.
+    let mut other = lab.spawn_as_root("exec sleep 2000").unwrap();
+    lab.run_as_root_ok("sleep 3000 >/dev/null 2>&1 &").unwrap();
+    let count = |pat: &str| {
+        lab.run_as_root_ok(&format!("pgrep -fx '{pat}' | wc -l"))
+            .unwrap()
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    for _ in 0..100 {
+        if count("sleep 2000") == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(count("sleep 2000"), 1);
+    other.kill().unwrap();
+    other.wait().unwrap();
+    for _ in 0..100 {
+        if count("sleep 2000") == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        count("sleep 2000"),
+        0,
+        "killed spawn_as_root child survives inside"
+    );
+    assert_eq!(
+        count("sleep 3000"),
+        1,
+        "a background process died with run_as_root"
+    );
     let t = traces(lab.info());
     assert_running(&t);
     drop(lab);
