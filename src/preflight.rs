@@ -78,7 +78,7 @@ impl Report {
 }
 
 /// The three connection checks, from the error `Remote::connect` gave (or its success).
-pub fn connection_checks(result: &anyhow::Result<Remote>) -> Report {
+pub fn connection_checks(result: &anyhow::Result<Remote>, addr: &str) -> Report {
     let mut r = Report::default();
     const REACH: &str = "SSH reachable";
     const KEY: &str = "host key";
@@ -128,7 +128,8 @@ pub fn connection_checks(result: &anyhow::Result<Remote>) -> Report {
                     Some(remedy.clone()),
                 ),
                 Status::Skip => r.push(id, title, Status::Skip, "not checked: no connection", None),
-                _ => r.pass(id, title, ""),
+                _ if id == "ssh" => r.pass(id, title, addr),
+                _ => r.pass(id, title, "accepted"),
             };
             slot("ssh", REACH, first);
             if first == Status::Fail {
@@ -174,8 +175,13 @@ const SERVER_CHECKS: &[(&str, &str)] = &[
 ];
 
 /// Runs every check; `connection` is the outcome of connecting.
-pub async fn run(config: &Config, connection: anyhow::Result<Remote>, allow_os: bool) -> Report {
-    let mut report = connection_checks(&connection);
+pub async fn run(
+    config: &Config,
+    addr: &str,
+    connection: anyhow::Result<Remote>,
+    allow_os: bool,
+) -> Report {
+    let mut report = connection_checks(&connection, addr);
     let Ok(remote) = connection else {
         for (id, title) in SERVER_CHECKS {
             report.push(id, title, Status::Skip, "not checked: no connection", None);

@@ -12,8 +12,9 @@ const CHECKS_FAILED: u8 = 2;
 
 pub async fn run(global: &GlobalArgs, args: PreflightArgs) -> Result<ExitCode> {
     let (config, target, policy) = super::connection_settings(global, &args.conn)?;
+    let addr = target.addr();
     let connection = crate::remote::Remote::connect(target, policy).await;
-    let report = preflight::run(&config, connection, args.allow_os).await;
+    let report = preflight::run(&config, &addr, connection, args.allow_os).await;
     if global.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

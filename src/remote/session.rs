@@ -435,9 +435,14 @@ async fn authenticate(handle: &mut client::Handle<Handler>, target: &Target) -> 
             return Ok(format!("key file {}", path.display()));
         }
     }
+    let copy_target = match target.port {
+        22 => format!("{user}@{}", target.host),
+        port => format!("-p {port} {user}@{}", target.host),
+    };
     Err(RemoteError::AuthFailed {
         user,
-        host: target.addr(),
+        addr: target.addr(),
+        copy_target,
         tried: if tried.is_empty() {
             "no keys found: no agent, no -i, no ~/.ssh/id_*".into()
         } else {
