@@ -40,10 +40,11 @@ pub enum RemoteError {
         line: usize,
     },
 
-    #[error("{host} refused every key for user `{user}` (tried: {tried})\n  next: check --user, or authorize your key: `ssh-copy-id -i KEY.pub {user}@{host}`; pass the key with -i")]
+    #[error("{addr} refused every key for user `{user}` (tried: {tried})\n  next: check --user, or authorize your key: `ssh-copy-id -i KEY.pub {copy_target}`; pass the key with -i")]
     AuthFailed {
         user: String,
-        host: String,
+        addr: String,
+        copy_target: String,
         tried: String,
     },
 
