@@ -267,4 +267,37 @@ mod tests {
         fs::write(state_path(dir.path()), b"{not json").unwrap();
         assert!(load(dir.path()).is_err());
     }
+
+    #[test]
+    fn vault_state_save_replaces_the_file_by_rename() {
+        // A crash mid-save must leave the old file whole: the new content is written to a
+        // temp file and renamed over it, so the state file gets a new inode each time.
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Stored::new(
+            config(),
+            &random_bytes(32),
+            &random_bytes(32),
+            &Keyring::default(),
+            "c".into(),
+            uuid(),
+        );
+        save(dir.path(), &s).unwrap();
+        let first = fs::metadata(state_path(dir.path())).unwrap().ino();
+        save(dir.path(), &s).unwrap();
+        let second = fs::metadata(state_path(dir.path())).unwrap().ino();
+        assert_ne!(
+            first, second,
+            "the state file is replaced, never rewritten in place"
+        );
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from(STATE_FILE)],
+            "no temp file left behind"
+        );
+    }
 }
