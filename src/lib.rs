@@ -5,6 +5,7 @@
 //! an upload at a chosen byte).
 
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod embedded;
@@ -12,3 +13,9 @@ pub mod keys;
 pub mod preflight;
 pub mod remote;
 pub mod ui;
+
+/// Selects rustls' ring provider for the whole process (kube and reqwest use the default
+/// provider; two compiled-in providers would make rustls panic). Call first thing.
+pub fn init_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -10,6 +10,7 @@ use rebox::{cli, commands, ui};
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
+    rebox::init_crypto();
     let cli = cli::Cli::parse();
     ui::init_logging(cli.global.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
