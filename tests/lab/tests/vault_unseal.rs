@@ -352,6 +352,12 @@ async fn vault_seal_requires_the_root_token() {
     v.unseal_all(&init.keys[1..3]).await;
     v.seal(&init.root_token).await;
     assert_eq!(v.status().await["sealed"], true);
+
+    // lab-only fault switch (not Vault API): seal without a token, like a restarted pod
+    v.unseal_all(&init.keys[0..2]).await;
+    let (code, _) = v.post("/lab/seal", json!({})).await;
+    assert_eq!(code, 204);
+    assert_eq!(v.status().await["sealed"], true);
 }
 
 #[tokio::test]
