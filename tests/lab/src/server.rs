@@ -18,8 +18,8 @@
 //!   key, and an Ubuntu 26.04 `/etc/os-release` (`server/setup.sh`).
 //!
 //! Starting takes well under a second; any number of labs can run at once (up to 254): a lab
-//! claims its index N atomically by creating `/run/rebox-lab/rebox-lab-N/` and then
-//! `ip netns add rebox-lab-N`. [`LabServer`]'s `Drop` removes everything (processes, mounts,
+//! claims its index N (round-robin) under a lock by creating `/run/rebox-lab/rebox-lab-N/` and
+//! then `ip netns add rebox-lab-N`. [`LabServer`]'s `Drop` removes everything (processes, mounts,
 //! veth, netns, scratch dir), also when a test panics. Labs of crashed processes are removed by
 //! [`cleanup_stale`], which [`LabServer::start`] calls first.
 //!
@@ -131,7 +131,14 @@ pub struct LabOptions {
     /// Parent directory of the scratch dir; default: the registry dir `/run/rebox-lab/<netns>`
     /// is the scratch dir.
     pub scratch_parent: Option<PathBuf>,
+    /// Size of the server's root file system as `df /` inside reports it (the tmpfs holding
+    /// the overlay's upper dir; `tmpfs size=`, e.g. "2G"); default [`DEFAULT_DISK_SIZE`].
+    /// Writes use host RAM, whatever the size says.
+    pub disk_size: Option<String>,
 }
+
+/// Default size of a lab server's root file system (see [`LabOptions::disk_size`]).
+pub const DEFAULT_DISK_SIZE: &str = "64G";
 
 impl Default for LabOptions {
     fn default() -> Self {
@@ -141,6 +148,7 @@ impl Default for LabOptions {
             extra_authorized_keys: Vec::new(),
             name_hint: None,
             scratch_parent: None,
+            disk_size: None,
         }
     }
 }
@@ -575,13 +583,22 @@ impl LabServer {
         let scratch = self.info.scratch_dir.clone();
         let fs_dir = scratch.join("fs");
         fs::create_dir_all(&fs_dir)?;
+        let size = self
+            .info
+            .options
+            .disk_size
+            .as_deref()
+            .unwrap_or(DEFAULT_DISK_SIZE);
+        if size.is_empty() || !size.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'%') {
+            bail!("invalid disk size {size:?} (e.g. 64G)");
+        }
         run(
             "mount",
             &[
                 "-t",
                 "tmpfs",
                 "-o",
-                "mode=755",
+                &format!("mode=755,size={size}"),
                 "rebox-lab",
                 path_str(&fs_dir)?,
             ],
@@ -796,9 +813,8 @@ pub fn list() -> Result<Vec<LabInfo>> {
 /// persistent labs whose holder died, and `rebox-lab-*` network namespaces without a registry
 /// dir. Never touches a lab whose owner is alive. Returns how many labs it removed.
 pub fn cleanup_stale() -> Result<usize> {
-    fs::create_dir_all(REGISTRY_DIR)?;
-    let lock = fs::File::create(Path::new(REGISTRY_DIR).join(".cleanup.lock"))?;
-    lock.lock()?;
+    // Allocation takes the same lock: no lab is half-created while we look.
+    let _lock = registry_lock()?;
     let mut removed = 0;
     let mut known = Vec::new();
     for e in fs::read_dir(REGISTRY_DIR)?.flatten() {
@@ -861,7 +877,7 @@ pub fn cleanup_stale() -> Result<usize> {
             else {
                 continue;
             };
-            if known.iter().any(|k| k == ns) {
+            if known.iter().any(|k| k == ns) || registry_dir(ns).exists() {
                 continue;
             }
             kill_netns_pids(ns);
@@ -878,11 +894,28 @@ fn registry_dir(netns: &str) -> PathBuf {
     Path::new(REGISTRY_DIR).join(netns)
 }
 
-/// Claim the lowest free index N: create the registry dir (atomic), then `ip netns add`.
-fn allocate() -> Result<(u8, String)> {
+/// Lock shared by allocation and [`cleanup_stale`] (released when the file is dropped).
+fn registry_lock() -> Result<fs::File> {
     fs::create_dir_all(REGISTRY_DIR)
         .with_context(|| format!("creating {REGISTRY_DIR} (the lab needs root)"))?;
-    for index in 1..=254u8 {
+    let lock = fs::File::create(Path::new(REGISTRY_DIR).join(".lock"))?;
+    lock.lock()?;
+    Ok(lock)
+}
+
+/// Claim a free index N: create the registry dir, then `ip netns add rebox-lab-N`, under the
+/// registry lock. Indices are handed out round-robin (`.next`), so a just-removed lab's name
+/// and address are not reused at once (less confusing for tests running in parallel).
+fn allocate() -> Result<(u8, String)> {
+    let _lock = registry_lock()?;
+    let next_file = Path::new(REGISTRY_DIR).join(".next");
+    let next: u32 = fs::read_to_string(&next_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|n| (1..=254).contains(n))
+        .unwrap_or(1);
+    for k in 0..254u32 {
+        let index = ((next - 1 + k) % 254 + 1) as u8;
         let netns = format!("{NETNS_PREFIX}{index}");
         let dir = registry_dir(&netns);
         match fs::create_dir(&dir) {
@@ -897,6 +930,7 @@ fn allocate() -> Result<(u8, String)> {
             .context("running ip (install iproute2)")?
             .success();
         if ok {
+            fs::write(&next_file, format!("{}\n", index as u32 % 254 + 1))?;
             return Ok((index, netns));
         }
         let _ = fs::remove_dir(&dir);

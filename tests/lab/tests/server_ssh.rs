@@ -106,6 +106,10 @@ fn ssh_sudo_hostname_os_release_and_overlay() {
     let host_passwd = std::fs::read_to_string("/etc/passwd").unwrap();
     assert!(!host_passwd.lines().any(|l| l.starts_with("homelab:")));
 
+    // The root file system looks like a disk of the default size.
+    let df = ok(ssh(&lab, &kh, key, "df -P -B1G / | tail -n 1"));
+    assert_eq!(df.split_whitespace().nth(1), Some("64"), "{df}");
+
     // run_as_root works inside the same server.
     lab.run_as_root_ok("mkdir -p /usr/local/bin && touch /usr/local/bin/k3s")
         .unwrap();
@@ -222,6 +226,7 @@ fn other_os_release_and_extra_keys() {
     let lab = LabServer::start(LabOptions {
         os_release: Some(OS_RELEASE_DEBIAN_12.into()),
         extra_authorized_keys: vec![rsa_pub],
+        disk_size: Some("2G".into()),
         ..Default::default()
     })
     .unwrap();
@@ -233,6 +238,8 @@ fn other_os_release_and_extra_keys() {
         ". /etc/os-release && echo $ID $VERSION_ID",
     ));
     assert_eq!(os, "debian 12");
+    let df = ok(ssh(&lab, &kh, &rsa, "df -P -B1G / | tail -n 1"));
+    assert_eq!(df.split_whitespace().nth(1), Some("2"), "{df}");
     // The per-lab ed25519 key still works, and a stranger's key does not.
     assert_eq!(ok(ssh(&lab, &kh, lab.client_key(), "id -un")), "homelab");
     let stranger = tmp.path().join("id_stranger");

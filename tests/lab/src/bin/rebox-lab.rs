@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! rebox-lab server up [--name NAME] [--state-dir DIR] [--sudo-password] [--os-release FILE]
-//!                     [--authorized-key LINE]...   # prints the lab's JSON; it keeps running
+//!                     [--authorized-key LINE]... [--disk-size 64G]
+//!                                                  # prints the lab's JSON; it keeps running
 //! rebox-lab server down NAME                       # hostname or netns name
 //! rebox-lab server rebuild NAME                    # new host key; prints the new JSON
 //! rebox-lab server exec NAME -- SHELL              # bash -c SHELL as root inside
@@ -53,6 +54,9 @@ enum ServerCmd {
         /// Another authorized_keys line for homelab (repeatable).
         #[arg(long)]
         authorized_key: Vec<String>,
+        /// Size of the server's root file system as `df /` reports it (default 64G).
+        #[arg(long)]
+        disk_size: Option<String>,
     },
     /// Stop a lab server and remove everything it created.
     Down { name: String },
@@ -82,6 +86,7 @@ fn main() -> Result<()> {
                 sudo_password,
                 os_release,
                 authorized_key,
+                disk_size,
             } => {
                 let os_release = match os_release {
                     Some(p) => Some(
@@ -96,6 +101,7 @@ fn main() -> Result<()> {
                     extra_authorized_keys: authorized_key,
                     name_hint: name,
                     scratch_parent: state_dir,
+                    disk_size,
                 })?;
                 let info = lab.detach()?;
                 print_json(&info)?;
