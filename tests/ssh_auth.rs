@@ -57,7 +57,7 @@ fn preflight_follows_an_ssh_config_alias() {
     std::fs::write(
         lab.dir.path().join("rebox.toml"),
         format!(
-            "[nas]\nbackup_target = \"nfs://{}:/b\"\n[requirements]\nmin_disk_gib = 1\n",
+            "[nas]\nbackup_target = \"nfs://{}:/b\"\n",
             lab.server.host_addr()
         ),
     )

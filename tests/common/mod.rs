@@ -22,7 +22,7 @@ impl Lab {
         let nas =
             TcpListener::bind((server.host_addr(), 2049)).expect("binding the NAS stand-in port");
         let config = format!(
-            "[server]\nhost = \"{}\"\nuser = \"{}\"\n\n# The lab server is small: its root is a tmpfs-backed overlay.\n[requirements]\nmin_disk_gib = 1\n\n[nas]\nbackup_target = \"nfs://{}:/backups\"\n",
+            "[server]\nhost = \"{}\"\nuser = \"{}\"\n\n[nas]\nbackup_target = \"nfs://{}:/backups\"\n",
             server.addr(),
             server.user(),
             server.host_addr()
