@@ -23,7 +23,12 @@ async fn main() -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(10),
         keepalive: Duration::from_secs(15),
     };
-    let policy = HostKeyPolicy { known_hosts: known_hosts.into(), accept_new: false, replace: None, interactive: false };
+    let policy = HostKeyPolicy {
+        known_hosts: known_hosts.into(),
+        accept_new: false,
+        replace: None,
+        interactive: false,
+    };
 
     let start = Instant::now();
     let remote = Remote::connect(target, policy).await?;
@@ -37,7 +42,12 @@ async fn main() -> anyhow::Result<()> {
     let commands_secs = start.elapsed().as_secs_f64();
 
     let start = Instant::now();
-    let spec = UploadSpec { local: std::path::Path::new(file), remote: "/tmp/rebox-bench-upload", mode: 0o644, owner: "root:root" };
+    let spec = UploadSpec {
+        local: std::path::Path::new(file),
+        remote: "/tmp/rebox-bench-upload",
+        mode: 0o644,
+        owner: "root:root",
+    };
     let report = remote.upload(&spec).await?;
     let upload_secs = start.elapsed().as_secs_f64();
     remote.close().await;
