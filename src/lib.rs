@@ -9,10 +9,12 @@ pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod embedded;
+pub mod flow;
 pub mod keys;
 pub mod preflight;
 pub mod remote;
 pub mod ui;
+pub mod vault;
 
 /// Selects rustls' ring provider for the whole process (kube and reqwest use the default
 /// provider; two compiled-in providers would make rustls panic). Call first thing.
