@@ -4,5 +4,6 @@
 //! - [`server`]: a real server stand-in (network namespace, overlay root, real sshd + sudo).
 //! - [`vault`]: the Vault HTTP API stand-in (`lab-vault`).
 
+pub mod k3s;
 pub mod server;
 pub mod vault;
