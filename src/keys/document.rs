@@ -174,6 +174,9 @@ impl BackupDocument {
         out.push_str(HEADER);
         out.push('\n');
         out.push_str(&body);
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
         Ok(out)
     }
 
