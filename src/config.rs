@@ -24,6 +24,9 @@ pub struct Config {
     pub vault: Vault,
     pub eso: Eso,
     pub argocd: ArgoCd,
+    pub k3s: K3s,
+    pub longhorn: Longhorn,
+    pub cronjobs: CronJobs,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -69,6 +72,9 @@ pub struct Vault {
     pub unseal_secret: String,
     pub unseal_secret_key: String,
     pub unseal_cronjob: String,
+    /// Size and StorageClass of the PVC created on the fresh path (a restore recreates it).
+    pub pvc_size: String,
+    pub pvc_storage_class: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -78,6 +84,12 @@ pub struct Eso {
     pub store: String,
     pub deployments: Vec<String>,
     pub recovery_cronjob: String,
+    /// Vault KV mount and engine version the ClusterSecretStore reads.
+    pub vault_kv_path: String,
+    pub vault_kv_version: String,
+    /// Vault Kubernetes auth mount and the role bound to ESO's service account.
+    pub vault_auth_mount: String,
+    pub vault_role: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -87,6 +99,65 @@ pub struct ArgoCd {
     pub repo_url: String,
     pub path: String,
     pub revision: String,
+    /// Name and project of the root (app-of-apps) Application.
+    pub app_name: String,
+    pub project: String,
+    /// The repository Secret Argo CD reads (namespace `namespace`).
+    pub repo_secret: String,
+    /// `none` (public repository), `https` (username + password/token) or `ssh` (private key).
+    pub repo_auth: RepoAuth,
+    /// HTTPS user name (not a secret); the password/token comes from `repo_credential`.
+    pub repo_username: String,
+    /// Name of the offline backup's extra secret (or prompt) holding the password/token or the
+    /// SSH private key. Never a value: the secret itself is supplied at apply time.
+    pub repo_credential: String,
+}
+
+/// How Argo CD authenticates to the Git repository.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RepoAuth {
+    #[default]
+    None,
+    Https,
+    Ssh,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct K3s {
+    /// Node name; empty means the server's host name.
+    pub node_name: String,
+    /// Extra names/addresses in the API server certificate (the `[server] host` is added).
+    pub tls_san: Vec<String>,
+    /// Packaged components to disable, e.g. ["traefik", "servicelb", "local-storage"].
+    pub disable: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Longhorn {
+    pub namespace: String,
+    /// Replicas per volume (1 on a single node).
+    pub replica_count: u32,
+    /// Secret in the Longhorn namespace with the backup target's credentials (S3/CIFS);
+    /// empty for NFS.
+    pub backup_credential_secret: String,
+    /// How often Longhorn polls the backup target, in seconds.
+    pub backup_poll_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CronJobs {
+    pub unseal_schedule: String,
+    /// Image with sh, curl, sed, tr and grep.
+    pub unseal_image: String,
+    pub recovery_schedule: String,
+    /// Image with sh, curl and kubectl.
+    pub recovery_image: String,
+    pub successful_jobs_history_limit: i32,
+    pub failed_jobs_history_limit: i32,
 }
 
 impl Default for Config {
@@ -99,6 +170,9 @@ impl Default for Config {
             vault: Vault::default(),
             eso: Eso::default(),
             argocd: ArgoCd::default(),
+            k3s: K3s::default(),
+            longhorn: Longhorn::default(),
+            cronjobs: CronJobs::default(),
         }
     }
 }
@@ -149,6 +223,8 @@ impl Default for Vault {
             unseal_secret: "vault-unseal-key".into(),
             unseal_secret_key: "key".into(),
             unseal_cronjob: "vault-auto-unseal".into(),
+            pvc_size: "10Gi".into(),
+            pvc_storage_class: "longhorn".into(),
         }
     }
 }
@@ -164,6 +240,10 @@ impl Default for Eso {
                 "external-secrets-cert-controller".into(),
             ],
             recovery_cronjob: "eso-recovery".into(),
+            vault_kv_path: "secret".into(),
+            vault_kv_version: "v2".into(),
+            vault_auth_mount: "kubernetes".into(),
+            vault_role: "external-secrets".into(),
         }
     }
 }
@@ -175,6 +255,46 @@ impl Default for ArgoCd {
             repo_url: String::new(),
             path: "clusters/homelab".into(),
             revision: "HEAD".into(),
+            app_name: "root".into(),
+            project: "default".into(),
+            repo_secret: "gitops-repo".into(),
+            repo_auth: RepoAuth::None,
+            repo_username: String::new(),
+            repo_credential: "argocd-repo-credential".into(),
+        }
+    }
+}
+
+impl Default for K3s {
+    fn default() -> Self {
+        K3s {
+            node_name: String::new(),
+            tls_san: Vec::new(),
+            disable: Vec::new(),
+        }
+    }
+}
+
+impl Default for Longhorn {
+    fn default() -> Self {
+        Longhorn {
+            namespace: "longhorn-system".into(),
+            replica_count: 1,
+            backup_credential_secret: String::new(),
+            backup_poll_interval_secs: 300,
+        }
+    }
+}
+
+impl Default for CronJobs {
+    fn default() -> Self {
+        CronJobs {
+            unseal_schedule: "* * * * *".into(),
+            unseal_image: "docker.io/curlimages/curl:8.11.1".into(),
+            recovery_schedule: "*/2 * * * *".into(),
+            recovery_image: "docker.io/alpine/k8s:1.35.0".into(),
+            successful_jobs_history_limit: 1,
+            failed_jobs_history_limit: 3,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod embedded;
 pub mod flow;
 pub mod keys;
+pub mod manifests;
 pub mod preflight;
 pub mod remote;
 pub mod ui;
