@@ -246,7 +246,8 @@ pub fn open<'a>(data: &'a [u8], label: &str) -> Result<Opened<'a>> {
     let decryptor =
         age::Decryptor::new_buffered(ArmoredReader::new(data)).map_err(|e| match e {
             age::DecryptError::UnknownFormat => anyhow!(
-                "{label} uses an age format this rebox does not know; try the stock `age -d`"
+                "{label} is damaged, or uses an age format newer than v1: its header's version line \
+             is not `age-encryption.org/v1`; use another copy of the backup, or try the stock `age -d`"
             ),
             other => anyhow!(
                 "{label} is damaged: its age header cannot be read ({}); use another copy of the \
