@@ -63,6 +63,9 @@ pub const NETNS_PREFIX: &str = "rebox-lab-";
 
 const HOLDER_SH: &str = include_str!("server/holder.sh");
 const SETUP_SH: &str = include_str!("server/setup.sh");
+/// Stand-ins for systemd's tools (the lab has no systemd), installed in /usr/local/sbin.
+const SYSTEMCTL_SH: &str = include_str!("server/systemctl.sh");
+const TIMEDATECTL_SH: &str = include_str!("server/timedatectl.sh");
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// `/etc/os-release` of Ubuntu 26.04 LTS, the default of every lab.
@@ -669,6 +672,8 @@ impl LabServer {
                 fs::read_to_string(&host_key)?.trim().to_string(),
             ),
             ("LAB_HOST_KEY_PUB", host_pub),
+            ("LAB_SYSTEMCTL", SYSTEMCTL_SH.to_string()),
+            ("LAB_TIMEDATECTL", TIMEDATECTL_SH.to_string()),
         ];
         let out = self
             .root_command(SETUP_SH, &env)

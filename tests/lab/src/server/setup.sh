@@ -45,6 +45,13 @@ fi
 chmod 440 /etc/sudoers.d/90-rebox-lab
 visudo -cq
 
+# No systemd inside the lab: stand-ins for systemctl and timedatectl, first on every PATH
+# (sudo's secure_path starts with /usr/local/sbin).
+install -d /usr/local/sbin
+printf '%s\n' "$LAB_SYSTEMCTL" >/usr/local/sbin/systemctl
+printf '%s\n' "$LAB_TIMEDATECTL" >/usr/local/sbin/timedatectl
+chmod 755 /usr/local/sbin/systemctl /usr/local/sbin/timedatectl
+
 # sshd: this lab's own ed25519 host key only (the host's keys are hidden by whiteouts).
 rm -f /etc/ssh/ssh_host_*
 (umask 077 && printf '%s\n' "$LAB_HOST_KEY" >/etc/ssh/ssh_host_ed25519_key)

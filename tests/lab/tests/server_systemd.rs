@@ -1,0 +1,82 @@
+//! The lab server's systemd stand-ins: a unit enabled with `systemctl enable --now` runs, is
+//! restarted after it dies when Restart=always, and stops; timedatectl reports sync.
+
+use std::time::{Duration, Instant};
+
+use rebox_lab::server::{LabOptions, LabServer};
+
+fn wait_for(lab: &LabServer, what: &str, cond: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lab.run_as_root(cond).unwrap().status.success() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn server_systemctl_runs_restarts_and_stops_a_unit() {
+    let lab = LabServer::start(LabOptions::default()).unwrap();
+    lab.run_as_root_ok(
+        "cat > /etc/systemd/system/demo.service <<'UNIT'\n[Service]\nEnvironmentFile=-/etc/demo.env\nExecStart=/bin/sh -c 'echo started $GREETING; exec sleep 1000'\nRestart=always\nRestartSec=0\nUNIT\necho GREETING=hello > /etc/demo.env",
+    )
+    .unwrap();
+    assert!(!lab
+        .run_as_root("systemctl is-active --quiet demo")
+        .unwrap()
+        .status
+        .success());
+    lab.run_as_root_ok("systemctl daemon-reload && systemctl enable --now demo")
+        .unwrap();
+    assert_eq!(
+        lab.run_as_root_ok("systemctl is-active demo")
+            .unwrap()
+            .trim(),
+        "active"
+    );
+    assert_eq!(
+        lab.run_as_root_ok("systemctl is-enabled demo")
+            .unwrap()
+            .trim(),
+        "enabled"
+    );
+    wait_for(
+        &lab,
+        "the service's output",
+        "grep -q 'started hello' /var/log/lab-systemd/demo.service.log",
+    );
+
+    // Kill the service itself (a crash): the supervisor starts it again.
+    lab.run_as_root_ok("pkill -KILL -f '^sleep 1000'").unwrap();
+    wait_for(
+        &lab,
+        "the restart",
+        "[ $(grep -c 'started hello' /var/log/lab-systemd/demo.service.log) -ge 2 ]",
+    );
+
+    lab.run_as_root_ok("systemctl stop demo").unwrap();
+    assert!(!lab
+        .run_as_root("systemctl is-active --quiet demo")
+        .unwrap()
+        .status
+        .success());
+    assert!(
+        !lab.run_as_root("pgrep -f '^sleep 1000'")
+            .unwrap()
+            .status
+            .success(),
+        "the service survived stop"
+    );
+    let missing = lab.run_as_root("systemctl start nope").unwrap();
+    assert_eq!(missing.status.code(), Some(5));
+}
+
+#[test]
+fn server_timedatectl_reports_sync() {
+    let lab = LabServer::start(LabOptions::default()).unwrap();
+    assert_eq!(
+        lab.run_as_root_ok("timedatectl show -p NTPSynchronized --value")
+            .unwrap()
+            .trim(),
+        "yes"
+    );
+}
