@@ -462,6 +462,40 @@ fn key_show_warns_when_stdout_is_a_terminal() {
 }
 
 #[test]
+fn key_shares_pasted_on_the_terminal_are_not_echoed() {
+    let s = Scratch::new();
+    let (id, recipient) = s.age_identity("me.key");
+    let mut cmd = s.rebox_std();
+    cmd.args(["key", "export", "--from-stdin", "--cluster", "lab", "-r"])
+        .arg(&recipient)
+        .args(["-i", "me.key", "-o", "vk.age"]);
+    // stdin is the terminal itself: the operator pastes the shares.
+    let out = run_pty(
+        cmd,
+        None,
+        false,
+        &[
+            ("Share 1: ", SHARE1),
+            ("Share 2 ", SHARE2),
+            ("Share 3 ", ""),
+        ],
+    );
+    assert!(out.status.success(), "{}", out.all());
+    assert!(
+        !out.tty.contains(SHARE1) && !out.tty.contains(SHARE2),
+        "echoed: {}",
+        out.tty
+    );
+    s.rebox()
+        .args(["key", "show", "--reveal", "-i"])
+        .arg(&id)
+        .arg("vk.age")
+        .assert()
+        .success()
+        .stdout(format!("{SHARE1}\n{SHARE2}\n"));
+}
+
+#[test]
 fn key_export_from_cluster_is_not_available_yet() {
     let s = Scratch::new();
     let (_, recipient) = s.age_identity("me.key");

@@ -177,9 +177,9 @@ fn collect_extras(args: &KeyExportArgs) -> Result<Vec<(String, SecretText)>> {
     };
     for spec in &args.extra_from_env {
         let (name, var) = split(spec, "--extra-from-env")?;
-        let value = std::env::var(&var).map_err(|_| {
+        let value = Zeroizing::new(std::env::var(&var).map_err(|_| {
             anyhow!("--extra-from-env {name}: environment variable {var} is not set (or not UTF-8)")
-        })?;
+        })?);
         out.push((name, SecretText::new(value.trim().to_owned())));
     }
     for spec in &args.extra_from_file {

@@ -124,15 +124,18 @@ pub fn ask_existing(prompt: &str) -> Result<SecretText> {
 /// Reads pasted key shares, one per line, until an empty line; nothing is echoed.
 pub fn ask_shares() -> Result<Vec<SecretText>> {
     let mut tty = Tty::open("pasting the key")?;
-    tty.say(
-        "Paste the unseal key share(s), one per line, then an empty line (nothing is shown):\n",
-    )?;
     let mut shares = Vec::new();
-    while let Some(line) = tty.read_hidden("")? {
-        if line.expose().trim().is_empty() {
-            break;
+    loop {
+        // Each prompt is written after echo is off, so a fast paste is never shown.
+        let prompt = if shares.is_empty() {
+            "Paste the unseal key share(s), one per line (nothing is shown).\nShare 1: ".to_string()
+        } else {
+            format!("Share {} (or an empty line to finish): ", shares.len() + 1)
+        };
+        match tty.read_hidden(&prompt)? {
+            Some(line) if !line.expose().trim().is_empty() => shares.push(line),
+            _ => break,
         }
-        shares.push(line);
     }
     Ok(shares)
 }
