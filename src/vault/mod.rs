@@ -26,14 +26,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub use error::{KeyUse, Op, VaultError};
+pub use error::{KeyUse, VaultError};
 pub use types::{
     Health, InitResult, RekeyKeys, RekeyStatus, RekeyUpdate, SealStatus, UnsealProgress,
     VerifyStatus, VerifyUpdate,
 };
 
 use crate::keys::SecretText;
-use error::{classify, scrub};
+use error::{classify, scrub, Op};
 
 /// Settings for a [`VaultClient`].
 pub struct VaultClientBuilder {
@@ -88,9 +88,17 @@ impl VaultClientBuilder {
             .connect_timeout(self.connect_timeout)
             .timeout(self.timeout);
         if let Some(pem) = &self.ca_pem {
-            let cert = reqwest::Certificate::from_pem(pem)
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| config(format!("the Vault CA certificate is not PEM: {e}")))?;
-            b = b.tls_certs_only([cert]);
+            // reqwest accepts a file with no certificate in it; an empty trust store would
+            // only fail later, at the first request, with a vaguer message.
+            if certs.is_empty() {
+                return Err(config(
+                    "the Vault CA file holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+                        .into(),
+                ));
+            }
+            b = b.tls_certs_only(certs);
         }
         if let Some(addr) = self.connect_to {
             let host = url
@@ -225,7 +233,10 @@ impl VaultClient {
             Err(VaultError::Other {
                 status: 400,
                 errors,
-            }) if errors.iter().any(|e| e.contains("vault is unsealed")) => {
+            }) if errors
+                .iter()
+                .any(|e| e.to_ascii_lowercase().contains("vault is unsealed")) =>
+            {
                 self.seal_status().await
             }
             other => other,
