@@ -146,6 +146,7 @@ fn admit_inner(
     }
     let mut causes = vec![];
     check_name(rt, &obj, &mut causes);
+    check_annotations(&obj, &mut causes);
     semantic(rt, &obj, &mut causes);
     if !causes.is_empty() {
         return Err(ApiError::invalid(rt, &name, causes));
@@ -207,6 +208,25 @@ fn check_name(rt: &ResourceType, obj: &Value, causes: &mut Vec<(String, String, 
             "metadata.name".into(),
             format!("metadata.name: Invalid value: \"{name}\": {rule}"),
             "FieldValueInvalid",
+        ));
+    }
+}
+
+/// apimachinery `ValidateAnnotations`: keys and values together at most 256 KiB.
+fn check_annotations(obj: &Value, causes: &mut Vec<(String, String, &'static str)>) {
+    let total: usize = obj["metadata"]["annotations"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+                .sum()
+        })
+        .unwrap_or(0);
+    if total > 262144 {
+        causes.push((
+            "metadata.annotations".into(),
+            "metadata.annotations: Too long: may not be more than 262144 bytes".into(),
+            "FieldValueTooLong",
         ));
     }
 }

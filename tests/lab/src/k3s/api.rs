@@ -419,6 +419,7 @@ fn decode(body: &[u8], content_type: &str) -> ApiResult<Value> {
             serde_saphyr::from_str(text)
                 .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))
         }
+        "application/vnd.kubernetes.protobuf" => super::protobuf::decode(body).map_err(|e| ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml ({e})"))),
         other => Err(ApiError::unsupported_media(other)),
     }
 }

@@ -19,6 +19,8 @@ pub fn now() -> String {
 
 pub fn new_uid() -> String {
     let b: [u8; 16] = rand::thread_rng().gen();
+    let mut b = b;
+    b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
     format!(
         "{}-{}-4{}-{}-{}",

@@ -102,8 +102,17 @@ pub fn create(
             body["metadata"]["name"] = json!(format!("{g}{}", random_suffix()));
         }
     }
-    let mut obj = admit(inner, rt, body, ctx)?;
+    // Decoding errors (400) come before the namespace check (404), which comes before
+    // validation (422), as in kube-apiserver (decode, admission, strategy validation).
+    let mut probe = WriteCtx {
+        validation: ctx.validation,
+        warnings: vec![],
+        dry_run: true,
+        manager: String::new(),
+    };
+    admit_partial(inner, rt, body.clone(), &mut probe)?;
     ensure_namespace(inner, rt, ns)?;
+    let mut obj = admit(inner, rt, body, ctx)?;
     let name = obj["metadata"]["name"]
         .as_str()
         .unwrap_or_default()

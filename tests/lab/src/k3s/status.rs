@@ -108,7 +108,13 @@ impl ApiError {
         };
         let causes: Vec<Value> = causes
             .into_iter()
-            .map(|(field, message, reason)| json!({"reason": reason, "message": message, "field": field}))
+            .map(|(field, message, reason)| {
+                let body = message
+                    .strip_prefix(&format!("{field}: "))
+                    .unwrap_or(&message)
+                    .to_string();
+                json!({"reason": reason, "message": body, "field": field})
+            })
             .collect();
         Self::new(422, "Invalid", msg).with_details(json!({
             "name": name, "group": rt.group, "kind": rt.kind, "causes": causes
