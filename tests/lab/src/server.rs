@@ -66,6 +66,8 @@ const SETUP_SH: &str = include_str!("server/setup.sh");
 /// Stand-ins for systemd's tools (the lab has no systemd), installed in /usr/local/sbin.
 const SYSTEMCTL_SH: &str = include_str!("server/systemctl.sh");
 const TIMEDATECTL_SH: &str = include_str!("server/timedatectl.sh");
+/// A local apt repository with stand-ins for the packages a rebuild installs.
+const APT_MIRROR_SH: &str = include_str!("server/apt-mirror.sh");
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// `/etc/os-release` of Ubuntu 26.04 LTS, the default of every lab.
@@ -674,6 +676,7 @@ impl LabServer {
             ("LAB_HOST_KEY_PUB", host_pub),
             ("LAB_SYSTEMCTL", SYSTEMCTL_SH.to_string()),
             ("LAB_TIMEDATECTL", TIMEDATECTL_SH.to_string()),
+            ("LAB_APT_MIRROR", APT_MIRROR_SH.to_string()),
         ];
         let out = self
             .root_command(SETUP_SH, &env)

@@ -80,3 +80,39 @@ fn server_timedatectl_reports_sync() {
         "yes"
     );
 }
+
+#[test]
+fn server_apt_installs_the_longhorn_packages_from_the_lab_mirror() {
+    let lab = LabServer::start(LabOptions::default()).unwrap();
+    let before = lab
+        .run_as_root("dpkg-query -W -f='${db:Status-Abbrev}' open-iscsi")
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&before.stdout).starts_with("ii"),
+        "open-iscsi is there before install"
+    );
+    lab.run_as_root_ok("DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get install -y -qq open-iscsi nfs-common")
+        .unwrap();
+    let after = lab
+        .run_as_root_ok(
+            "dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' open-iscsi nfs-common",
+        )
+        .unwrap();
+    assert!(
+        after.contains("open-iscsi ii") && after.contains("nfs-common ii"),
+        "{after}"
+    );
+    lab.run_as_root_ok("systemctl enable --now iscsid").unwrap();
+    assert_eq!(
+        lab.run_as_root_ok("systemctl is-active iscsid")
+            .unwrap()
+            .trim(),
+        "active"
+    );
+    // The host's own package database is untouched.
+    let host = std::process::Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Abbrev}", "open-iscsi"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&host.stdout).starts_with("ii"));
+}

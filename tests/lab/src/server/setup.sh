@@ -52,6 +52,11 @@ printf '%s\n' "$LAB_SYSTEMCTL" >/usr/local/sbin/systemctl
 printf '%s\n' "$LAB_TIMEDATECTL" >/usr/local/sbin/timedatectl
 chmod 755 /usr/local/sbin/systemctl /usr/local/sbin/timedatectl
 
+# Packages: a local mirror with stand-ins for what a rebuild installs.
+printf '%s\n' "$LAB_APT_MIRROR" >/tmp/lab-apt-mirror.sh
+bash /tmp/lab-apt-mirror.sh
+rm -f /tmp/lab-apt-mirror.sh
+
 # sshd: this lab's own ed25519 host key only (the host's keys are hidden by whiteouts).
 rm -f /etc/ssh/ssh_host_*
 (umask 077 && printf '%s\n' "$LAB_HOST_KEY" >/etc/ssh/ssh_host_ed25519_key)
