@@ -554,6 +554,57 @@ async fn vault_client_unreachable_address_says_what_to_check() {
     hold.abort();
 }
 
+/// Serves `reply` (a raw HTTP response) to every connection on a fresh port.
+async fn fake_server(reply: &'static str) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf).await;
+            let _ = c.write_all(reply.as_bytes()).await;
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test]
+async fn vault_client_something_else_at_the_address_is_named() {
+    rebox::init_crypto();
+    let (url, task) = fake_server(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+    )
+    .await;
+    let err = VaultClient::new(&url)
+        .unwrap()
+        .seal_status()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VaultError::Protocol { .. }), "{err:?}");
+    assert!(err.to_string().contains("port 8200"), "{err}");
+    task.abort();
+
+    // A non-Vault error page keeps its words instead of being guessed at.
+    let (url, task) = fake_server(
+        "HTTP/1.1 404 Not Found\r\ncontent-length: 19\r\nconnection: close\r\n\r\n404 page not found\n",
+    )
+    .await;
+    let err = VaultClient::new(&url)
+        .unwrap()
+        .rekey_status()
+        .await
+        .unwrap_err();
+    match &err {
+        VaultError::Other {
+            status: 404,
+            errors,
+        } => assert_eq!(errors, &["404 page not found"]),
+        other => panic!("{other:?}"),
+    }
+    task.abort();
+}
+
 /// The process-wide trace buffer (tracing and `log` records from every crate, TRACE level).
 fn trace_buffer() -> Arc<Mutex<Vec<u8>>> {
     static BUF: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();

@@ -19,8 +19,9 @@ pub const MAX_BODY: usize = 1 << 20;
 /// Serialises `body` to JSON in a zeroizing buffer with room for `secret_len` secret bytes,
 /// and returns it as `Bytes` that wipe the buffer when the last reference goes.
 pub fn secret_json<T: Serialize>(body: &T, secret_len: usize) -> Bytes {
-    // JSON escaping never grows hex/base64, and the field names fit in the slack.
-    let mut buf = Zeroizing::new(Vec::with_capacity(secret_len * 2 + 256));
+    // Worst case JSON escaping is 6 bytes per input byte (`\u0000`); hex/base64 need 1.
+    // Field names fit in the slack. Enough room means no reallocation, so no stray copy.
+    let mut buf = Zeroizing::new(Vec::with_capacity(secret_len * 6 + 256));
     serde_json::to_writer(&mut *buf, body).expect("serialising a struct of strings cannot fail");
     Bytes::from_owner(buf)
 }
