@@ -461,6 +461,11 @@ fn print_summary(
     if let Some((file, how)) = verified {
         writeln!(out, "{}: a valid rebox unseal-key backup", file.display())?;
         writeln!(out, "  protected by    {how}")?;
+    } else {
+        writeln!(
+            out,
+            "backup written (metadata and fingerprints; the key is not shown):"
+        )?;
     }
     writeln!(out, "  format version  {}", s.format_version)?;
     writeln!(out, "  cluster         {}", s.cluster)?;
