@@ -123,7 +123,7 @@ pub enum RepoAuth {
     Ssh,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct K3s {
     /// Node name; empty means the server's host name.
@@ -261,16 +261,6 @@ impl Default for ArgoCd {
             repo_auth: RepoAuth::None,
             repo_username: String::new(),
             repo_credential: "argocd-repo-credential".into(),
-        }
-    }
-}
-
-impl Default for K3s {
-    fn default() -> Self {
-        K3s {
-            node_name: String::new(),
-            tls_san: Vec::new(),
-            disable: Vec::new(),
         }
     }
 }

@@ -600,3 +600,22 @@ fn manifests_cronjobs_have_least_privilege_and_history_limits() {
         serde_json::json!([{"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["external-secrets", "external-secrets-webhook", "external-secrets-cert-controller"], "verbs": ["get", "patch"]}])
     );
 }
+
+#[test]
+fn manifests_unseal_key_secret_matches_what_the_cronjob_mounts() {
+    let c = Config::default();
+    let secret = manifests::unseal_key_secret(&c, &["aa11", " bb22\n"]);
+    manifests_support::check_core(&secret).unwrap();
+    assert_eq!(secret["metadata"]["name"], "vault-unseal-key");
+    assert_eq!(secret["metadata"]["namespace"], "security");
+    use base64::Engine;
+    let text = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["key"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(text, b"aa11\nbb22\n");
+    let cronjob = find(&render(&c), "CronJob", "vault-auto-unseal").clone();
+    let volume = &cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"][0];
+    assert_eq!(volume["secret"]["secretName"], secret["metadata"]["name"]);
+    assert_eq!(volume["secret"]["items"][0]["key"], "key");
+    assert!(secret["data"].get("key").is_some());
+}

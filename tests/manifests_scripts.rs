@@ -154,7 +154,13 @@ async fn manifests_unseal_script_unseals_a_one_share_vault_without_showing_the_k
     let dir = tempfile::tempdir().unwrap();
     let (vault, keys) = sealed_vault(dir.path(), 1, 1).await;
     assert_eq!(seal_status(&vault).await["sealed"], true);
-    let key = key_file(dir.path(), &format!("{}\n", keys[0]));
+    // The file as the kubelet would project it from the Secret rebox creates.
+    let secret = manifests::unseal_key_secret(&Config::default(), &[&keys[0]]);
+    use base64::Engine;
+    let projected = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["key"].as_str().unwrap())
+        .unwrap();
+    let key = key_file(dir.path(), &String::from_utf8(projected).unwrap());
     let path = wrappers(dir.path(), UNSEAL_TOOLS);
     let container = cronjob_container("vault-auto-unseal");
     let out = run(

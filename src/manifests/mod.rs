@@ -25,7 +25,7 @@ use serde_json::Value;
 pub use artifacts::{sha256_in_listing, Artifacts, Chart, K3sAsset, K3sRelease};
 pub use inputs::{RenderInputs, BUNDLE_CHARTS_DIR, BUNDLE_SHA256SUMS};
 pub use k3s::{render_k3s_config, render_k3s_unit, BINARY_PATH, CONFIG_PATH, UNIT_PATH};
-pub use secrets::SecretInput;
+pub use secrets::{unseal_key_secret, SecretInput};
 
 use crate::config::{Config, RepoAuth};
 
@@ -221,10 +221,8 @@ fn annotate(config: &Config, manifests: &mut [Manifest]) {
             "addons/longhorn" if config.nas.backup_target.trim().is_empty() => {
                 m.missing_config.push("nas.backup_target".into());
             }
-            "gitops/repository" | "gitops/root-app" => {
-                if config.argocd.repo_url.trim().is_empty() {
-                    m.missing_config.push("argocd.repo_url".into());
-                }
+            "gitops/repository" | "gitops/root-app" if config.argocd.repo_url.trim().is_empty() => {
+                m.missing_config.push("argocd.repo_url".into());
             }
             _ => {}
         }

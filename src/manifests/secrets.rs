@@ -86,3 +86,26 @@ fn fold_string_data(secret: &mut Value) {
         data[&key] = Value::String(base64::engine::general_purpose::STANDARD.encode(text));
     }
 }
+
+/// The Secret the `vault-auto-unseal` CronJob mounts (`[vault] unseal_secret`, key
+/// `unseal_secret_key`): the unseal key shares, one per line, the format the CronJob's script
+/// reads. Built at apply time from the offline backup; never rendered into a manifest.
+pub fn unseal_key_secret(config: &crate::config::Config, shares: &[&str]) -> Value {
+    let mut text = Zeroizing::new(String::new());
+    for share in shares {
+        text.push_str(share.trim());
+        text.push('\n');
+    }
+    let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(text.as_bytes()));
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": config.vault.unseal_secret,
+            "namespace": config.vault.namespace,
+            "labels": {"app.kubernetes.io/managed-by": "rebox"},
+        },
+        "type": "Opaque",
+        "data": { config.vault.unseal_secret_key.as_str(): encoded.as_str() },
+    })
+}
