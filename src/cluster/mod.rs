@@ -11,6 +11,11 @@ use zeroize::Zeroizing;
 
 use crate::remote::{ExecOptions, Remote, Tunnel};
 
+pub mod apply;
+mod wait;
+
+pub use wait::node_ready;
+
 /// Where k3s writes its admin kubeconfig.
 pub const K3S_KUBECONFIG: &str = "/etc/rancher/k3s/k3s.yaml";
 
