@@ -2,7 +2,7 @@
 # eso-recovery: when Vault is unsealed but the ClusterSecretStore $STORE is not Ready,
 # rollout-restart the ESO Deployments (the controller would otherwise wait for its next
 # store re-validation, up to ~5 minutes). Skips while a previous restart is still rolling out.
-# Needs: sh, curl, kubectl, sed. RBAC: get the store; get+patch the named Deployments.
+# Needs: sh, curl, kubectl, tr. RBAC: get the store; get+patch the named Deployments.
 # Env: VAULT_ADDR, STORE, NAMESPACE, DEPLOYMENTS (space-separated), VAULT_CACERT (optional).
 # Exit: 0 nothing to do or restart requested, non-zero when kubectl fails.
 set -eu
