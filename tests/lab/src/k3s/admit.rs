@@ -111,6 +111,9 @@ fn admit_inner(
             if let Some(s) = &schema {
                 unknown.extend(s.unknown_fields(&obj));
                 s.prune(&mut o);
+                if !partial {
+                    s.default(&mut o);
+                }
             }
             (o, unknown)
         }

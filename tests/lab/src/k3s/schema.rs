@@ -6,7 +6,8 @@
 //! (validation, pruning, `x-kubernetes-preserve-unknown-fields`, `x-kubernetes-int-or-string`,
 //! `x-kubernetes-embedded-resource`, `nullable`) and the 422 `Invalid` message wording
 //! (`spec.x: Invalid value: "string": spec.x in body must be of type integer: "string"`).
-//! Left out: CEL rules (`x-kubernetes-validations`), `format` checks, defaulting (`default`),
+//! Defaulting (`default`) is applied where the parent exists.
+//! Left out: CEL rules (`x-kubernetes-validations`), `format` checks,
 //! `x-kubernetes-list-type` uniqueness, ratcheting.
 
 use serde_json::{Map, Value};
@@ -52,6 +53,15 @@ impl CrdSchema {
     pub fn prune(&self, obj: &mut Value) {
         if self.raw.is_object() {
             prune(&self.raw, obj, true);
+        }
+    }
+
+    /// Structural-schema defaulting: a missing field whose schema has `default` gets it
+    /// (only where the parent object exists); `null` in a non-nullable field is dropped or
+    /// defaulted, as the API server does before validation.
+    pub fn default(&self, obj: &mut Value) {
+        if self.raw.is_object() {
+            default(&self.raw, obj, true);
         }
     }
 
@@ -320,6 +330,52 @@ fn prune(s: &Value, v: &mut Value, root: bool) {
             if let Some(items) = s.get("items") {
                 for cv in a.iter_mut() {
                     prune(items, cv, false);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn default(s: &Value, v: &mut Value, root: bool) {
+    match v {
+        Value::Object(m) => {
+            if let Some(props) = s.get("properties").and_then(Value::as_object) {
+                for (k, ps) in props {
+                    if root && k == "metadata" {
+                        continue;
+                    }
+                    let nullable = ps.get("nullable") == Some(&Value::Bool(true));
+                    match m.get(k) {
+                        Some(Value::Null) if !nullable => match ps.get("default") {
+                            Some(d) => {
+                                m.insert(k.clone(), d.clone());
+                            }
+                            None => {
+                                m.remove(k);
+                            }
+                        },
+                        None => {
+                            if let Some(d) = ps.get("default") {
+                                m.insert(k.clone(), d.clone());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            for (k, cv) in m.iter_mut() {
+                if let Some(cs) = child(s, k, root) {
+                    if !cs.is_null() {
+                        default(cs, cv, false);
+                    }
+                }
+            }
+        }
+        Value::Array(a) => {
+            if let Some(items) = s.get("items") {
+                for cv in a.iter_mut() {
+                    default(items, cv, false);
                 }
             }
         }
