@@ -88,6 +88,10 @@ pub enum Command {
     Init(InitArgs),
     /// Read-only checks of the laptop, the server and the NAS before a rebuild
     Preflight(PreflightArgs),
+    /// The ordered phases a rebuild would take on this server; changes nothing
+    Plan(RebuildArgs),
+    /// Rebuild the homelab on a fresh server (resumable: rerun after any interruption)
+    Rebuild(RebuildArgs),
     /// The age-encrypted offline backup of the Vault unseal key
     #[command(subcommand)]
     Key(KeyCommand),
@@ -111,6 +115,24 @@ pub struct InitArgs {
     /// Overwrite an existing file
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Bundle directory on the USB stick: the k3s binary, charts/, and SHA256SUMS
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
+    /// Print the phases and what each would do; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Take over a server that already has a k3s rebox did not install
+    #[arg(long)]
+    pub force: bool,
+    /// Restore every Longhorn volume from the NAS backups (the node-destruction path)
+    #[arg(long)]
+    pub restore_from_nas: bool,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ pub mod flow;
 pub mod keys;
 pub mod manifests;
 pub mod preflight;
+pub mod rebuild;
 pub mod remote;
 pub mod ui;
 pub mod vault;

@@ -11,12 +11,15 @@ use crate::remote::{known_hosts, HostKeyPolicy, Target};
 mod init;
 mod key;
 mod preflight;
+mod rebuild;
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let global = cli.global;
     match cli.command {
         Command::Init(args) => init::run(&global, args),
         Command::Preflight(args) => preflight::run(&global, args).await,
+        Command::Plan(args) => rebuild::plan(&global, args).await,
+        Command::Rebuild(args) => rebuild::run(&global, args).await,
         Command::Key(cmd) => key::run(&global, cmd).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;

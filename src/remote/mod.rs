@@ -13,4 +13,4 @@ pub use error::RemoteError;
 pub use exec::{shell_quote, ExecOptions, ExecOutput};
 pub use session::{HostKeyNote, HostKeyPolicy, Remote, Target};
 pub use tunnel::Tunnel;
-pub use upload::UploadSpec;
+pub use upload::{sha256_file, UploadReport, UploadSpec};

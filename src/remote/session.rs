@@ -250,7 +250,8 @@ fn ask_unknown(name: &str, fp: &str) -> Result<bool> {
     })
 }
 
-/// An authenticated SSH connection to the server.
+/// An authenticated SSH connection to the server. Clones share the one connection.
+#[derive(Clone)]
 pub struct Remote {
     pub(super) handle: Arc<client::Handle<Handler>>,
     pub target: Target,

@@ -1,0 +1,109 @@
+//! `rebox plan` and `rebox rebuild`: prepare the rebuild context (connection, checked k3s
+//! binary, render inputs), then list or run the phases.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use crate::cli::{GlobalArgs, RebuildArgs};
+use crate::flow::journal::{LocalStore, ServerStore};
+use crate::flow::{self, PlanEntry, RunOptions};
+use crate::manifests::{Artifacts, RenderInputs};
+use crate::rebuild::{self, source, Ctx};
+use crate::remote::Remote;
+
+async fn prepare(global: &GlobalArgs, args: &RebuildArgs) -> Result<Ctx> {
+    if args.restore_from_nas {
+        anyhow::bail!("--restore-from-nas is not available in this version yet\n  next: `rebox rebuild` without it performs a fresh rebuild");
+    }
+    let (config, target, policy) = super::connection_settings(global, &args.conn)?;
+    let artifacts = Artifacts::embedded()?;
+    let bundle = args.bundle.as_deref().context(
+        "--bundle DIR is required: the directory on the USB stick with the k3s binary and SHA256SUMS\n  next: pass --bundle /media/usb/rebox-bundle",
+    )?;
+    let remote = Remote::connect(target, policy).await?;
+    let machine = remote
+        .exec("uname -m")
+        .await?
+        .stdout_str()
+        .trim()
+        .to_string();
+    let k3s = source::from_bundle(bundle, &artifacts, &machine).await?;
+    let inputs = RenderInputs::from_bundle(bundle, &artifacts)?;
+    Ok(Ctx::new(config, remote, artifacts, inputs, k3s, args.force))
+}
+
+pub async fn plan(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
+    let mut ctx = prepare(global, &args).await?;
+    let entries = flow::plan(&rebuild::fresh_phases(), &mut ctx).await?;
+    print_plan(global, &ctx, &entries)?;
+    ctx.remote.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_plan(global: &GlobalArgs, ctx: &Ctx, entries: &[PlanEntry]) -> Result<()> {
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(());
+    }
+    println!(
+        "Rebuild plan for {} ({} phases):",
+        ctx.remote.target.addr(),
+        entries.len()
+    );
+    for (i, e) in entries.iter().enumerate() {
+        let mark = if e.pending { "todo" } else { "done" };
+        println!("{:>2}. [{mark}] {}", i + 1, e.title);
+        if e.pending {
+            for step in &e.steps {
+                println!("         - {step}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
+    let mut ctx = prepare(global, &args).await?;
+    let phases = rebuild::fresh_phases();
+    if args.dry_run {
+        let entries = flow::plan(&phases, &mut ctx).await?;
+        print_plan(global, &ctx, &entries)?;
+        eprintln!("dry run: nothing was changed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let question = format!(
+        "Rebuild the homelab on {} ({}@{})? This installs k3s and changes the server",
+        ctx.remote.target.alias,
+        ctx.remote.target.user,
+        ctx.remote.target.addr()
+    );
+    if !crate::ui::confirm(&question, global.yes)? {
+        anyhow::bail!("not confirmed; nothing was changed\n  next: answer yes, or pass --yes in scripts (`rebox plan` shows what would happen)");
+    }
+    let local = LocalStore::for_host(&ctx.remote.target.host)?;
+    let report = {
+        let remote = ctx.remote.clone();
+        let server = ServerStore { remote: &remote };
+        let opts = RunOptions {
+            flow: "rebuild".into(),
+            resume_hint: "rebox rebuild".into(),
+        };
+        flow::run(&phases, &mut ctx, &[&server, &local], &opts).await?
+    };
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let total: u64 = report.phases.iter().map(|p| p.duration_ms).sum();
+        println!("Rebuild finished in {:.1}s:", total as f64 / 1000.0);
+        for p in &report.phases {
+            let how = match p.outcome {
+                flow::Outcome::Ran => format!("{:.1}s", p.duration_ms as f64 / 1000.0),
+                flow::Outcome::AlreadyDone => "already done".into(),
+            };
+            println!("  {:<70} {how}", p.title);
+        }
+    }
+    ctx.remote.close().await;
+    Ok(ExitCode::SUCCESS)
+}
