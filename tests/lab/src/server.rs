@@ -63,7 +63,7 @@ pub const NETNS_PREFIX: &str = "rebox-lab-";
 
 const HOLDER_SH: &str = include_str!("server/holder.sh");
 const SETUP_SH: &str = include_str!("server/setup.sh");
-/// Stand-ins for systemd's tools (the lab has no systemd), installed in /usr/local/sbin.
+/// Stand-ins for systemd's tools (the lab has no systemd), installed over /usr/bin's.
 const SYSTEMCTL_SH: &str = include_str!("server/systemctl.sh");
 const TIMEDATECTL_SH: &str = include_str!("server/timedatectl.sh");
 /// A local apt repository with stand-ins for the packages a rebuild installs.

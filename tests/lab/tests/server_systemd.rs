@@ -116,3 +116,29 @@ fn server_apt_installs_the_longhorn_packages_from_the_lab_mirror() {
         .unwrap();
     assert!(!String::from_utf8_lossy(&host.stdout).starts_with("ii"));
 }
+
+#[test]
+fn server_systemctl_is_active_answers_unprivileged_users() {
+    let lab = LabServer::start(LabOptions::default()).unwrap();
+    lab.run_as_root_ok("printf '[Service]\\nExecStart=/bin/sleep 1000\\n' > /etc/systemd/system/quiet.service && systemctl start quiet")
+        .unwrap();
+    // A login's PATH (no sbin), as over SSH.
+    let out = lab
+        .run_as_root_ok(
+            "su homelab -c 'PATH=/usr/local/bin:/usr/bin:/bin systemctl is-active quiet'",
+        )
+        .unwrap();
+    assert_eq!(out.trim(), "active");
+}
+
+#[test]
+fn server_stand_ins_replace_systemd_tools_only_inside_the_lab() {
+    let lab = LabServer::start(LabOptions::default()).unwrap();
+    let inside = std::fs::read_to_string(lab.path("/usr/bin/systemctl")).unwrap();
+    assert!(inside.contains("systemctl stand-in"));
+    let host = std::fs::read("/usr/bin/systemctl").unwrap_or_default();
+    assert!(
+        !String::from_utf8_lossy(&host).contains("systemctl stand-in"),
+        "the host's systemctl was replaced"
+    );
+}

@@ -45,12 +45,12 @@ fi
 chmod 440 /etc/sudoers.d/90-rebox-lab
 visudo -cq
 
-# No systemd inside the lab: stand-ins for systemctl and timedatectl, first on every PATH
-# (sudo's secure_path starts with /usr/local/sbin).
-install -d /usr/local/sbin
-printf '%s\n' "$LAB_SYSTEMCTL" >/usr/local/sbin/systemctl
-printf '%s\n' "$LAB_TIMEDATECTL" >/usr/local/sbin/timedatectl
-chmod 755 /usr/local/sbin/systemctl /usr/local/sbin/timedatectl
+# No systemd inside the lab: stand-ins take the place of systemctl and timedatectl in
+# /usr/bin (in the overlay only; the host's are untouched), so every user's PATH finds them.
+rm -f /usr/bin/systemctl /usr/bin/timedatectl
+printf '%s\n' "$LAB_SYSTEMCTL" >/usr/bin/systemctl
+printf '%s\n' "$LAB_TIMEDATECTL" >/usr/bin/timedatectl
+chmod 755 /usr/bin/systemctl /usr/bin/timedatectl
 
 # Packages: a local mirror with stand-ins for what a rebuild installs.
 printf '%s\n' "$LAB_APT_MIRROR" >/tmp/lab-apt-mirror.sh

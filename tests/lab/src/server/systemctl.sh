@@ -10,7 +10,7 @@
 set -u
 state=/run/lab-systemd
 logs=/var/log/lab-systemd
-mkdir -p "$state" "$logs"
+[ "$(id -u)" = 0 ] && mkdir -p "$state" "$logs"
 
 name() { case $1 in *.*) echo "$1" ;; *) echo "$1.service" ;; esac; }
 file_of() {
@@ -22,7 +22,8 @@ file_of() {
 }
 values() { sed -n "s/^[[:space:]]*$2=//p" "$1"; }
 pid_of() { cat "$state/$(name "$1").pid" 2>/dev/null; }
-active() { local p; p=$(pid_of "$1") && [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+# /proc, not kill -0: unprivileged users may ask about root's services too.
+active() { local p; p=$(pid_of "$1") && [ -n "$p" ] && [ -d "/proc/$p" ]; }
 
 start() {
   local n f; n=$(name "$1")
