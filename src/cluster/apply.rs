@@ -1,0 +1,93 @@
+//! Applying manifests: server-side apply with rebox as the field manager and strict field
+//! validation, so a typo in a manifest is an error from the API server, not a silent drop.
+//! Each object's kind is resolved through API discovery (CRDs applied earlier included).
+
+use anyhow::{Context, Result};
+use kube::api::{DynamicObject, Patch, PatchParams, ValidationDirective};
+use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
+use kube::Api;
+use serde_json::Value;
+
+use super::Cluster;
+
+pub const FIELD_MANAGER: &str = "rebox";
+
+/// What was applied, for reports (`HelmChart kube-system/longhorn`).
+pub fn describe(obj: &Value) -> String {
+    let kind = obj["kind"].as_str().unwrap_or("?");
+    let name = obj["metadata"]["name"].as_str().unwrap_or("?");
+    match obj["metadata"]["namespace"].as_str() {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
+
+impl Cluster {
+    /// Server-side applies every object in order (forcing rebox's ownership of its fields).
+    pub async fn apply_all(&self, objects: &[Value]) -> Result<()> {
+        let mut discovery = Discovery::new(self.client.clone())
+            .run()
+            .await
+            .context("API discovery")?;
+        for obj in objects {
+            let (resource, caps) = match resolve(&discovery, obj) {
+                Some(found) => found,
+                None => {
+                    // A CRD applied a moment ago: discover again once before giving up.
+                    discovery = Discovery::new(self.client.clone())
+                        .run()
+                        .await
+                        .context("API discovery")?;
+                    resolve(&discovery, obj).with_context(|| {
+                        format!(
+                            "the cluster does not serve {} (is its CRD installed?)",
+                            describe(obj)
+                        )
+                    })?
+                }
+            };
+            self.apply_one(obj, &resource, &caps).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_one(
+        &self,
+        obj: &Value,
+        resource: &ApiResource,
+        caps: &ApiCapabilities,
+    ) -> Result<()> {
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .context("an object without metadata.name")?;
+        let api: Api<DynamicObject> = match caps.scope {
+            Scope::Namespaced => {
+                let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
+                Api::namespaced_with(self.client.clone(), ns, resource)
+            }
+            Scope::Cluster => Api::all_with(self.client.clone(), resource),
+        };
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            force: true,
+            field_validation: Some(ValidationDirective::Strict),
+            dry_run: false,
+        };
+        api.patch(name, &params, &Patch::Apply(obj))
+            .await
+            .with_context(|| format!("applying {}", describe(obj)))?;
+        tracing::info!("applied {}", describe(obj));
+        Ok(())
+    }
+}
+
+fn resolve(discovery: &Discovery, obj: &Value) -> Option<(ApiResource, ApiCapabilities)> {
+    let api_version = obj["apiVersion"].as_str()?;
+    let kind = obj["kind"].as_str()?;
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    };
+    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
+    discovery.resolve_gvk(&gvk)
+}
