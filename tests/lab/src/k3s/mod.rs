@@ -10,20 +10,22 @@
 //! - [`config`]: `server` flags and `/etc/rancher/k3s/config.yaml`;
 //! - [`tls`], [`kubeconfig`]: CA, serving and admin client certificates, kubeconfig, tokens;
 //! - [`api`]: HTTP routing and authentication; [`discovery`], [`openapi`], [`table`];
-//! - [`objects`]: create/update/patch/delete semantics; [`admit`], [`typed`], [`schema`]:
-//!   validation; [`defaults`]; [`patch`], [`ssa`]: patch types and managed fields;
+//! - [`objects`]: create/update/patch/delete semantics; [`admit`], [`typed`], [`schema`],
+//!   [`immutable`]: validation; [`protobuf`]: kubectl's protobuf bodies; [`defaults`];
+//!   [`patch`], [`ssa`]: patch types and managed fields;
 //! - [`store`]: objects, resourceVersions, persistence, the event bus; [`watch`];
 //!   [`selectors`]; [`status`]: Kubernetes `Status` errors.
 //!
 //! Left out (on purpose): controllers (part 2 runs them in this process through
 //! [`store::Store::subscribe`]), kubelet, networking, RBAC, admission webhooks, API
-//! aggregation, protobuf.
+//! aggregation, protobuf responses.
 
 pub mod admit;
 pub mod api;
 pub mod config;
 pub mod defaults;
 pub mod discovery;
+pub mod immutable;
 pub mod kubeconfig;
 pub mod objects;
 pub mod openapi;

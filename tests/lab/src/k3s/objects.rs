@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use super::admit::{admit, admit_partial, WriteCtx};
 use super::defaults::{self, new_uid, now, random_suffix};
+use super::immutable;
 use super::patch;
 use super::registry::ResourceType;
 use super::ssa;
@@ -126,6 +127,9 @@ pub fn create(
         }
     }
     let uid = new_uid();
+    if rt.group.is_empty() && rt.kind == "Service" {
+        allocate_cluster_ip(inner, &mut obj);
+    }
     defaults::on_write(rt, &mut obj);
     defaults::on_create(rt, &mut obj, &uid);
     let meta = obj["metadata"].as_object_mut().expect("metadata");
@@ -245,6 +249,21 @@ pub fn update(
         }
     }
     obj["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+    if sub.is_none() {
+        // A Service that kept its address: an update that omits clusterIP keeps it.
+        if rt.group.is_empty()
+            && rt.kind == "Service"
+            && obj["spec"]["clusterIP"].is_null()
+            && old["spec"]["clusterIP"].is_string()
+        {
+            obj["spec"]["clusterIP"] = old["spec"]["clusterIP"].clone();
+            obj["spec"]["clusterIPs"] = old["spec"]["clusterIPs"].clone();
+        }
+        let causes = immutable::check(rt, &old, &obj);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(rt, name, causes));
+        }
+    }
     if rt.has_generation() && spec_part(&obj) != spec_part(&old) {
         let g = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
         obj["metadata"]["generation"] = json!(g);
@@ -498,4 +517,28 @@ pub fn delete(
         gone["metadata"]["deletionTimestamp"] = json!(now());
     }
     Ok(gone)
+}
+
+/// Gives a new Service an address from k3s's service CIDR 10.43.0.0/16 (10.43.0.1 is the
+/// `kubernetes` Service), unless it is headless, an ExternalName, or asked for one.
+fn allocate_cluster_ip(inner: &Inner, obj: &mut Value) {
+    let spec = &obj["spec"];
+    if spec["type"] == "ExternalName" || spec["clusterIP"].as_str().is_some_and(|s| !s.is_empty()) {
+        if let Some(ip) = spec["clusterIP"].as_str() {
+            let ip = ip.to_string();
+            obj["spec"]["clusterIPs"] = json!([ip]);
+        }
+        return;
+    }
+    let used: std::collections::HashSet<String> = inner
+        .list("", "services", None)
+        .iter()
+        .filter_map(|s| s["spec"]["clusterIP"].as_str().map(String::from))
+        .collect();
+    let ip = (10u32..65534)
+        .map(|n| format!("10.43.{}.{}", n / 256, n % 256))
+        .find(|ip| !used.contains(ip) && !ip.ends_with(".0") && !ip.ends_with(".255"))
+        .unwrap_or_else(|| "10.43.255.254".into());
+    obj["spec"]["clusterIP"] = json!(ip);
+    obj["spec"]["clusterIPs"] = json!([ip]);
 }
