@@ -99,3 +99,25 @@ pub fn sha256_hex(path: &Path) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
+
+/// A bundle directory as the operator carries it: the k3s binary (here the lab's k3s
+/// stand-in, built on demand) and SHA256SUMS.
+pub fn lab_bundle(dir: &Path) -> PathBuf {
+    // One cargo build per test binary, however many tests ask.
+    static LAB_K3S: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let lab_k3s = LAB_K3S.get_or_init(|| {
+        escargot::CargoBuild::new()
+            .package("rebox-lab")
+            .bin("lab-k3s")
+            .run()
+            .expect("building lab-k3s")
+            .path()
+            .to_path_buf()
+    });
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::copy(lab_k3s, bundle.join("k3s")).unwrap();
+    let sum = sha256_hex(&bundle.join("k3s"));
+    std::fs::write(bundle.join("SHA256SUMS"), format!("{sum}  k3s\n")).unwrap();
+    bundle
+}
