@@ -613,3 +613,40 @@ fn k3s_restart_on_the_same_data_dir_keeps_objects_and_ends_old_watch_history() {
         "{out}"
     );
 }
+
+#[test]
+fn k3s_config_yaml_sets_kubeconfig_mode_tls_sans_and_node_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "write-kubeconfig-mode: \"0644\"\ntls-san:\n  - homelab.example\n  - 192.0.2.10\nnode-name: homelab\ndisable: [traefik, servicelb]\nflannel-backend: none\n",
+    )
+    .unwrap();
+    let lab = Lab::start_with_config(tmp.path(), &config);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&lab.kubeconfig)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o644);
+    assert!(lab
+        .ok(&["get", "nodes", "-o", "name"], None)
+        .contains("node/homelab"));
+    // The serving certificate carries the tls-san names: TLS verifies against them.
+    lab.ok(
+        &["--tls-server-name=homelab.example", "get", "ns", "default"],
+        None,
+    );
+    let err = lab.fails(
+        &[
+            "--tls-server-name=elsewhere.example",
+            "get",
+            "ns",
+            "default",
+        ],
+        None,
+    );
+    assert!(err.contains("x509") || err.contains("certificate"), "{err}");
+}

@@ -36,6 +36,11 @@ impl Lab {
 
     /// Starts lab-k3s on an existing directory (used to restart on the same data dir).
     pub fn start_in(dir: &Path) -> Lab {
+        Lab::start_with_config(dir, Path::new("/dev/null"))
+    }
+
+    /// Starts lab-k3s with `--config <config>` (k3s's config.yaml) on `dir`.
+    pub fn start_with_config(dir: &Path, config: &Path) -> Lab {
         kubectl_bin();
         std::fs::create_dir_all(dir.join("home")).unwrap();
         let kubeconfig = dir.join("k3s.yaml");
@@ -44,12 +49,13 @@ impl Lab {
             .arg(dir.join("data"))
             .args(["--listen", "127.0.0.1:0", "--write-kubeconfig"])
             .arg(&kubeconfig)
+            .arg("--config")
+            .arg(config)
             .args([
-                "--config",
-                "/dev/null",
                 "--disable",
                 "traefik",
                 "--cluster-init",
+                "--snapshotter=native",
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
