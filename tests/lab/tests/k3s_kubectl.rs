@@ -184,6 +184,15 @@ fn k3s_server_side_apply_records_managers_and_reports_conflicts() {
         "1",
         "a refused apply changes nothing"
     );
+    // An undeclared field in an apply body: kube-apiserver's typed conversion fails (500).
+    let err = lab.fails(
+        &["apply", "--server-side", "--field-manager=alice", "-f", "-"],
+        Some(&CM.replace("\ndata:", "\ndataa:")),
+    );
+    assert!(
+        err.contains("failed to create typed patch object (default/cfg; /v1, Kind=ConfigMap): .dataa: field not declared in schema"),
+        "{err}"
+    );
     // Same value: co-owned, no conflict.
     lab.ok(
         &["apply", "--server-side", "--field-manager=carol", "-f", "-"],

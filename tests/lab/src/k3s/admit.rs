@@ -74,50 +74,11 @@ fn admit_inner(
     ctx: &mut WriteCtx,
     partial: bool,
 ) -> ApiResult<Value> {
-    if !obj.is_object() {
-        return Err(ApiError::bad_request(
-            "Object 'Kind' is missing in the request body",
-        ));
-    }
-    let kind = obj["kind"].as_str().unwrap_or_default();
-    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
-    if kind.is_empty() {
-        return Err(ApiError::bad_request(
-            "Object 'Kind' is missing in the request body",
-        ));
-    }
-    if kind != rt.kind || api_version != rt.api_version() {
-        return Err(ApiError::bad_request(format!(
-            "the API version in the data ({api_version}) does not match the expected API version ({})",
-            rt.api_version()
-        ))
-        .with_kind_hint(kind, &rt.kind));
-    }
     let name = obj["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let (mut obj, unknown) = match &rt.crd {
-        None => typed::check(&rt.group, &rt.kind, &obj).map_err(|e| decode_error(rt, &e))?,
-        Some(crd) => {
-            let schema = inner
-                .schemas
-                .get(&(crd.clone(), rt.version.clone()))
-                .cloned();
-            let (meta, mut unknown) =
-                typed::check_meta(&obj["metadata"]).map_err(|e| decode_error(rt, &e))?;
-            let mut o = obj.clone();
-            o["metadata"] = meta;
-            if let Some(s) = &schema {
-                unknown.extend(s.unknown_fields(&obj));
-                s.prune(&mut o);
-                if !partial {
-                    s.default(&mut o);
-                }
-            }
-            (o, unknown)
-        }
-    };
+    let (mut obj, unknown) = decode(inner, rt, obj, partial)?;
     if !unknown.is_empty() {
         match ctx.validation {
             FieldValidation::Strict => {
@@ -323,4 +284,54 @@ fn semantic(rt: &ResourceType, obj: &Value, causes: &mut Vec<(String, String, &'
         }
         _ => {}
     }
+}
+
+/// Kind/apiVersion check and decoding: (object without unknown fields, their paths).
+pub fn decode(
+    inner: &Inner,
+    rt: &ResourceType,
+    obj: Value,
+    partial: bool,
+) -> ApiResult<(Value, Vec<String>)> {
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(
+            "Object 'Kind' is missing in the request body",
+        ));
+    }
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+    if kind.is_empty() {
+        return Err(ApiError::bad_request(
+            "Object 'Kind' is missing in the request body",
+        ));
+    }
+    if kind != rt.kind || api_version != rt.api_version() {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({api_version}) does not match the expected API version ({})",
+            rt.api_version()
+        ))
+        .with_kind_hint(kind, &rt.kind));
+    }
+    let (obj, unknown) = match &rt.crd {
+        None => typed::check(&rt.group, &rt.kind, &obj).map_err(|e| decode_error(rt, &e))?,
+        Some(crd) => {
+            let schema = inner
+                .schemas
+                .get(&(crd.clone(), rt.version.clone()))
+                .cloned();
+            let (meta, mut unknown) =
+                typed::check_meta(&obj["metadata"]).map_err(|e| decode_error(rt, &e))?;
+            let mut o = obj.clone();
+            o["metadata"] = meta;
+            if let Some(s) = &schema {
+                unknown.extend(s.unknown_fields(&obj));
+                s.prune(&mut o);
+                if !partial {
+                    s.default(&mut o);
+                }
+            }
+            (o, unknown)
+        }
+    };
+    Ok((obj, unknown))
 }

@@ -14,7 +14,7 @@
 
 use serde_json::{json, Value};
 
-use super::admit::{admit, admit_partial, WriteCtx};
+use super::admit::{self, admit, admit_partial, WriteCtx};
 use super::defaults::{self, new_uid, now, random_suffix};
 use super::immutable;
 use super::patch;
@@ -395,11 +395,43 @@ fn apply(
             "the name of the object ({n}) does not match the name on the URL ({name})"
         )));
     }
-    // The applied configuration alone must be a valid object of the kind (unknown fields too).
+    // The applied configuration must convert to the kind's schema. An undeclared field fails
+    // the typed conversion whatever fieldValidation says, and kube-apiserver reports that as
+    // a plain error: HTTP 500 without a reason (kubernetes/kubernetes#122480, #139253).
     let mut probe = applied.clone();
     probe["metadata"]["name"] = json!(name);
-    let checked = admit_partial(inner, rt, probe, ctx)?;
-    let mut applied = checked;
+    let (_, unknown) = admit::decode(inner, rt, probe.clone(), true)?;
+    if !unknown.is_empty() {
+        let errs: Vec<String> = unknown
+            .iter()
+            .map(|p| format!(".{p}: field not declared in schema"))
+            .collect();
+        let detail = if errs.len() == 1 {
+            errs[0].clone()
+        } else {
+            format!("errors:\n  {}", errs.join("\n  "))
+        };
+        let gv = if rt.group.is_empty() {
+            format!("/{}", rt.version)
+        } else {
+            rt.api_version()
+        };
+        let nn = if rt.namespaced {
+            format!("{ns}/{name}")
+        } else {
+            format!("/{name}")
+        };
+        return Err(ApiError {
+            code: 500,
+            reason: "",
+            message: format!(
+                "failed to create typed patch object ({nn}; {gv}, Kind={}): {detail}",
+                rt.kind
+            ),
+            details: None,
+        });
+    }
+    let mut applied = admit_partial(inner, rt, probe, ctx)?;
     if rt.namespaced {
         applied["metadata"]["namespace"] = json!(ns);
     }

@@ -125,6 +125,9 @@ impl ApiError {
             "kind": "Status", "apiVersion": "v1", "metadata": {},
             "status": "Failure", "message": self.message, "reason": self.reason, "code": self.code,
         });
+        if self.reason.is_empty() {
+            v.as_object_mut().expect("object").remove("reason");
+        }
         if let Some(d) = &self.details {
             v["details"] = d.clone();
         }
