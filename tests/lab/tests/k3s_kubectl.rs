@@ -659,3 +659,42 @@ fn k3s_config_yaml_sets_kubeconfig_mode_tls_sans_and_node_name() {
     );
     assert!(err.contains("x509") || err.contains("certificate"), "{err}");
 }
+
+#[test]
+fn k3s_watch_with_a_label_selector_reports_objects_entering_and_leaving_it() {
+    let lab = Lab::start();
+    lab.ok(&["create", "configmap", "w"], None);
+    let mut w = lab.spawn(&[
+        "get",
+        "cm",
+        "-l",
+        "sel=yes",
+        "-w",
+        "--output-watch-events",
+        "-o",
+        "jsonpath={.type} {.object.metadata.name}{\"\\n\"}",
+    ]);
+    let (tx, rx) = mpsc::channel();
+    let stdout = w.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Whether the label lands before or after the watch starts, it is reported as ADDED
+    // (initial list or event); the second change is only ever seen as an event.
+    lab.ok(&["label", "cm", "w", "sel=yes"], None);
+    let added = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("ADDED when the object starts matching");
+    assert_eq!(added.trim(), "ADDED w");
+    lab.ok(&["label", "cm", "w", "sel=no", "--overwrite"], None);
+    let deleted = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("DELETED when it stops matching");
+    assert_eq!(deleted.trim(), "DELETED w");
+    let _ = w.kill();
+    let _ = w.wait();
+}

@@ -35,6 +35,8 @@ pub struct Event {
     /// "" for cluster-scoped objects.
     pub namespace: String,
     pub object: Value,
+    /// The previous version for `MODIFIED` (watches with selectors need it).
+    pub old: Option<Value>,
 }
 
 type Bucket = BTreeMap<(String, String), Value>;
@@ -237,19 +239,13 @@ impl Inner {
         let path = obj_path(&self.dir, group, plural, ns, &name);
         write_atomic(&path, &serde_json::to_vec(&obj)?, 0o600)?;
         write_atomic(&self.dir.join("rv"), self.rv.to_string().as_bytes(), 0o600)?;
-        let existed = self
+        let old = self
             .objects
             .entry((group.into(), plural.into()))
             .or_default()
-            .insert((ns.into(), name), obj.clone())
-            .is_some();
-        self.emit(
-            if existed { "MODIFIED" } else { "ADDED" },
-            group,
-            plural,
-            ns,
-            obj.clone(),
-        );
+            .insert((ns.into(), name), obj.clone());
+        let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
+        self.emit(kind, group, plural, ns, obj.clone(), old);
         Ok(obj)
     }
 
@@ -280,11 +276,19 @@ impl Inner {
         if group == "apiextensions.k8s.io" && plural == "customresourcedefinitions" {
             self.unregister_crd(name);
         }
-        self.emit("DELETED", group, plural, ns, obj.clone());
+        self.emit("DELETED", group, plural, ns, obj.clone(), None);
         Ok(Some(obj))
     }
 
-    fn emit(&mut self, kind: &'static str, group: &str, plural: &str, ns: &str, object: Value) {
+    fn emit(
+        &mut self,
+        kind: &'static str,
+        group: &str,
+        plural: &str,
+        ns: &str,
+        object: Value,
+        old: Option<Value>,
+    ) {
         let ev = Event {
             rv: self.rv,
             kind,
@@ -292,6 +296,7 @@ impl Inner {
             plural: plural.into(),
             namespace: ns.into(),
             object,
+            old,
         };
         if self.history.len() == HISTORY {
             if let Some(old) = self.history.pop_front() {

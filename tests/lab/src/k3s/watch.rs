@@ -7,7 +7,8 @@
 //! history (the HTTP status stays 200, as upstream); `sendInitialEvents=true` ends the initial
 //! events with a BOOKMARK annotated `k8s.io/initial-events-end`; `timeoutSeconds` ends the
 //! stream; label/field selectors filter events. A restart of lab-k3s ends every watch.
-//! Left out: periodic bookmarks, DELETED events for objects that stop matching a selector.
+//! Objects that start or stop matching a selector are reported as ADDED / DELETED.
+//! Left out: periodic bookmarks.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -53,11 +54,25 @@ fn wrap(req: &WatchRequest, kind: &str, obj: Value, first: &mut bool) -> Value {
     json!({"type": kind, "object": object})
 }
 
-fn wanted(req: &WatchRequest, ev: &Event) -> bool {
-    ev.group == req.rt.group
-        && ev.plural == req.rt.plural
-        && req.namespace.as_deref().is_none_or(|n| n == ev.namespace)
-        && req.selector.matches(&ev.object)
+/// The event type this watch reports for `ev`, if any: a modification that makes an object
+/// start (stop) matching the selector is reported as ADDED (DELETED), as upstream.
+fn translate(req: &WatchRequest, ev: &Event) -> Option<&'static str> {
+    if ev.group != req.rt.group
+        || ev.plural != req.rt.plural
+        || req.namespace.as_deref().is_some_and(|n| n != ev.namespace)
+    {
+        return None;
+    }
+    let now = req.selector.matches(&ev.object);
+    match (ev.kind, &ev.old) {
+        ("MODIFIED", Some(old)) => match (req.selector.matches(old), now) {
+            (true, true) => Some("MODIFIED"),
+            (false, true) => Some("ADDED"),
+            (true, false) => Some("DELETED"),
+            (false, false) => None,
+        },
+        (kind, _) => now.then_some(kind),
+    }
 }
 
 fn bookmark(req: &WatchRequest, rv: u64, end: bool) -> Value {
@@ -98,8 +113,10 @@ pub fn serve(store: &Store, req: WatchRequest) -> Response {
         };
         match from.map(|n| (n, inner.watch_from(n))) {
             Ok((_, Ok((past, r)))) => {
-                for ev in past.iter().filter(|e| wanted(&req, e)) {
-                    pending.push_back(wrap(&req, ev.kind, ev.object.clone(), &mut first));
+                for ev in &past {
+                    if let Some(kind) = translate(&req, ev) {
+                        pending.push_back(wrap(&req, kind, ev.object.clone(), &mut first));
+                    }
                 }
                 rx = Some(r);
             }
@@ -134,11 +151,12 @@ pub fn serve(store: &Store, req: WatchRequest) -> Response {
                 None => rx.recv().await,
             };
             match ev {
-                Ok(ev) if wanted(&st.req, &ev) => {
-                    let v = wrap(&st.req, ev.kind, ev.object, &mut st.first);
-                    st.pending.push_back(v);
+                Ok(ev) => {
+                    if let Some(kind) = translate(&st.req, &ev) {
+                        let v = wrap(&st.req, kind, ev.object, &mut st.first);
+                        st.pending.push_back(v);
+                    }
                 }
-                Ok(_) => {}
                 Err(_) => return None,
             }
         }
