@@ -145,3 +145,38 @@ pub fn parse_server_args(args: &[String]) -> anyhow::Result<Options> {
         node_name: opt("node-name").unwrap_or_else(hostname),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k3s_server_flags_and_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config.yaml");
+        std::fs::write(&cfg, "write-kubeconfig-mode: \"0644\"\ntls-san: [a.example, 10.0.0.1]\nnode-name: box\ndata-dir: /from/file\n").unwrap();
+        let args: Vec<String> = [
+            "--config",
+            cfg.to_str().unwrap(),
+            "--cluster-init",
+            "--disable",
+            "traefik",
+            "-d",
+            "/cli/wins",
+            "--https-listen-port=7443",
+            "--node-label",
+            "x=y",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let o = parse_server_args(&args).unwrap();
+        assert_eq!(o.data_dir, PathBuf::from("/cli/wins"));
+        assert_eq!(o.kubeconfig_mode, 0o644);
+        assert_eq!(o.tls_san, ["a.example", "10.0.0.1"]);
+        assert_eq!(o.node_name, "box");
+        assert_eq!(o.listen.to_string(), "127.0.0.1:7443");
+        assert_eq!(o.kubeconfig, PathBuf::from("/etc/rancher/k3s/k3s.yaml"));
+        assert!(parse_server_args(&["positional".to_string()]).is_err());
+    }
+}

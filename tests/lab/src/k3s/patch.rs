@@ -208,3 +208,49 @@ pub fn json(orig: &Value, patch: &Value) -> Result<Value, String> {
     json_patch::patch(&mut out, &p).map_err(|e| e.to_string())?;
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn k3s_strategic_merge_by_key_delete_directive_and_order() {
+        let orig = json!({"spec": {"containers": [{"name": "a", "image": "x", "env": [{"name": "A", "value": "1"}]}, {"name": "b", "image": "y"}], "finalizers": ["f1"]}});
+        let p = json!({"spec": {
+            "$setElementOrder/containers": [{"name": "b"}, {"name": "a"}],
+            "containers": [{"name": "a", "env": [{"name": "B", "value": "2"}]}, {"name": "c", "image": "z"}, {"name": "b", "$patch": "delete"}],
+            "finalizers": ["f2"],
+        }});
+        let out = strategic(&orig, &p).unwrap();
+        let names: Vec<&str> = out["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["a", "c"]);
+        assert_eq!(out["spec"]["containers"][0]["image"], "x");
+        assert_eq!(
+            out["spec"]["containers"][0]["env"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(out["spec"]["finalizers"], json!(["f1", "f2"]));
+        let replaced = strategic(&orig, &json!({"spec": {"$patch": "replace", "x": 1}})).unwrap();
+        assert_eq!(replaced["spec"], json!({"x": 1}));
+        let retained = strategic(
+            &json!({"s": {"a": 1, "b": 2}}),
+            &json!({"s": {"$retainKeys": ["a", "c"], "c": 3}}),
+        )
+        .unwrap();
+        assert_eq!(retained["s"], json!({"a": 1, "c": 3}));
+        assert!(strategic(
+            &orig,
+            &json!({"spec": {"containers": [{"image": "nokey"}]}})
+        )
+        .is_err());
+    }
+}

@@ -382,3 +382,40 @@ fn default(s: &Value, v: &mut Value, root: bool) {
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn k3s_structural_schema_rules() {
+        let s = CrdSchema::compile(
+            &json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+                "n": {"type": "string", "nullable": true},
+                "port": {"x-kubernetes-int-or-string": true},
+                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                "items": {"type": "array", "items": {"type": "object", "properties": {"a": {"type": "integer"}}}},
+                "mode": {"type": "string", "default": "x"},
+            }}}}),
+        );
+        let obj = json!({"apiVersion": "g/v1", "kind": "K", "metadata": {"name": "a"},
+                         "spec": {"n": null, "port": "http", "free": {"z": 1}, "items": [{"a": 1, "b": 2}], "bogus": 1}});
+        assert_eq!(s.unknown_fields(&obj), ["spec.bogus", "spec.items[0].b"]);
+        let mut pruned = obj.clone();
+        s.prune(&mut pruned);
+        s.default(&mut pruned);
+        assert_eq!(
+            pruned["spec"],
+            json!({"n": null, "port": "http", "free": {"z": 1}, "items": [{"a": 1}], "mode": "x"})
+        );
+        assert!(s.validate(&pruned).is_empty());
+        let bad = json!({"spec": {"port": 1.5, "items": [{"a": "one"}]}});
+        let fields: Vec<String> = s.validate(&bad).into_iter().map(|c| c.0).collect();
+        assert!(
+            fields.contains(&"spec.items[0].a".to_string()),
+            "{fields:?}"
+        );
+        assert!(fields.contains(&"spec.port".to_string()), "{fields:?}");
+    }
+}

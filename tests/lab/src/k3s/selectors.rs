@@ -184,3 +184,25 @@ fn eval(r: &Req, get: &dyn Fn(&str) -> Option<String>) -> bool {
         Req::NotExists(k) => get(k).is_none(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn k3s_selector_grammar() {
+        let obj = json!({"metadata": {"name": "n", "namespace": "ns", "labels": {"app": "web", "tier": "front"}}, "status": {"phase": "Running"}});
+        let m = |l: &str, f: &str| {
+            Selector::parse(Some(l), Some(f), "Pod")
+                .unwrap()
+                .matches(&obj)
+        };
+        assert!(m("app=web,tier in (front, back)", "status.phase=Running"));
+        assert!(m("app==web,!missing,tier", "metadata.name!=x"));
+        assert!(!m("app notin (web)", ""));
+        assert!(!m("", "status.phase=Pending"));
+        assert!(Selector::parse(None, Some("spec.foo=1"), "Pod").is_err());
+        assert!(Selector::parse(Some("app in web"), None, "Pod").is_err());
+    }
+}

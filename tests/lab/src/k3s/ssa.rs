@@ -490,3 +490,49 @@ pub fn conflict_message(conflicts: &[Conflict]) -> String {
         parts.join("\n")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn k3s_fields_v1_round_trip_and_apply_removal() {
+        let obj = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"a": "1"}},
+                         "spec": {"containers": [{"name": "c", "image": "i"}], "tolerations": [{"key": "k"}]}});
+        let set = field_set(&obj, true, false);
+        let mut back = FieldSet::new();
+        from_fields_v1(&to_fields_v1(&set), &mut vec![], &mut back);
+        assert_eq!(set, back);
+        let item = vec![
+            "f:spec".to_string(),
+            "f:containers".into(),
+            r#"k:{"name":"c"}"#.into(),
+        ];
+        assert!(set.contains(&item), "{set:?}");
+        assert!(
+            set.contains(&vec!["f:spec".to_string(), "f:tolerations".into()]),
+            "non-keyed lists are atomic"
+        );
+        assert_eq!(
+            display(&[
+                item[0].clone(),
+                item[1].clone(),
+                item[2].clone(),
+                "f:image".into()
+            ]),
+            r#".spec.containers[name="c"].image"#
+        );
+
+        let a1 = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "m"}, "data": {"x": "1", "y": "2"}});
+        let created = apply(None, &a1, "m1", false, true, true).unwrap();
+        let a2 = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "m"}, "data": {"x": "1"}});
+        let next = apply(Some(&created), &a2, "m1", false, true, true).unwrap();
+        assert_eq!(next["data"], json!({"x": "1"}));
+        let other = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "m"}, "data": {"x": "2"}});
+        let conflicts = apply(Some(&next), &other, "m2", false, true, true).unwrap_err();
+        assert_eq!(
+            conflict_message(&conflicts),
+            r#"Apply failed with 1 conflict: conflict with "m1" using v1: .data.x"#
+        );
+    }
+}
