@@ -156,15 +156,19 @@ pub enum KeyCommand {
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
+    rebox key export --host 192.168.1.10 --ssh-identity ~/.ssh/id_ed25519 -r age1… -o vault-key.age\n  \
     printf %s \"$KEY\" | rebox key export --from-stdin -r age1… -o vault-key.age\n  \
     rebox key export --from-stdin -p -R ~/.ssh/id_ed25519.pub -o vault-key.age < key.txt   \
     (writes vault-key.pass.age and vault-key.keys.age)")]
 pub struct KeyExportArgs {
     /// Read the unseal key from standard input, one share per line (`Unseal Key N: …` lines
-    /// from `vault operator init` work as they are). Without it the key would come from the
-    /// cluster, which is not available yet.
+    /// from `vault operator init` work as they are).
+    /// Without it the key is read from the cluster's Secret (`[vault]` in rebox.toml, default
+    /// security/vault-unseal-key, key `key`) over SSH, using the connection flags.
     #[arg(long)]
     pub from_stdin: bool,
+    #[command(flatten)]
+    pub conn: KeyConnArgs,
     /// Encrypt to an age recipient (age1…) or an SSH public key line (repeatable)
     #[arg(short = 'r', long = "recipient", value_name = "RECIPIENT")]
     pub recipients: Vec<String>,
@@ -211,15 +215,65 @@ pub struct KeyExportArgs {
     pub extra_from_file: Vec<String>,
 }
 
+/// SSH connection flags for `rebox key` (the key's source or the Secret to compare with).
+/// Same meaning as the other commands' connection flags, except that the SSH key is
+/// `--ssh-identity`, since `-i` is the age identity here, as in age.
+#[derive(Debug, Args, Clone, Default)]
+#[command(next_help_heading = "Connection (for the cluster's Secret)")]
+pub struct KeyConnArgs {
+    /// Server host name or address (an alias from ~/.ssh/config works too)
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// SSH port
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// SSH user (must have passwordless sudo)
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// SSH private key file (repeatable; tried after the ssh-agent)
+    #[arg(long = "ssh-identity", value_name = "FILE")]
+    pub ssh_identity: Vec<PathBuf>,
+    /// known_hosts file to check and record host keys in [default: ~/.ssh/known_hosts]
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Trust and record the host key of a server not yet in known_hosts
+    #[arg(long)]
+    pub accept_new_host_key: bool,
+    /// Replace the recorded host key with this one (the SHA256:… fingerprint read on the
+    /// rebuilt server's console). Any other key is still refused.
+    #[arg(long, value_name = "SHA256:FINGERPRINT")]
+    pub replace_host_key: Option<String>,
+    /// Seconds to wait for the TCP connection and SSH handshake
+    #[arg(long, value_name = "SECS")]
+    pub connect_timeout: Option<u64>,
+}
+
+impl From<&KeyConnArgs> for ConnArgs {
+    fn from(k: &KeyConnArgs) -> ConnArgs {
+        ConnArgs {
+            host: k.host.clone(),
+            port: k.port,
+            user: k.user.clone(),
+            identity: k.ssh_identity.clone(),
+            known_hosts: k.known_hosts.clone(),
+            accept_new_host_key: k.accept_new_host_key,
+            replace_host_key: k.replace_host_key.clone(),
+            connect_timeout: k.connect_timeout,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct KeyVerifyArgs {
     /// Identity file (age or SSH private key, repeatable); a passphrase file asks on the terminal
     #[arg(short = 'i', long = "identity", value_name = "FILE")]
     pub identities: Vec<PathBuf>,
-    /// Also compare the fingerprints with the key in the cluster's Secret (needs the cluster
-    /// client, not yet available)
+    /// Also compare the fingerprints with the key in the cluster's Secret (read over SSH with
+    /// the connection flags); neither key is printed. Exits 2 on a mismatch.
     #[arg(long)]
     pub against_cluster: bool,
+    #[command(flatten)]
+    pub conn: KeyConnArgs,
     /// Backup file
     pub file: PathBuf,
 }

@@ -12,17 +12,24 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context, Result};
 use zeroize::Zeroizing;
 
-use crate::cli::{GlobalArgs, KeyCommand, KeyExportArgs, KeyShowArgs, KeyVerifyArgs};
+use crate::cli::{
+    ConnArgs, GlobalArgs, KeyCommand, KeyConnArgs, KeyExportArgs, KeyShowArgs, KeyVerifyArgs,
+};
 use crate::config::Config;
 use crate::keys::crypt::{self, NamedRecipient};
 use crate::keys::document::{self, Summary};
 use crate::keys::output::Pending;
+use crate::keys::source::ClusterSecret;
 use crate::keys::{passphrase, BackupDocument, KeySource, SecretText};
+
+/// Exit status of `verify --against-cluster` when the backup and the cluster disagree
+/// (as `preflight` uses 2 for "checks ran and one failed").
+const MISMATCH: u8 = 2;
 
 pub async fn run(global: &GlobalArgs, cmd: KeyCommand) -> Result<ExitCode> {
     match cmd {
-        KeyCommand::Export(args) => export(global, args),
-        KeyCommand::Verify(args) => verify(global, args),
+        KeyCommand::Export(args) => export(global, args).await,
+        KeyCommand::Verify(args) => verify(global, args).await,
         KeyCommand::Show(args) => show(args),
     }
 }
@@ -40,7 +47,7 @@ struct Target {
     paper: Option<Pending>,
 }
 
-fn export(global: &GlobalArgs, args: KeyExportArgs) -> Result<ExitCode> {
+async fn export(global: &GlobalArgs, args: KeyExportArgs) -> Result<ExitCode> {
     // 1. Everything that can be checked without the key or a passphrase comes first.
     let recipients = collect_recipients(&args)?;
     if recipients.is_empty() && !args.passphrase {
@@ -61,12 +68,16 @@ fn export(global: &GlobalArgs, args: KeyExportArgs) -> Result<ExitCode> {
     let mut targets = plan_targets(&args, !recipients.is_empty())?;
 
     // 2. The key.
-    let source = if args.from_stdin {
-        KeySource::Stdin
+    let shares = if args.from_stdin {
+        KeySource::Stdin.read().await?
     } else {
-        KeySource::Cluster
+        let c = cluster_secret(global, &args.conn)?;
+        let (what, addr) = (c.describe(), c.target.addr());
+        eprintln!("reading the unseal key from Secret {what} (key `{}`) on {addr}", c.key);
+        KeySource::Cluster(c).read().await.with_context(|| {
+            format!("cannot read the unseal key from Secret {what} on {addr}; nothing was written")
+        })?
     };
-    let shares = source.read()?;
     let given = shares.len() as u32;
     let share_count = args
         .share_count
@@ -355,17 +366,145 @@ fn paper_page(
     Ok(out)
 }
 
-fn verify(global: &GlobalArgs, args: KeyVerifyArgs) -> Result<ExitCode> {
-    if args.against_cluster {
-        bail!(
-            "--against-cluster needs the cluster client, not yet available; run `rebox key verify {}` \
-             without it to check the file alone",
-            args.file.display()
-        );
-    }
+/// Where the cluster's unseal key Secret is, from rebox.toml and the connection flags.
+fn cluster_secret(global: &GlobalArgs, conn: &KeyConnArgs) -> Result<ClusterSecret> {
+    let (config, target, policy) = super::connection_settings(global, &ConnArgs::from(conn))?;
+    Ok(ClusterSecret::from_config(&config, target, policy))
+}
+
+async fn verify(global: &GlobalArgs, args: KeyVerifyArgs) -> Result<ExitCode> {
+    // Settings first, so a config or flag error comes before any passphrase prompt.
+    let secret = if args.against_cluster {
+        Some(cluster_secret(global, &args.conn)?)
+    } else {
+        None
+    };
     let (doc, how) = open_backup(&args.file, &args.identities)?;
-    print_summary(global, &doc.summary(), Some((&args.file, how)), &[])?;
-    Ok(ExitCode::SUCCESS)
+    let summary = doc.summary();
+    drop(doc);
+    let Some(secret) = secret else {
+        print_summary(global, &summary, Some((&args.file, how)), &[])?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let cluster: Vec<String> = secret
+        .read()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot read Secret {} on {}: the backup {} itself is valid, but it could not \
+                 be compared with the cluster",
+                secret.describe(),
+                secret.target.addr(),
+                args.file.display()
+            )
+        })?
+        .iter()
+        .map(|s| s.sha256_hex())
+        .collect();
+    let cmp = Comparison::new(&summary, &cluster);
+    if global.json {
+        let mut v = serde_json::to_value(&summary)?;
+        v["file"] = args.file.display().to_string().into();
+        v["protected_by"] = how.into();
+        v["valid"] = true.into();
+        v["against_cluster"] = serde_json::json!({
+            "secret": secret.describe(),
+            "key": secret.key,
+            "server": secret.target.addr(),
+            "cluster_shares": cluster,
+            "matches": cmp.matches,
+            "only_in_backup": cmp.only_in_backup,
+            "only_in_cluster": cmp.only_in_cluster,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_summary(global, &summary, Some((&args.file, how)), &[])?;
+        print_comparison(&secret, &summary, &cluster, &cmp)?;
+    }
+    if cmp.matches {
+        tracing::info!(secret = %secret.describe(), "backup matches the cluster");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "error: the backup {} does not hold the key in Secret {} on {}.\n  \
+             next: if the cluster's key was rotated, make a new backup from it \
+             (`rebox key export --host … -o NEW.age`, then `rebox key verify NEW.age --against-cluster`); \
+             if the backup is the right key, the Secret is wrong: `rebox doctor` checks it",
+            args.file.display(),
+            secret.describe(),
+            secret.target.addr()
+        );
+        Ok(ExitCode::from(MISMATCH))
+    }
+}
+
+/// The backup's share fingerprints set against the cluster's.
+struct Comparison {
+    /// Every share in the cluster's Secret is in the backup, and the backup holds no share
+    /// the cluster's key does not (the same key, whatever the order).
+    matches: bool,
+    only_in_backup: Vec<String>,
+    only_in_cluster: Vec<String>,
+}
+
+impl Comparison {
+    fn new(backup: &Summary, cluster: &[String]) -> Self {
+        let b: Vec<String> = backup
+            .shares
+            .iter()
+            .map(|f| f.sha256.to_ascii_lowercase())
+            .collect();
+        let only_in_backup: Vec<String> =
+            b.iter().filter(|f| !cluster.contains(f)).cloned().collect();
+        let only_in_cluster: Vec<String> =
+            cluster.iter().filter(|f| !b.contains(f)).cloned().collect();
+        Comparison {
+            matches: only_in_backup.is_empty() && only_in_cluster.is_empty() && !cluster.is_empty(),
+            only_in_backup,
+            only_in_cluster,
+        }
+    }
+}
+
+/// Both fingerprint lists and the verdict (stdout). Never a key.
+fn print_comparison(
+    secret: &ClusterSecret,
+    s: &Summary,
+    cluster: &[String],
+    cmp: &Comparison,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "compared with Secret {} (key `{}`) on {}:",
+        secret.describe(),
+        secret.key,
+        secret.target.addr()
+    )?;
+    writeln!(out, "  backup shares   ({})", s.shares.len())?;
+    for f in &s.shares {
+        let mark = if cmp.only_in_backup.contains(&f.sha256.to_ascii_lowercase()) {
+            "  (not in the cluster)"
+        } else {
+            ""
+        };
+        writeln!(out, "    {:<13} sha256:{}{mark}", f.name, f.sha256)?;
+    }
+    writeln!(out, "  cluster shares  ({})", cluster.len())?;
+    for (n, fp) in cluster.iter().enumerate() {
+        let mark = if cmp.only_in_cluster.contains(fp) {
+            "  (not in the backup)"
+        } else {
+            ""
+        };
+        writeln!(out, "    {:<13} sha256:{fp}{mark}", format!("line {}", n + 1))?;
+    }
+    if cmp.matches {
+        writeln!(out, "MATCH: the backup holds exactly the cluster's unseal key")?;
+    } else {
+        writeln!(out, "MISMATCH: the backup and the cluster's unseal key differ")?;
+    }
+    Ok(())
 }
 
 fn show(args: KeyShowArgs) -> Result<ExitCode> {
