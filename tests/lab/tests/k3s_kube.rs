@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
-use kube::api::{Api, Patch, PatchParams, ValidationDirective};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use kube::api::{Api, LogParams, Patch, PatchParams, PostParams, ValidationDirective};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use rebox_lab::k3s::{Options, Running};
@@ -108,4 +108,24 @@ async fn k3s_kube_rs_server_side_apply_strict_and_watch() {
     .expect("watch delivered the update in time");
     assert!(seen);
     writer.await.unwrap();
+
+    // pods/log returns the text the (part 2) controllers store for a pod.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "unseal-1"},
+        "spec": {"containers": [{"name": "unseal", "image": "alpine"}]}}),
+    )
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    assert!(
+        pods.logs("unseal-1", &LogParams::default()).await.is_err(),
+        "no log before the container ran"
+    );
+    running
+        .store
+        .set_pod_log("default", "unseal-1", "Vault unsealed\n");
+    assert_eq!(
+        pods.logs("unseal-1", &LogParams::default()).await.unwrap(),
+        "Vault unsealed\n"
+    );
 }
