@@ -123,7 +123,8 @@ async fn k3s_kube_rs_server_side_apply_strict_and_watch() {
     );
     running
         .store
-        .set_pod_log("default", "unseal-1", "Vault unsealed\n");
+        .set_pod_log("default", "unseal-1", "Vault unsealed\n")
+        .unwrap();
     assert_eq!(
         pods.logs("unseal-1", &LogParams::default()).await.unwrap(),
         "Vault unsealed\n"

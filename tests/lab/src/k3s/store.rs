@@ -79,6 +79,8 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> anyhow::Result<()> {
     f.write_all(data)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    // The rename itself must survive a power loss too.
+    std::fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
 
@@ -146,6 +148,18 @@ impl Store {
                 .or_default()
                 .insert((ns.to_string(), name), obj);
         }
+        let logs = dir.join("logs");
+        for ns in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                if let (Some(pod), Ok(text)) =
+                    (name.strip_suffix(".log"), std::fs::read_to_string(f.path()))
+                {
+                    let ns = ns.file_name().to_string_lossy().into_owned();
+                    inner.logs.insert((ns, pod.to_string()), text);
+                }
+            }
+        }
         inner.rv = max_rv;
         inner.first_rv = max_rv;
         let crds: Vec<Value> =
@@ -169,10 +183,19 @@ impl Store {
     }
 
     /// Stores the text `GET pods/<name>/log` returns (controllers of part 2 fill it).
-    pub fn set_pod_log(&self, namespace: &str, pod: &str, text: &str) {
-        self.lock()
+    /// Kept in `<db>/logs/<namespace>/<pod>.log`, so logs survive a restart as on a node.
+    pub fn set_pod_log(&self, namespace: &str, pod: &str, text: &str) -> anyhow::Result<()> {
+        let mut inner = self.lock();
+        let path = inner
+            .dir
+            .join("logs")
+            .join(namespace)
+            .join(format!("{pod}.log"));
+        write_atomic(&path, text.as_bytes(), 0o600)?;
+        inner
             .logs
             .insert((namespace.into(), pod.into()), text.into());
+        Ok(())
     }
 }
 
