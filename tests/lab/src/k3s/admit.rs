@@ -166,7 +166,7 @@ fn check_name(rt: &ResourceType, obj: &Value, causes: &mut Vec<(String, String, 
     } else {
         is_subdomain(name)
     };
-    if !ok && !(rt.group == "rbac.authorization.k8s.io") {
+    if !ok && rt.group != "rbac.authorization.k8s.io" {
         let rule = if label_only { LABEL } else { SUBDOMAIN };
         causes.push((
             "metadata.name".into(),

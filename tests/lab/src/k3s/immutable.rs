@@ -47,10 +47,8 @@ pub fn check(rt: &ResourceType, old: &Value, new: &Value) -> Vec<Cause> {
     let mut out = vec![];
     let (os, ns) = (&old["spec"], &new["spec"]);
     match (rt.group.as_str(), rt.kind.as_str()) {
-        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet") => {
-            if os["selector"] != ns["selector"] {
-                immutable("spec.selector", &ns["selector"], &mut out);
-            }
+        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet") if os["selector"] != ns["selector"] => {
+            immutable("spec.selector", &ns["selector"], &mut out);
         }
         ("apps", "StatefulSet") => {
             let allowed = [
@@ -103,8 +101,8 @@ pub fn check(rt: &ResourceType, old: &Value, new: &Value) -> Vec<Cause> {
         }
         ("", "Secret" | "ConfigMap") => {
             if old["immutable"] == Value::Bool(true) {
-                for f in ["data", "stringData", "binaryData"] {
-                    if old[f] != new[f] && !(f == "stringData") {
+                for f in ["data", "binaryData"] {
+                    if old[f] != new[f] {
                         out.push((
                             f.into(),
                             format!("{f}: Forbidden: field is immutable when `immutable` is set"),
@@ -153,10 +151,8 @@ pub fn check(rt: &ResourceType, old: &Value, new: &Value) -> Vec<Cause> {
                 }
             }
         }
-        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
-            if os["scope"] != ns["scope"] {
-                immutable("spec.scope", &ns["scope"], &mut out);
-            }
+        ("apiextensions.k8s.io", "CustomResourceDefinition") if os["scope"] != ns["scope"] => {
+            immutable("spec.scope", &ns["scope"], &mut out);
         }
         _ => {}
     }

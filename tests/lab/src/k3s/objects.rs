@@ -159,6 +159,7 @@ pub enum Managed {
     Computed,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn update(
     inner: &mut Inner,
     rt: &ResourceType,

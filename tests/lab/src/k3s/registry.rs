@@ -60,7 +60,16 @@ impl ResourceType {
 }
 
 /// (group, version, kind, plural, namespaced, short names, status subresource)
-const BUILTIN: &[(&str, &str, &str, &str, bool, &[&str], bool)] = &[
+type Builtin = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    bool,
+    &'static [&'static str],
+    bool,
+);
+const BUILTIN: &[Builtin] = &[
     ("", "v1", "Namespace", "namespaces", false, &["ns"], true),
     ("", "v1", "Secret", "secrets", true, &[], false),
     ("", "v1", "ConfigMap", "configmaps", true, &["cm"], false),

@@ -44,7 +44,7 @@ impl CrdSchema {
     pub fn unknown_fields(&self, obj: &Value) -> Vec<String> {
         let mut out = vec![];
         if self.raw.is_object() {
-            walk(&self.raw, obj, "", true, &mut out, &mut |_| {});
+            walk(&self.raw, obj, "", true, &mut out);
         }
         out
     }
@@ -280,14 +280,7 @@ fn child<'a>(s: &'a Value, k: &str, root: bool) -> Option<&'a Value> {
     None
 }
 
-fn walk(
-    s: &Value,
-    v: &Value,
-    path: &str,
-    root: bool,
-    out: &mut Vec<String>,
-    f: &mut dyn FnMut(&str),
-) {
+fn walk(s: &Value, v: &Value, path: &str, root: bool, out: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
             for (k, cv) in m {
@@ -299,14 +292,14 @@ fn walk(
                 match child(s, k, root) {
                     None => out.push(p),
                     Some(Value::Null) => {}
-                    Some(cs) => walk(cs, cv, &p, false, out, f),
+                    Some(cs) => walk(cs, cv, &p, false, out),
                 }
             }
         }
         Value::Array(a) => {
             if let Some(items) = s.get("items") {
                 for (i, cv) in a.iter().enumerate() {
-                    walk(items, cv, &format!("{path}[{i}]"), false, out, f);
+                    walk(items, cv, &format!("{path}[{i}]"), false, out);
                 }
             }
         }
