@@ -73,7 +73,13 @@ impl ClusterLab {
         self.lab
             .conn_args()
             .into_iter()
-            .map(|a| if a == "-i" { "--ssh-identity".into() } else { a })
+            .map(|a| {
+                if a == "-i" {
+                    "--ssh-identity".into()
+                } else {
+                    a
+                }
+            })
             .collect()
     }
 
@@ -113,7 +119,9 @@ impl ClusterLab {
             ))
             .unwrap();
         self.root_with_stdin(
-            &format!("{KUBECTL} create secret generic {name} -n security --from-file={key}=/dev/stdin"),
+            &format!(
+                "{KUBECTL} create secret generic {name} -n security --from-file={key}=/dev/stdin"
+            ),
             value,
         );
     }
@@ -210,12 +218,16 @@ fn key_export_from_cluster_decrypts_with_age_single_and_multi_share() {
     assert_no_key("export", &text(&out), CLUSTER_SHARE);
     assert_eq!(doc_shares(&c.age_decrypt(&file)), [CLUSTER_SHARE]);
     let mode = std::fs::metadata(&file).unwrap().permissions();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
 
     // Three shares, one per line, in a Secret and key named in rebox.toml.
     let config = c.path("rebox.toml");
     let mut toml_text = std::fs::read_to_string(&config).unwrap();
-    toml_text.push_str("\n[vault]\nunseal_secret = \"other-unseal\"\nunseal_secret_key = \"shares\"\n");
+    toml_text
+        .push_str("\n[vault]\nunseal_secret = \"other-unseal\"\nunseal_secret_key = \"shares\"\n");
     std::fs::write(&config, toml_text).unwrap();
     let value = format!("{}\n", MULTI.join("\n"));
     c.set_secret("other-unseal", "shares", &value);
@@ -227,7 +239,10 @@ fn key_export_from_cluster_decrypts_with_age_single_and_multi_share() {
     assert_eq!(doc_shares(&doc), MULTI);
     assert!(doc.contains("threshold = 2"), "{doc}");
     for s in MULTI {
-        assert!(doc.contains(&sha256(s)), "fingerprint of a share missing:\n{doc}");
+        assert!(
+            doc.contains(&sha256(s)),
+            "fingerprint of a share missing:\n{doc}"
+        );
     }
 }
 
@@ -272,7 +287,9 @@ fn key_export_from_cluster_missing_secret_or_key_is_a_clear_error_and_writes_not
     assert!(c.export(&file, &[]).status.success());
     c.lab
         .server
-        .run_as_root_ok(&format!("{KUBECTL} delete secret vault-unseal-key -n security"))
+        .run_as_root_ok(&format!(
+            "{KUBECTL} delete secret vault-unseal-key -n security"
+        ))
         .unwrap();
     let out = c.verify_against_cluster(&file, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -319,9 +336,15 @@ fn key_verify_against_cluster_matches_then_mismatches_after_the_secret_changes()
     assert_eq!(out.status.code(), Some(2), "{all}");
     assert!(all.contains("MISMATCH"), "{all}");
     assert!(!all.contains("MATCH: the backup holds exactly"), "{all}");
-    assert!(all.contains(&sha256(ROTATED)), "cluster fingerprint missing:\n{all}");
+    assert!(
+        all.contains(&sha256(ROTATED)),
+        "cluster fingerprint missing:\n{all}"
+    );
     for s in MULTI {
-        assert!(all.contains(&sha256(s)), "backup fingerprint missing:\n{all}");
+        assert!(
+            all.contains(&sha256(s)),
+            "backup fingerprint missing:\n{all}"
+        );
     }
     assert!(all.contains("rebox key export"), "no next step:\n{all}");
     assert_no_key("verify (mismatch)", &all, &value);
@@ -331,7 +354,11 @@ fn key_verify_against_cluster_matches_then_mismatches_after_the_secret_changes()
     assert_eq!(out.status.code(), Some(2));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["against_cluster"]["matches"], false, "{v}");
-    assert_eq!(v["against_cluster"]["only_in_cluster"][0], sha256(ROTATED), "{v}");
+    assert_eq!(
+        v["against_cluster"]["only_in_cluster"][0],
+        sha256(ROTATED),
+        "{v}"
+    );
 }
 
 #[test]

@@ -496,7 +496,8 @@ fn key_shares_pasted_on_the_terminal_are_not_echoed() {
 }
 
 #[test]
-fn key_export_from_cluster_is_not_available_yet() {
+fn key_export_without_from_stdin_reads_the_cluster_and_needs_a_server() {
+    // The cluster is the default source: with no server there is nothing to read from.
     let s = Scratch::new();
     let (_, recipient) = s.age_identity("me.key");
     s.rebox()
@@ -505,25 +506,48 @@ fn key_export_from_cluster_is_not_available_yet() {
         .args(["-o", "vk.age"])
         .assert()
         .failure()
-        .stderr(predicate::str::contains(
-            "not available yet: pass --from-stdin",
-        ));
+        .stderr(
+            predicate::str::contains("no server given").and(predicate::str::contains("--host")),
+        );
+    assert_eq!(s.files(), ["me.key"]);
+    // An unreachable server: a connection error naming it, and nothing written.
+    s.rebox()
+        .args(["key", "export", "-r"])
+        .arg(&recipient)
+        .args([
+            "-o",
+            "vk.age",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "1",
+            "--known-hosts",
+            "kh",
+        ])
+        .assert()
+        .failure()
+        .stderr(
+            predicate::str::contains("Secret security/vault-unseal-key on 127.0.0.1:1")
+                .and(predicate::str::contains("nothing was written")),
+        );
     assert_eq!(s.files(), ["me.key"]);
 }
 
 #[test]
-fn key_verify_against_cluster_is_not_available_yet() {
+fn key_verify_against_cluster_needs_a_reachable_server() {
     let s = Scratch::new();
     let (file, id) = export_x25519(&s, "vk.age", &[]);
     s.rebox()
         .args(["key", "verify", "--against-cluster", "-i"])
         .arg(&id)
         .arg(&file)
+        .args(["--host", "127.0.0.1", "--port", "1", "--known-hosts", "kh"])
         .assert()
-        .failure()
-        .stderr(predicate::str::contains(
-            "needs the cluster client, not yet available",
-        ));
+        .code(1)
+        .stderr(
+            predicate::str::contains("itself is valid, but it could not be compared")
+                .and(predicate::str::contains("cannot reach 127.0.0.1:1")),
+        );
 }
 
 #[test]

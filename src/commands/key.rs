@@ -68,16 +68,20 @@ async fn export(global: &GlobalArgs, args: KeyExportArgs) -> Result<ExitCode> {
     let mut targets = plan_targets(&args, !recipients.is_empty())?;
 
     // 2. The key.
-    let shares = if args.from_stdin {
-        KeySource::Stdin.read().await?
-    } else {
-        let c = cluster_secret(global, &args.conn)?;
-        let (what, addr) = (c.describe(), c.target.addr());
-        eprintln!("reading the unseal key from Secret {what} (key `{}`) on {addr}", c.key);
-        KeySource::Cluster(c).read().await.with_context(|| {
+    let shares =
+        if args.from_stdin {
+            KeySource::Stdin.read().await?
+        } else {
+            let c = cluster_secret(global, &args.conn)?;
+            let (what, addr) = (c.describe(), c.target.addr());
+            eprintln!(
+                "reading the unseal key from Secret {what} (key `{}`) on {addr}",
+                c.key
+            );
+            KeySource::Cluster(Box::new(c)).read().await.with_context(|| {
             format!("cannot read the unseal key from Secret {what} on {addr}; nothing was written")
         })?
-    };
+        };
     let given = shares.len() as u32;
     let share_count = args
         .share_count
@@ -497,12 +501,22 @@ fn print_comparison(
         } else {
             ""
         };
-        writeln!(out, "    {:<13} sha256:{fp}{mark}", format!("line {}", n + 1))?;
+        writeln!(
+            out,
+            "    {:<13} sha256:{fp}{mark}",
+            format!("line {}", n + 1)
+        )?;
     }
     if cmp.matches {
-        writeln!(out, "MATCH: the backup holds exactly the cluster's unseal key")?;
+        writeln!(
+            out,
+            "MATCH: the backup holds exactly the cluster's unseal key"
+        )?;
     } else {
-        writeln!(out, "MISMATCH: the backup and the cluster's unseal key differ")?;
+        writeln!(
+            out,
+            "MISMATCH: the backup and the cluster's unseal key differ"
+        )?;
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! - [`crypt`]: age encryption to passphrases, X25519 and SSH keys; decryption; clear errors.
 //! - [`output`]: 0600, temp-file, fsync, verify, no-clobber rename.
 //! - [`passphrase`]: prompts on `/dev/tty` with echo off.
-//! - [`source`]: where the key comes from (stdin today, the cluster later).
+//! - [`source`]: where the key comes from (standard input, or the cluster's Secret over SSH).
 //! - [`secret`]: `SecretText`, the zeroizing, redacting string every secret lives in.
 
 pub mod crypt;

@@ -24,7 +24,7 @@ pub enum KeySource {
     /// One share per line on standard input.
     Stdin,
     /// The cluster's Secret, read through the SSH connection.
-    Cluster(ClusterSecret),
+    Cluster(Box<ClusterSecret>),
 }
 
 /// Where the unseal key lives in the cluster, and how to reach the cluster.
@@ -93,8 +93,9 @@ impl ClusterSecret {
         let text = std::str::from_utf8(&raw).map_err(|_| {
             anyhow::anyhow!("Secret {ns}/{name} key `{key}` is not text; expected the unseal key share(s), one per line")
         })?;
-        let shares = parse_shares(text)
-            .with_context(|| format!("Secret {ns}/{name} key `{key}` does not hold unseal key shares"))?;
+        let shares = parse_shares(text).with_context(|| {
+            format!("Secret {ns}/{name} key `{key}` does not hold unseal key shares")
+        })?;
         if shares.is_empty() {
             bail!("Secret {ns}/{name} key `{key}` is empty; `rebox doctor` checks the unseal key Secret");
         }
