@@ -51,6 +51,46 @@ impl Cluster {
         Ok(())
     }
 
+    /// Whether every object exists (by kind, namespace and name). Kinds the cluster does not
+    /// serve yet count as missing.
+    pub async fn all_exist(&self, objects: &[Value]) -> Result<bool> {
+        let discovery = Discovery::new(self.client.clone())
+            .run()
+            .await
+            .context("API discovery")?;
+        for obj in objects {
+            let Some((resource, caps)) = resolve(&discovery, obj) else {
+                return Ok(false);
+            };
+            let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+            let api = self.dynamic_api(obj, &resource, &caps);
+            if api
+                .get_opt(name)
+                .await
+                .with_context(|| format!("reading {}", describe(obj)))?
+                .is_none()
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn dynamic_api(
+        &self,
+        obj: &Value,
+        resource: &ApiResource,
+        caps: &ApiCapabilities,
+    ) -> Api<DynamicObject> {
+        match caps.scope {
+            Scope::Namespaced => {
+                let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
+                Api::namespaced_with(self.client.clone(), ns, resource)
+            }
+            Scope::Cluster => Api::all_with(self.client.clone(), resource),
+        }
+    }
+
     async fn apply_one(
         &self,
         obj: &Value,
@@ -60,13 +100,7 @@ impl Cluster {
         let name = obj["metadata"]["name"]
             .as_str()
             .context("an object without metadata.name")?;
-        let api: Api<DynamicObject> = match caps.scope {
-            Scope::Namespaced => {
-                let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
-                Api::namespaced_with(self.client.clone(), ns, resource)
-            }
-            Scope::Cluster => Api::all_with(self.client.clone(), resource),
-        };
+        let api = self.dynamic_api(obj, resource, caps);
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             force: true,

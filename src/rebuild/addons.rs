@@ -1,0 +1,151 @@
+//! Addon phases: apply one group of the embedded manifests with server-side apply, then wait
+//! for what it installs (each HelmChart's `helm-install-<name>` Job to complete).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use k8s_openapi::api::batch::v1::Job;
+use kube::runtime::wait::{await_condition, conditions};
+use kube::Api;
+use serde_json::Value;
+
+use super::Ctx;
+use crate::cluster::apply::describe;
+use crate::flow::Phase;
+use crate::manifests::{render_all, Group};
+
+/// How long one chart may take to install.
+const CHART_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Applies every manifest of `group` and waits for its charts.
+pub struct Apply {
+    pub group: Group,
+    pub title: &'static str,
+}
+
+impl Apply {
+    fn objects(&self, ctx: &Ctx) -> Result<Vec<Value>> {
+        let mut objects = Vec::new();
+        for m in render_all(&ctx.config, &ctx.inputs)?
+            .into_iter()
+            .filter(|m| m.group == self.group)
+        {
+            if !m.missing_config.is_empty() {
+                anyhow::bail!(
+                    "{} needs {} in rebox.toml before it can be applied\n  next: set it (`rebox init` writes a commented file) and rerun",
+                    m.name,
+                    m.missing_config.join(", ")
+                );
+            }
+            if !m.secret_inputs.is_empty() {
+                anyhow::bail!(
+                    "{} needs secret values, which this phase does not supply (a rebox defect)",
+                    m.name
+                );
+            }
+            objects.extend(m.objects);
+        }
+        Ok(objects)
+    }
+}
+
+/// HelmCharts among the objects: (namespace, name).
+fn helm_charts(objects: &[Value]) -> Vec<(String, String)> {
+    objects
+        .iter()
+        .filter(|o| o["kind"] == "HelmChart")
+        .map(|o| {
+            let ns = o["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("kube-system")
+                .to_string();
+            (
+                ns,
+                o["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Phase<Ctx> for Apply {
+    fn id(&self) -> &'static str {
+        self.group.name()
+    }
+    fn title(&self) -> String {
+        self.title.to_string()
+    }
+    async fn pending(&self, ctx: &mut Ctx) -> Result<bool> {
+        let objects = self.objects(ctx)?;
+        let Ok(cluster) = ctx.cluster().await else {
+            return Ok(true);
+        };
+        if !cluster.all_exist(&objects).await? {
+            return Ok(true);
+        }
+        for (ns, name) in helm_charts(&objects) {
+            let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), &ns);
+            let done = jobs
+                .get_opt(&format!("helm-install-{name}"))
+                .await?
+                .is_some_and(|j| job_complete(&j));
+            if !done {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+    fn describe(&self, ctx: &Ctx) -> Vec<String> {
+        match self.objects(ctx) {
+            Ok(objects) => {
+                let mut steps: Vec<String> = objects
+                    .iter()
+                    .map(|o| format!("apply {}", describe(o)))
+                    .collect();
+                steps.extend(
+                    helm_charts(&objects)
+                        .into_iter()
+                        .map(|(ns, n)| format!("wait for Job {ns}/helm-install-{n} to complete")),
+                );
+                steps
+            }
+            Err(e) => vec![format!("cannot render: {e:#}")],
+        }
+    }
+    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let objects = self.objects(ctx)?;
+        ctx.cluster().await?.apply_all(&objects).await
+    }
+    async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
+        let objects = self.objects(ctx)?;
+        let cluster = ctx.cluster().await?;
+        for (ns, name) in helm_charts(&objects) {
+            let job = format!("helm-install-{name}");
+            let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), &ns);
+            match tokio::time::timeout(CHART_DEADLINE, await_condition(jobs, &job, conditions::is_job_completed())).await {
+                Ok(result) => {
+                    result.with_context(|| format!("watching Job {ns}/{job}"))?;
+                }
+                Err(_) => anyhow::bail!(
+                    "chart {name} did not install within {}s (Job {ns}/{job} not complete)\n  next: `kubectl -n {ns} logs job/{job}` on the server shows why",
+                    CHART_DEADLINE.as_secs()
+                ),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn job_complete(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Complete" && c.status == "True")
+        })
+}
