@@ -338,6 +338,7 @@ async fn vault_seal_requires_the_root_token() {
     assert_eq!(v.status().await["sealed"], false);
 
     // Authorization: Bearer is accepted like X-Vault-Token
+    vault_support::install_crypto();
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/sys/seal", v.base))
         .bearer_auth(&init.root_token)

@@ -19,6 +19,7 @@ pub struct Init {
 
 impl Vault {
     pub fn new(base: impl Into<String>) -> Vault {
+        install_crypto();
         Vault {
             base: base.into(),
             http: reqwest::Client::builder()
@@ -156,4 +157,9 @@ pub fn share_with_distinct_x<'a>(pool: &'a [String], others: &[&String]) -> &'a 
 
 pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Selects rustls' ring provider (see the comment on the rustls dev-dependency).
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
