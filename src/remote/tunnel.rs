@@ -30,6 +30,7 @@ impl Remote {
         let local_addr = listener.local_addr()?;
         let handle = Arc::clone(&self.handle);
         let host = host.to_string();
+        let host_for_log = host.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut socket, peer)) = listener.accept().await else {
