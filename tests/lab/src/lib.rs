@@ -3,7 +3,9 @@
 //!
 //! - [`server`]: a real server stand-in (network namespace, overlay root, real sshd + sudo).
 //! - [`vault`]: the Vault HTTP API stand-in (`lab-vault`).
+//! - [`nas`]: the NAS, a directory of Longhorn backups (fixture builder and reader).
 
 pub mod k3s;
+pub mod nas;
 pub mod server;
 pub mod vault;

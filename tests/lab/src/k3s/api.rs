@@ -64,6 +64,11 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         return ApiError::unauthorized().into_response();
     }
     let (parts, body) = req.into_parts();
+    if let Some(r) =
+        super::faults::intercept(&app.store.data_dir(), parts.method.as_str(), parts.uri.path()).await
+    {
+        return r;
+    }
     let query: HashMap<String, String> = Query::try_from_uri(&parts.uri)
         .map(|Query(q)| q)
         .unwrap_or_default();

@@ -15,6 +15,7 @@
 //!   [`patch`], [`ssa`]: patch types and managed fields;
 //! - [`store`]: objects, resourceVersions, persistence, the event bus; [`watch`];
 //!   [`selectors`]; [`status`]: Kubernetes `Status` errors.
+//! - [`faults`]: the lab's fault switches (`<data-dir>/lab-faults.json`).
 //!
 //! Left out (on purpose): controllers (part 2 runs them in this process through
 //! [`store::Store::subscribe`]), kubelet, networking, RBAC, admission webhooks, API
@@ -25,6 +26,7 @@ pub mod api;
 pub mod config;
 pub mod defaults;
 pub mod discovery;
+pub mod faults;
 pub mod immutable;
 pub mod kubeconfig;
 pub mod objects;

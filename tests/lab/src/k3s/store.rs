@@ -173,6 +173,12 @@ impl Store {
         })
     }
 
+    /// lab-k3s's data dir (the store lives in `<data dir>/server/db/lab-k3s`).
+    pub fn data_dir(&self) -> PathBuf {
+        let dir = self.lock().dir.clone();
+        dir.ancestors().nth(3).map(Path::to_path_buf).unwrap_or(dir)
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -1,0 +1,1245 @@
+//! The Longhorn stand-in: backup target, BackupVolume/Backup discovery from the NAS, volume
+//! restore (`spec.fromBackup`), fresh volumes, attachment, and the PV/PVC binding that a
+//! real node gets from kube-controller-manager plus Longhorn's CSI provisioner.
+//!
+//! Contract followed: `../shared/reference/platform-facts.md` §2 (Longhorn v1.8+), read
+//! strictly:
+//! - BackupTarget `default` in `longhorn-system` (created by the manager if missing):
+//!   `spec.backupTargetURL`, `spec.pollInterval` (Go duration, default `300s`),
+//!   `spec.syncRequestedAt`; status `available`, `conditions[type=Unavailable]`,
+//!   `lastSyncedAt`, `ownerID`. The store is read at once when the URL changes, when
+//!   `syncRequestedAt` is newer than `lastSyncedAt`, and every `pollInterval`.
+//! - BackupVolume `<volume>-<sha256("<volume>-<target>")[..8]>` with labels `backup-volume`,
+//!   `backup-target`, `spec.volumeName`, `spec.backupTargetName`; status `lastBackupName`,
+//!   `lastBackupAt`, `size`, `labels` (incl. `KubernetesStatus`), `storageClassName`,
+//!   `dataStored`, `createdAt`, `lastModificationTime`, `lastSyncedAt`. Backup CRs named by
+//!   backup id, labels `backup-volume`/`backup-target`, status `state: Completed`, `url`
+//!   (`<target>?backup=<b>&volume=<v>`), `volumeName`, `volumeSize`, `size`, `snapshotName`,
+//!   `snapshotCreatedAt`, `backupCreatedAt`, `labels`, `backupTargetName`, `progress`,
+//!   `lastSyncedAt`, `compressionMethod`. CRs whose backup left the store are deleted.
+//! - Volume with `spec.fromBackup`: the Backup CR named in the URL must exist (until it does
+//!   the volume waits, as the real controller retries); then `restoreRequired=true`,
+//!   `restoreInitiated=true`, `kubernetesStatus` from the `KubernetesStatus` label (pvName and
+//!   pvStatus cleared, `lastPVCRefAt` = `snapshotCreatedAt`), auto-attached
+//!   (`state: attached`) with condition `Restore` True `RestoreInProgress` while the blocks
+//!   are copied. The upstream Volume CR carries no progress field; the lab reports progress
+//!   in the Restore condition's message (`restored N%`) and in `status.actualSize`. Done:
+//!   `restoreRequired=false`, `state: detached`, `robustness: unknown`, Restore False with
+//!   an empty reason. A block whose sha256 does not match: `state: detached`,
+//!   `robustness: faulted`, Restore False `RestoreFailure` ("All replica restore failed and
+//!   the volume became Faulted"), `restoreRequired` stays true.
+//! - Attached (`state: attached`, `robustness: healthy`, `currentNodeID`) while a pod uses a
+//!   PVC bound to a PV whose `csi.volumeHandle` names the volume; detached otherwise.
+//! - PV/PVC: a PV without claimRef is `Available`; a PVC with `spec.volumeName` binds to that
+//!   PV when class, access modes and size fit (PV `claimRef` set, both `Bound`, PVC
+//!   annotation `pv.kubernetes.io/bind-completed`); a PV whose claim is gone is `Released`.
+//!   A PVC without volumeName whose StorageClass has provisioner `driver.longhorn.io`
+//!   (StorageClass `longhorn`) gets a fresh empty Volume and PV `pvc-<claim uid>`.
+//!
+//! The lab's NAS: an `nfs://<host>:/<export>` URL maps to the local directory `/<export>`
+//! (the [`crate::nas::NasFixture`] directory is given as the export path), or to
+//! `<nas_root>/<export>` when [`LonghornEnv::nas_root`] is set (lab env `LAB_NAS_ROOT`).
+//! The host part is not resolved. A missing directory makes the target unavailable; other
+//! schemes (s3, cifs, azblob) are reported unavailable ("not supported by the lab").
+//!
+//! Volume data: [`volume_data_dir`] = `<lab-k3s data dir>/longhorn/volumes/<volume>/data`;
+//! deleting a Volume deletes it. Fault switches ([`super::super::faults`]): a stuck restore
+//! (progress stops while the switch is on); corrupt backups are real corruption on the NAS
+//! ([`crate::nas::corrupt_volume`]).
+//! Left out: replicas, engines, snapshots, backups *to* the store, recurring jobs, RWX
+//! share manager, v1.6/1.7 Settings (`backup-target` Setting CRs are not mirrored).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::k3s::admit::{FieldValidation, WriteCtx};
+use crate::k3s::defaults::now;
+use crate::k3s::faults;
+use crate::k3s::objects;
+use crate::k3s::registry::ResourceType;
+use crate::k3s::status::ApiError;
+use crate::k3s::store::Store;
+use crate::nas::{self, Backupstore};
+
+pub const NAMESPACE: &str = "longhorn-system";
+pub const GROUP: &str = "longhorn.io";
+pub const VERSION: &str = "v1beta2";
+pub const CSI_DRIVER: &str = "driver.longhorn.io";
+const MANAGER: &str = "longhorn-manager";
+
+/// `<lab-k3s data dir>/longhorn/volumes/<volume>/data`: where a Longhorn volume's files live.
+pub fn volume_data_dir(data_dir: &Path, volume_name: &str) -> PathBuf {
+    data_dir
+        .join("longhorn/volumes")
+        .join(volume_name)
+        .join("data")
+}
+
+/// What the Longhorn stand-in needs from the lab.
+#[derive(Clone, Debug)]
+pub struct LonghornEnv {
+    /// lab-k3s's data dir (volumes live under it; fault switches are read from it).
+    pub data_dir: PathBuf,
+    /// Prefix for NFS export paths (`LAB_NAS_ROOT`); `None`: the export path is local as is.
+    pub nas_root: Option<PathBuf>,
+    /// The node name (`ownerID`, `currentNodeID`).
+    pub node_name: String,
+    /// How long one restore takes at least (spread over 10 progress steps).
+    pub restore_time: Duration,
+    /// How often the controller looks again without an event (pods, NAS, faults).
+    pub tick: Duration,
+}
+
+impl LonghornEnv {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        LonghornEnv {
+            data_dir: data_dir.into(),
+            nas_root: std::env::var_os("LAB_NAS_ROOT").map(PathBuf::from),
+            node_name: "lab".into(),
+            restore_time: Duration::from_millis(1000),
+            tick: Duration::from_millis(250),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ CRDs
+
+fn s() -> Value {
+    json!({"type": "string"})
+}
+fn b() -> Value {
+    json!({"type": "boolean"})
+}
+fn i() -> Value {
+    json!({"type": "integer"})
+}
+fn e(values: &[&str]) -> Value {
+    json!({"type": "string", "enum": values})
+}
+fn smap() -> Value {
+    json!({"type": "object", "additionalProperties": {"type": "string"}})
+}
+fn sarr() -> Value {
+    json!({"type": "array", "items": {"type": "string"}})
+}
+fn obj(props: &[(&str, Value)]) -> Value {
+    let m: serde_json::Map<String, Value> =
+        props.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    json!({"type": "object", "properties": m})
+}
+fn conditions() -> Value {
+    json!({"type": "array", "nullable": true, "items": obj(&[
+        ("lastProbeTime", s()), ("lastTransitionTime", s()), ("message", s()),
+        ("reason", s()), ("status", s()), ("type", s()),
+    ])})
+}
+
+/// One Longhorn kind as the lab serves it: our own declaration of the fields of
+/// longhorn-manager's `k8s/pkg/apis/longhorn/v1beta2` types that the lab supports.
+pub struct LonghornKind {
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub short: &'static str,
+    /// The `openAPIV3Schema`.
+    pub schema: Value,
+    pub columns: Value,
+}
+
+pub fn longhorn_kinds() -> Vec<LonghornKind> {
+    let col = |name: &str, ty: &str, path: &str| json!({"name": name, "type": ty, "jsonPath": path});
+    let age = col("Age", "date", ".metadata.creationTimestamp");
+    let root = |spec: Option<Value>, status: Value| {
+        let mut props = vec![
+            ("apiVersion", s()),
+            ("kind", s()),
+            ("metadata", json!({"type": "object"})),
+        ];
+        if let Some(sp) = spec {
+            props.push(("spec", sp));
+        }
+        props.push(("status", status));
+        obj(&props)
+    };
+    let setting = {
+        let mut r = obj(&[
+            ("apiVersion", s()),
+            ("kind", s()),
+            ("metadata", json!({"type": "object"})),
+            ("value", s()),
+            ("status", {
+                let mut st = obj(&[("applied", b())]);
+                st["required"] = json!(["applied"]);
+                st
+            }),
+        ]);
+        r["required"] = json!(["value"]);
+        r
+    };
+    vec![
+        LonghornKind {
+            kind: "Setting",
+            plural: "settings",
+            short: "lhs",
+            schema: setting,
+            columns: json!([col("Value", "string", ".value"), col("Applied", "boolean", ".status.applied"), age]),
+        },
+        LonghornKind {
+            kind: "BackupTarget",
+            plural: "backuptargets",
+            short: "lhbt",
+            schema: root(
+                Some(obj(&[
+                    ("backupTargetURL", s()),
+                    ("credentialSecret", s()),
+                    ("pollInterval", s()),
+                    ("syncRequestedAt", json!({"type": "string", "format": "date-time", "nullable": true})),
+                ])),
+                obj(&[
+                    ("available", b()),
+                    ("conditions", conditions()),
+                    ("lastSyncedAt", json!({"type": "string", "format": "date-time", "nullable": true})),
+                    ("ownerID", s()),
+                ]),
+            ),
+            columns: json!([col("URL", "string", ".spec.backupTargetURL"), col("Credential", "string", ".spec.credentialSecret"),
+                            col("LastBackupAt", "string", ".spec.pollInterval"), col("Available", "boolean", ".status.available"),
+                            col("LastSyncedAt", "string", ".status.lastSyncedAt")]),
+        },
+        LonghornKind {
+            kind: "BackupVolume",
+            plural: "backupvolumes",
+            short: "lhbv",
+            schema: root(
+                Some(obj(&[
+                    ("backupTargetName", s()),
+                    ("syncRequestedAt", json!({"type": "string", "format": "date-time", "nullable": true})),
+                    ("volumeName", s()),
+                ])),
+                obj(&[
+                    ("backingImageChecksum", s()), ("backingImageName", s()), ("createdAt", s()),
+                    ("dataStored", s()), ("labels", {let mut m = smap(); m["nullable"] = json!(true); m}),
+                    ("lastBackupAt", s()), ("lastBackupName", s()), ("lastModificationTime", json!({"type": "string", "format": "date-time", "nullable": true})),
+                    ("lastSyncedAt", json!({"type": "string", "format": "date-time", "nullable": true})),
+                    ("messages", {let mut m = smap(); m["nullable"] = json!(true); m}), ("ownerID", s()), ("size", s()),
+                    ("storageClassName", s()),
+                ]),
+            ),
+            columns: json!([col("BackupTarget", "string", ".spec.backupTargetName"), col("CreatedAt", "string", ".status.createdAt"),
+                            col("LastBackupName", "string", ".status.lastBackupName"), col("LastBackupAt", "string", ".status.lastBackupAt"),
+                            col("LastSyncedAt", "string", ".status.lastSyncedAt")]),
+        },
+        LonghornKind {
+            kind: "Backup",
+            plural: "backups",
+            short: "lhb",
+            schema: root(
+                Some(obj(&[
+                    ("backupBlockSize", e(&["-1", "2097152", "16777216"])),
+                    ("backupMode", e(&["full", "incremental"])),
+                    ("labels", {let mut m = smap(); m["nullable"] = json!(true); m}),
+                    ("snapshotName", s()),
+                    ("syncRequestedAt", json!({"type": "string", "format": "date-time", "nullable": true})),
+                ])),
+                obj(&[
+                    ("backupCreatedAt", s()), ("backupTargetName", s()), ("compressionMethod", s()),
+                    ("error", s()), ("labels", {let mut m = smap(); m["nullable"] = json!(true); m}),
+                    ("lastSyncedAt", json!({"type": "string", "format": "date-time", "nullable": true})),
+                    ("messages", {let mut m = smap(); m["nullable"] = json!(true); m}),
+                    ("newlyUploadDataSize", s()), ("ownerID", s()), ("progress", i()),
+                    ("reUploadedDataSize", s()), ("replicaAddress", s()), ("size", s()),
+                    ("snapshotCreatedAt", s()), ("snapshotName", s()), ("state", s()), ("url", s()),
+                    ("volumeBackingImageName", s()), ("volumeCreated", s()), ("volumeName", s()),
+                    ("volumeSize", s()),
+                ]),
+            ),
+            columns: json!([col("SnapshotName", "string", ".status.snapshotName"), col("SnapshotSize", "string", ".status.size"),
+                            col("SnapshotCreatedAt", "string", ".status.snapshotCreatedAt"), col("BackupTarget", "string", ".status.backupTargetName"),
+                            col("State", "string", ".status.state"), col("LastSyncedAt", "string", ".status.lastSyncedAt")]),
+        },
+        LonghornKind {
+            kind: "Volume",
+            plural: "volumes",
+            short: "lhv",
+            schema: root(
+                Some(obj(&[
+                    ("Standby", b()),
+                    ("accessMode", e(&["rwo", "rwop", "rwx"])),
+                    ("backingImage", s()),
+                    ("backupBlockSize", e(&["2097152", "16777216"])),
+                    ("backupCompressionMethod", e(&["none", "lz4", "gzip"])),
+                    ("backupTargetName", s()),
+                    ("cloneMode", e(&["", "full-copy", "linked-clone"])),
+                    ("dataEngine", e(&["v1", "v2"])),
+                    ("dataLocality", e(&["disabled", "best-effort", "strict-local"])),
+                    ("dataSource", s()),
+                    ("disableFrontend", b()),
+                    ("diskSelector", sarr()),
+                    ("encrypted", b()),
+                    ("freezeFilesystemForSnapshot", e(&["ignored", "enabled", "disabled"])),
+                    ("fromBackup", s()),
+                    ("frontend", e(&["blockdev", "iscsi", "nvmf", "ublk", ""])),
+                    ("image", s()),
+                    ("lastAttachedBy", s()),
+                    ("migratable", b()),
+                    ("migrationNodeID", s()),
+                    ("nodeID", s()),
+                    ("nodeSelector", sarr()),
+                    ("numberOfReplicas", i()),
+                    ("offlineRebuilding", e(&["ignored", "disabled", "enabled"])),
+                    ("rebuildConcurrentSyncLimit", i()),
+                    ("replicaAutoBalance", e(&["ignored", "disabled", "least-effort", "best-effort"])),
+                    ("replicaDiskSoftAntiAffinity", e(&["ignored", "enabled", "disabled"])),
+                    ("replicaRebuildingBandwidthLimit", i()),
+                    ("replicaSoftAntiAffinity", e(&["ignored", "enabled", "disabled"])),
+                    ("replicaZoneSoftAntiAffinity", e(&["ignored", "enabled", "disabled"])),
+                    ("restoreVolumeRecurringJob", e(&["ignored", "enabled", "disabled"])),
+                    ("revisionCounterDisabled", b()),
+                    ("size", s()),
+                    ("snapshotDataIntegrity", e(&["ignored", "disabled", "enabled", "fast-check"])),
+                    ("snapshotMaxCount", i()),
+                    ("snapshotMaxSize", s()),
+                    ("staleReplicaTimeout", i()),
+                    ("ublkNumberOfQueue", i()),
+                    ("ublkQueueDepth", i()),
+                    ("unmapMarkSnapChainRemoved", e(&["ignored", "disabled", "enabled"])),
+                ])),
+                obj(&[
+                    ("actualSize", i()),
+                    ("conditions", conditions()),
+                    ("currentImage", s()),
+                    ("currentMigrationNodeID", s()),
+                    ("currentNodeID", s()),
+                    ("expansionRequired", b()),
+                    ("frontendDisabled", b()),
+                    ("isStandby", b()),
+                    ("kubernetesStatus", obj(&[
+                        ("lastPVCRefAt", s()), ("lastPodRefAt", s()), ("namespace", s()),
+                        ("pvName", s()), ("pvStatus", s()), ("pvcName", s()),
+                        ("workloadsStatus", json!({"type": "array", "nullable": true, "items": obj(&[
+                            ("podName", s()), ("podStatus", s()), ("workloadName", s()), ("workloadType", s()),
+                        ])})),
+                    ])),
+                    ("lastBackup", s()),
+                    ("lastBackupAt", s()),
+                    ("lastDegradedAt", s()),
+                    ("ownerID", s()),
+                    ("remountRequestedAt", s()),
+                    ("restoreInitiated", b()),
+                    ("restoreRequired", b()),
+                    ("robustness", s()),
+                    ("shareEndpoint", s()),
+                    ("shareState", s()),
+                    ("state", s()),
+                ]),
+            ),
+            columns: json!([col("Data Engine", "string", ".spec.dataEngine"), col("State", "string", ".status.state"),
+                            col("Robustness", "string", ".status.robustness"), col("Size", "string", ".spec.size"),
+                            col("Node", "string", ".status.currentNodeID"), age]),
+        },
+    ]
+}
+
+/// The CustomResourceDefinitions of the Longhorn kinds the lab serves (what the Longhorn
+/// chart installs), from [`longhorn_kinds`].
+pub fn longhorn_crds() -> Vec<Value> {
+    longhorn_kinds()
+        .into_iter()
+        .map(|k| {
+            let singular = k.kind.to_lowercase();
+            json!({
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": format!("{}.{GROUP}", k.plural), "labels": {
+                    "app.kubernetes.io/name": "longhorn", "app.kubernetes.io/instance": "longhorn", "longhorn-manager": ""}},
+                "spec": {
+                    "group": GROUP,
+                    "names": {"kind": k.kind, "listKind": format!("{}List", k.kind), "plural": k.plural,
+                              "singular": singular, "shortNames": [k.short]},
+                    "scope": "Namespaced",
+                    "versions": [{
+                        "name": VERSION, "served": true, "storage": true,
+                        "subresources": {"status": {}},
+                        "additionalPrinterColumns": k.columns,
+                        "schema": {"openAPIV3Schema": k.schema},
+                    }],
+                },
+            })
+        })
+        .collect()
+}
+
+// ------------------------------------------------------------------ store access
+
+/// Store helpers shared by the lab's Longhorn, ESO and Argo CD stand-ins: each write goes
+/// through the API server's own create/update code (validation, managedFields, events).
+pub(crate) mod ops {
+    use super::*;
+
+    pub fn rt(store: &Store, group: &str, plural: &str) -> Option<ResourceType> {
+        let inner = store.lock();
+        inner
+            .types
+            .iter()
+            .find(|t| t.group == group && t.plural == plural)
+            .cloned()
+    }
+
+    fn ctx(manager: &str) -> WriteCtx {
+        WriteCtx {
+            validation: FieldValidation::Strict,
+            warnings: vec![],
+            dry_run: false,
+            manager: manager.into(),
+        }
+    }
+
+    pub fn get(store: &Store, group: &str, plural: &str, ns: &str, name: &str) -> Option<Value> {
+        store.lock().get(group, plural, ns, name).cloned()
+    }
+
+    pub fn list(store: &Store, group: &str, plural: &str, ns: Option<&str>) -> Vec<Value> {
+        store.lock().list(group, plural, ns)
+    }
+
+    pub fn create(
+        store: &Store,
+        group: &str,
+        plural: &str,
+        ns: &str,
+        obj: Value,
+        manager: &str,
+    ) -> Result<Value, ApiError> {
+        let rt = rt(store, group, plural)
+            .ok_or_else(|| ApiError::bad_request(format!("{plural}.{group} is not served")))?;
+        let mut inner = store.lock();
+        objects::create(&mut inner, &rt, ns, obj, &mut ctx(manager))
+    }
+
+    /// Read-modify-write under the store lock: `f` edits the object (return false to skip);
+    /// `sub` = Some("status") writes the status subresource. Ok(None) when the object is gone.
+    pub fn modify(
+        store: &Store,
+        group: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        sub: Option<&str>,
+        manager: &str,
+        f: impl FnOnce(&mut Value) -> bool,
+    ) -> Result<Option<Value>, ApiError> {
+        let rt = rt(store, group, plural)
+            .ok_or_else(|| ApiError::bad_request(format!("{plural}.{group} is not served")))?;
+        let mut inner = store.lock();
+        let Some(mut o) = inner.get(group, plural, ns, name).cloned() else {
+            return Ok(None);
+        };
+        let before = o.clone();
+        if !f(&mut o) || o == before {
+            return Ok(Some(before));
+        }
+        objects::update(
+            &mut inner,
+            &rt,
+            ns,
+            name,
+            o,
+            &mut ctx(manager),
+            sub,
+            objects::Managed::Update,
+        )
+        .map(Some)
+    }
+
+    pub fn delete(store: &Store, group: &str, plural: &str, ns: &str, name: &str) {
+        if let Some(rt) = rt(store, group, plural) {
+            let mut inner = store.lock();
+            let _ = objects::delete(&mut inner, &rt, ns, name, &Value::Null, false);
+        }
+    }
+
+    /// Sets condition `ty` in `conds` (an array), keeping `lastTransitionTime` unless the
+    /// status changes.
+    pub fn set_condition(conds: &mut Value, ty: &str, status: &str, reason: &str, message: &str) {
+        if !conds.is_array() {
+            *conds = json!([]);
+        }
+        let arr = conds.as_array_mut().expect("array");
+        let t = now();
+        if let Some(c) = arr.iter_mut().find(|c| c["type"] == ty) {
+            if c["status"] != status {
+                c["lastTransitionTime"] = json!(t);
+            }
+            c["status"] = json!(status);
+            c["reason"] = json!(reason);
+            c["message"] = json!(message);
+        } else {
+            arr.push(json!({"type": ty, "status": status, "reason": reason, "message": message,
+                            "lastProbeTime": "", "lastTransitionTime": t}));
+        }
+    }
+
+    /// True the first time `controller` is claimed for this store: spawning a controller
+    /// twice on one store (a test and `spawn_all`) would run two restores of one volume.
+    pub fn claim_once(store: &Arc<Store>, controller: &'static str) -> bool {
+        static CLAIMED: Mutex<Vec<(std::sync::Weak<Store>, &'static str)>> = Mutex::new(vec![]);
+        let mut c = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
+        c.retain(|(w, _)| w.strong_count() > 0);
+        if c.iter().any(|(w, n)| *n == controller && w.upgrade().is_some_and(|s| Arc::ptr_eq(&s, store))) {
+            return false;
+        }
+        c.push((Arc::downgrade(store), controller));
+        true
+    }
+
+    pub fn condition<'a>(obj: &'a Value, ty: &str) -> Option<&'a Value> {
+        obj["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == ty)
+    }
+}
+
+use ops::set_condition;
+
+// ------------------------------------------------------------------ helpers
+
+fn sha8(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))[..8].to_string()
+}
+
+/// BackupVolume name for v1.8+: `<volume>-<first 8 hex of sha256("<volume>-<target>")>`.
+pub fn backup_volume_name(volume: &str, target: &str) -> String {
+    format!("{volume}-{}", sha8(&format!("{volume}-{target}")))
+}
+
+/// `<target>?backup=<b>&volume=<v>` (keys sorted, as Go's `url.Values.Encode`).
+pub fn backup_url(target: &str, backup: &str, volume: &str) -> String {
+    format!("{target}?backup={backup}&volume={volume}")
+}
+
+/// (backup, volume) from a backup URL.
+pub fn parse_backup_url(url: &str) -> Option<(String, String)> {
+    let (_, q) = url.split_once('?')?;
+    let mut backup = None;
+    let mut volume = None;
+    for kv in q.split('&') {
+        match kv.split_once('=') {
+            Some(("backup", v)) => backup = Some(v.to_string()),
+            Some(("volume", v)) => volume = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    Some((backup?, volume?))
+}
+
+/// The local directory behind a backup target URL, or why there is none.
+pub fn target_dir(url: &str, nas_root: Option<&Path>) -> Result<PathBuf, String> {
+    let Some(rest) = url.strip_prefix("nfs://") else {
+        let scheme = url.split("://").next().unwrap_or(url);
+        return Err(format!(
+            "failed to init backup target clients: backup target scheme {scheme:?} is not supported by the lab (only nfs://)"
+        ));
+    };
+    let rest = rest.split('?').next().unwrap_or(rest);
+    let Some((_host, export)) = rest.split_once(':') else {
+        return Err(format!("failed to init backup target clients: invalid NFS backup target URL {url:?}: expected nfs://<host>:/<export>"));
+    };
+    let export = export.trim_end_matches('/');
+    if !export.starts_with('/') {
+        return Err(format!(
+            "failed to init backup target clients: invalid NFS export path {export:?} in {url:?}"
+        ));
+    }
+    let dir = match nas_root {
+        Some(r) => r.join(export.trim_start_matches('/')),
+        None => PathBuf::from(export),
+    };
+    if !dir.is_dir() {
+        return Err(format!("failed to init backup target clients: cannot mount nfs {url}: mount.nfs4: mounting {} failed, reason given by server: No such file or directory", export));
+    }
+    Ok(dir)
+}
+
+/// Go duration (`300s`, `5m0s`, `1h`) in seconds.
+fn parse_duration(s: &str) -> Option<f64> {
+    let mut total = 0.0;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        if c == 'm' && chars.peek() == Some(&'s') {
+            unit.push(chars.next().unwrap());
+        }
+        let n: f64 = num.parse().ok()?;
+        num.clear();
+        total += n * match unit.as_str() {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return None,
+        };
+    }
+    if !num.is_empty() {
+        total += num.parse::<f64>().ok()?;
+    }
+    Some(total)
+}
+
+/// A Kubernetes quantity in bytes (`1Gi`, `500Mi`, `1G`, `1073741824`).
+pub fn parse_quantity(q: &str) -> Option<i64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (n, unit) = q.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    let m: f64 = match unit {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0f64.powi(4),
+        _ => return None,
+    };
+    Some((n * m) as i64)
+}
+
+fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+// ------------------------------------------------------------------ controller
+
+struct Shared {
+    /// Volumes with a restore task running.
+    restoring: HashSet<String>,
+}
+
+struct Controller {
+    store: Arc<Store>,
+    env: LonghornEnv,
+    shared: Arc<Mutex<Shared>>,
+    /// URL the target was last synced for, and when.
+    synced: Option<(String, Instant)>,
+}
+
+/// Starts the Longhorn stand-in with the lab's environment (called by `spawn_all`).
+pub fn spawn(store: Arc<Store>, env: &super::LabEnv) -> tokio::task::JoinHandle<()> {
+    spawn_with(store, LonghornEnv::new(&env.data_dir))
+}
+
+/// Starts the Longhorn stand-in on `store` (returns at once; runs until the runtime stops).
+/// A second call for the same store does nothing (the first controller keeps running).
+pub fn spawn_with(store: Arc<Store>, env: LonghornEnv) -> tokio::task::JoinHandle<()> {
+    if !ops::claim_once(&store, "longhorn") {
+        return tokio::spawn(async {});
+    }
+    tokio::spawn(run(store, env))
+}
+
+pub async fn run(store: Arc<Store>, mut env: LonghornEnv) {
+    if let Some(n) = ops::list(&store, "", "nodes", None)
+        .first()
+        .and_then(|n| n["metadata"]["name"].as_str().map(String::from))
+    {
+        env.node_name = n;
+    }
+    let mut rx = store.subscribe();
+    let mut tick = tokio::time::interval(env.tick);
+    let mut c = Controller {
+        store,
+        env,
+        shared: Arc::new(Mutex::new(Shared {
+            restoring: HashSet::new(),
+        })),
+        synced: None,
+    };
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Ok(ev) => {
+                    let relevant = ev.group == GROUP
+                        || (ev.group.is_empty() && matches!(ev.plural.as_str(), "persistentvolumes" | "persistentvolumeclaims" | "pods"))
+                        || ev.plural == "customresourcedefinitions";
+                    if !relevant { continue; }
+                    if ev.kind == "DELETED" && ev.group == GROUP && ev.plural == "volumes" {
+                        if let Some(n) = ev.object["metadata"]["name"].as_str() {
+                            let _ = std::fs::remove_dir_all(c.env.data_dir.join("longhorn/volumes").join(n));
+                        }
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            _ = tick.tick() => {}
+        }
+        // Coalesce a burst of events into one pass.
+        while rx.try_recv().is_ok() {}
+        c.reconcile();
+    }
+}
+
+impl Controller {
+    fn reconcile(&mut self) {
+        if ops::rt(&self.store, GROUP, "volumes").is_none()
+            || ops::get(&self.store, "", "namespaces", "", NAMESPACE).is_none()
+        {
+            return;
+        }
+        self.backup_target();
+        self.volumes();
+        self.bind_claims();
+        self.attachments();
+    }
+
+    fn backup_target(&mut self) {
+        let st = &self.store;
+        if ops::rt(st, GROUP, "backuptargets").is_none() {
+            return;
+        }
+        let bt = match ops::get(st, GROUP, "backuptargets", NAMESPACE, "default") {
+            Some(bt) => bt,
+            None => {
+                let _ = ops::create(st, GROUP, "backuptargets", NAMESPACE, json!({
+                    "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "BackupTarget",
+                    "metadata": {"name": "default", "namespace": NAMESPACE},
+                    "spec": {"backupTargetURL": "", "credentialSecret": "", "pollInterval": "300s"},
+                }), MANAGER);
+                return;
+            }
+        };
+        let url = bt["spec"]["backupTargetURL"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let poll = parse_duration(bt["spec"]["pollInterval"].as_str().unwrap_or("300s"))
+            .unwrap_or(300.0);
+        let requested = bt["spec"]["syncRequestedAt"].as_str().and_then(parse_time);
+        let last = bt["status"]["lastSyncedAt"].as_str().and_then(parse_time);
+        let due = match &self.synced {
+            None => true,
+            Some((u, _)) if *u != url => true,
+            Some((_, at)) => {
+                (poll > 0.0 && at.elapsed().as_secs_f64() >= poll)
+                    || matches!((requested, last), (Some(r), Some(l)) if r > l)
+                    || (requested.is_some() && last.is_none())
+            }
+        };
+        if !due {
+            return;
+        }
+        self.synced = Some((url.clone(), Instant::now()));
+        let node = self.env.node_name.clone();
+        if url.is_empty() {
+            let _ = ops::modify(st, GROUP, "backuptargets", NAMESPACE, "default", Some("status"), MANAGER, |o| {
+                o["status"]["available"] = json!(false);
+                o["status"]["ownerID"] = json!(node);
+                o["status"]["conditions"] = json!([]);
+                true
+            });
+            self.sync_store(&url, None);
+            return;
+        }
+        match target_dir(&url, self.env.nas_root.as_deref()) {
+            Ok(dir) => {
+                self.sync_store(&url, Some(&dir));
+                let _ = ops::modify(st, GROUP, "backuptargets", NAMESPACE, "default", Some("status"), MANAGER, |o| {
+                    o["status"]["available"] = json!(true);
+                    o["status"]["ownerID"] = json!(node);
+                    o["status"]["lastSyncedAt"] = json!(now());
+                    o["status"]["conditions"] = json!([]);
+                    true
+                });
+            }
+            Err(msg) => {
+                let _ = ops::modify(st, GROUP, "backuptargets", NAMESPACE, "default", Some("status"), MANAGER, |o| {
+                    o["status"]["available"] = json!(false);
+                    o["status"]["ownerID"] = json!(node);
+                    o["status"]["lastSyncedAt"] = json!(now());
+                    let mut c = json!([]);
+                    set_condition(&mut c, "Unavailable", "True", "Unavailable", &msg);
+                    o["status"]["conditions"] = c;
+                    true
+                });
+            }
+        }
+    }
+
+    /// Mirrors the store's volumes and backups into BackupVolume/Backup CRs (target `default`).
+    fn sync_store(&self, url: &str, dir: Option<&Path>) {
+        let st = &self.store;
+        let target = "default";
+        let mut keep_bv = HashSet::new();
+        let mut keep_b = HashSet::new();
+        if let Some(dir) = dir {
+            let bs = Backupstore::new(dir);
+            for vol in bs.list_volumes().unwrap_or_default() {
+                let Ok(vcfg) = bs.load_volume(&vol) else { continue };
+                let bv_name = backup_volume_name(&vol, target);
+                keep_bv.insert(bv_name.clone());
+                let t = now();
+                if ops::get(st, GROUP, "backupvolumes", NAMESPACE, &bv_name).is_none() {
+                    let _ = ops::create(st, GROUP, "backupvolumes", NAMESPACE, json!({
+                        "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "BackupVolume",
+                        "metadata": {"name": bv_name, "namespace": NAMESPACE,
+                                     "labels": {"backup-volume": vol, "backup-target": target}},
+                        "spec": {"volumeName": vol, "backupTargetName": target},
+                    }), MANAGER);
+                }
+                let labels: BTreeMap<String, String> = vcfg.labels.clone();
+                let _ = ops::modify(st, GROUP, "backupvolumes", NAMESPACE, &bv_name, Some("status"), MANAGER, |o| {
+                    o["status"] = json!({
+                        "ownerID": self.env.node_name, "lastBackupName": vcfg.last_backup_name,
+                        "lastBackupAt": vcfg.last_backup_at, "size": vcfg.size.to_string(),
+                        "labels": labels, "storageClassName": vcfg.storage_class_name,
+                        "dataStored": (vcfg.block_count * nas::BLOCK_SIZE as i64).to_string(),
+                        "createdAt": vcfg.created_time, "lastModificationTime": vcfg.last_backup_at,
+                        "lastSyncedAt": t, "backingImageName": vcfg.backing_image_name,
+                        "backingImageChecksum": vcfg.backing_image_checksum, "messages": {},
+                    });
+                    true
+                });
+                for bname in bs.list_backups(&vol).unwrap_or_default() {
+                    let Ok(bcfg) = bs.load_backup(&vol, &bname) else { continue };
+                    keep_b.insert(bname.clone());
+                    if ops::get(st, GROUP, "backups", NAMESPACE, &bname).is_none() {
+                        let _ = ops::create(st, GROUP, "backups", NAMESPACE, json!({
+                            "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Backup",
+                            "metadata": {"name": bname, "namespace": NAMESPACE,
+                                         "labels": {"backup-volume": vol, "backup-target": target}},
+                            "spec": {"snapshotName": bcfg.snapshot_name, "labels": {}},
+                        }), MANAGER);
+                    }
+                    let state = if bcfg.created_time.is_empty() { "InProgress" } else { "Completed" };
+                    let _ = ops::modify(st, GROUP, "backups", NAMESPACE, &bname, Some("status"), MANAGER, |o| {
+                        o["status"] = json!({
+                            "ownerID": self.env.node_name, "state": state,
+                            "url": backup_url(url, &bname, &vol), "volumeName": vol,
+                            "volumeSize": vcfg.size.to_string(), "size": bcfg.size.to_string(),
+                            "snapshotName": bcfg.snapshot_name, "snapshotCreatedAt": bcfg.snapshot_created_at,
+                            "backupCreatedAt": bcfg.created_time, "labels": bcfg.labels,
+                            "backupTargetName": target, "progress": if state == "Completed" { 100 } else { 0 },
+                            "lastSyncedAt": t, "compressionMethod": bcfg.compression_method,
+                            "messages": {}, "error": "",
+                        });
+                        true
+                    });
+                }
+            }
+        }
+        for bv in ops::list(st, GROUP, "backupvolumes", Some(NAMESPACE)) {
+            let n = bv["metadata"]["name"].as_str().unwrap_or_default();
+            if bv["spec"]["backupTargetName"] == target && !keep_bv.contains(n) {
+                ops::delete(st, GROUP, "backupvolumes", NAMESPACE, n);
+            }
+        }
+        for b in ops::list(st, GROUP, "backups", Some(NAMESPACE)) {
+            let n = b["metadata"]["name"].as_str().unwrap_or_default();
+            if b["metadata"]["labels"]["backup-target"] == target && !keep_b.contains(n) {
+                ops::delete(st, GROUP, "backups", NAMESPACE, n);
+            }
+        }
+    }
+
+    fn volumes(&mut self) {
+        let st = self.store.clone();
+        for v in ops::list(&st, GROUP, "volumes", Some(NAMESPACE)) {
+            let name = v["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            if !v["metadata"]["deletionTimestamp"].is_null() {
+                continue;
+            }
+            let from = v["spec"]["fromBackup"].as_str().unwrap_or_default().to_string();
+            let status = &v["status"];
+            if status["state"].is_null() || status["state"] == "" {
+                if from.is_empty() {
+                    let _ = std::fs::create_dir_all(volume_data_dir(&self.env.data_dir, &name));
+                    let _ = ops::modify(&st, GROUP, "volumes", NAMESPACE, &name, Some("status"), MANAGER, |o| {
+                        o["status"] = json!({
+                            "state": "detached", "robustness": "unknown", "restoreRequired": false,
+                            "restoreInitiated": false, "ownerID": self.env.node_name, "currentNodeID": "",
+                            "frontendDisabled": false, "actualSize": 0, "lastBackup": "", "lastBackupAt": "",
+                            "kubernetesStatus": {"namespace": "", "pvcName": "", "pvName": "", "pvStatus": "", "lastPVCRefAt": "", "lastPodRefAt": "", "workloadsStatus": null},
+                            "conditions": [],
+                        });
+                        set_condition(&mut o["status"]["conditions"], "Scheduled", "True", "", "");
+                        set_condition(&mut o["status"]["conditions"], "Restore", "False", "", "");
+                        true
+                    });
+                } else {
+                    self.start_restore(&v, &from);
+                }
+                continue;
+            }
+            let restoring = self.shared.lock().unwrap().restoring.contains(&name);
+            let faulted = status["robustness"] == "faulted";
+            if status["restoreRequired"] == true && !restoring && !faulted && !from.is_empty() {
+                // A restore interrupted by a restart (power loss) starts over.
+                self.start_restore(&v, &from);
+            }
+        }
+    }
+
+    fn start_restore(&self, v: &Value, from: &str) {
+        let st = self.store.clone();
+        let name = v["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let Some((backup, _vol)) = parse_backup_url(from) else {
+            let _ = ops::modify(&st, GROUP, "volumes", NAMESPACE, &name, Some("status"), MANAGER, |o| {
+                o["status"]["state"] = json!("detached");
+                o["status"]["robustness"] = json!("faulted");
+                set_condition(&mut o["status"]["conditions"], "Restore", "False", "RestoreFailure",
+                              &format!("invalid backup URL {from:?}"));
+                true
+            });
+            return;
+        };
+        // The Backup CR must exist (and be Completed) before the restore starts.
+        let Some(bcr) = ops::get(&st, GROUP, "backups", NAMESPACE, &backup) else { return };
+        if bcr["status"]["state"] != "Completed" {
+            return;
+        }
+        let snapshot_at = bcr["status"]["snapshotCreatedAt"].as_str().unwrap_or_default().to_string();
+        let ks: Value = bcr["status"]["labels"]["KubernetesStatus"]
+            .as_str()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or(json!({}));
+        let kstatus = json!({
+            "namespace": ks["namespace"].as_str().unwrap_or_default(),
+            "pvcName": ks["pvcName"].as_str().unwrap_or_default(),
+            "pvName": "", "pvStatus": "",
+            "lastPVCRefAt": snapshot_at,
+            "lastPodRefAt": ks["lastPodRefAt"].as_str().unwrap_or_default(),
+            "workloadsStatus": ks["workloadsStatus"].clone(),
+        });
+        self.shared.lock().unwrap().restoring.insert(name.clone());
+        let node = self.env.node_name.clone();
+        let backup_at = bcr["status"]["backupCreatedAt"].clone();
+        let _ = ops::modify(&st, GROUP, "volumes", NAMESPACE, &name, Some("status"), MANAGER, |o| {
+            let conds = o["status"]["conditions"].take();
+            o["status"] = json!({
+                "state": "attached", "robustness": "healthy", "restoreRequired": true,
+                "restoreInitiated": true, "ownerID": node, "currentNodeID": node,
+                "frontendDisabled": true, "actualSize": 0, "lastBackup": backup, "lastBackupAt": backup_at,
+                "kubernetesStatus": kstatus, "conditions": conds,
+            });
+            set_condition(&mut o["status"]["conditions"], "Scheduled", "True", "", "");
+            set_condition(&mut o["status"]["conditions"], "Restore", "True", "RestoreInProgress",
+                          &format!("restoring backup {backup}: restored 0%"));
+            true
+        });
+        let target_url = from.split('?').next().unwrap_or_default().to_string();
+        let nas_root = self.env.nas_root.clone();
+        let data_dir = self.env.data_dir.clone();
+        let step = self.env.restore_time / 10;
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let res = restore(&st, &data_dir, nas_root.as_deref(), &target_url, &name, &backup, step);
+            shared.lock().unwrap().restoring.remove(&name);
+            let _ = ops::modify(&st, GROUP, "volumes", NAMESPACE, &name, Some("status"), MANAGER, |o| {
+                match &res {
+                    Ok(size) => {
+                        o["status"]["restoreRequired"] = json!(false);
+                        o["status"]["state"] = json!("detached");
+                        o["status"]["robustness"] = json!("unknown");
+                        o["status"]["currentNodeID"] = json!("");
+                        o["status"]["frontendDisabled"] = json!(false);
+                        o["status"]["actualSize"] = json!(size);
+                        set_condition(&mut o["status"]["conditions"], "Restore", "False", "", "");
+                    }
+                    Err(err) => {
+                        o["status"]["state"] = json!("detached");
+                        o["status"]["robustness"] = json!("faulted");
+                        o["status"]["currentNodeID"] = json!("");
+                        set_condition(&mut o["status"]["conditions"], "Restore", "False", "RestoreFailure",
+                                      &format!("All replica restore failed and the volume became Faulted: {err:#}"));
+                    }
+                }
+                true
+            });
+        });
+    }
+
+    /// PV/PVC binding and dynamic provisioning (kube-controller-manager + Longhorn CSI).
+    fn bind_claims(&self) {
+        let st = &self.store;
+        let pvs = ops::list(st, "", "persistentvolumes", None);
+        let pvcs = ops::list(st, "", "persistentvolumeclaims", None);
+        for pvc in &pvcs {
+            let ns = pvc["metadata"]["namespace"].as_str().unwrap_or_default();
+            let name = pvc["metadata"]["name"].as_str().unwrap_or_default();
+            if !pvc["metadata"]["deletionTimestamp"].is_null() {
+                continue;
+            }
+            let request = pvc["spec"]["resources"]["requests"]["storage"]
+                .as_str()
+                .and_then(parse_quantity)
+                .unwrap_or(0);
+            let class = pvc["spec"]["storageClassName"].as_str().unwrap_or_default();
+            match pvc["spec"]["volumeName"].as_str().filter(|s| !s.is_empty()) {
+                Some(pv_name) => {
+                    let Some(pv) = pvs.iter().find(|p| p["metadata"]["name"] == pv_name) else { continue };
+                    let claim = &pv["spec"]["claimRef"];
+                    let claimed_by_other = claim.is_object()
+                        && (claim["namespace"] != ns || claim["name"] != name
+                            || (claim["uid"].is_string() && claim["uid"] != pvc["metadata"]["uid"]));
+                    let pv_class = pv["spec"]["storageClassName"].as_str().unwrap_or_default();
+                    let cap = pv["spec"]["capacity"]["storage"].as_str().and_then(parse_quantity).unwrap_or(0);
+                    let modes_ok = pvc["spec"]["accessModes"].as_array().is_none_or(|m| {
+                        m.iter().all(|x| pv["spec"]["accessModes"].as_array().is_some_and(|pm| pm.contains(x)))
+                    });
+                    if claimed_by_other || pv_class != class || cap < request || !modes_ok {
+                        continue;
+                    }
+                    if !claim.is_object() || claim["uid"].is_null() {
+                        let c = json!({"kind": "PersistentVolumeClaim", "namespace": ns, "name": name,
+                                       "uid": pvc["metadata"]["uid"], "apiVersion": "v1",
+                                       "resourceVersion": pvc["metadata"]["resourceVersion"]});
+                        let _ = ops::modify(st, "", "persistentvolumes", "", pv_name, None, "persistentvolume-binder", |o| {
+                            o["spec"]["claimRef"] = c;
+                            true
+                        });
+                    }
+                    let _ = ops::modify(st, "", "persistentvolumes", "", pv_name, Some("status"), "persistentvolume-binder", |o| {
+                        o["status"]["phase"] = json!("Bound");
+                        true
+                    });
+                    if pvc["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"] != "yes" {
+                        let _ = ops::modify(st, "", "persistentvolumeclaims", ns, name, None, "persistentvolume-binder", |o| {
+                            o["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"] = json!("yes");
+                            true
+                        });
+                    }
+                    let modes = pv["spec"]["accessModes"].clone();
+                    let capacity = pv["spec"]["capacity"].clone();
+                    let _ = ops::modify(st, "", "persistentvolumeclaims", ns, name, Some("status"), "persistentvolume-binder", |o| {
+                        o["status"]["phase"] = json!("Bound");
+                        o["status"]["accessModes"] = modes;
+                        o["status"]["capacity"] = capacity;
+                        true
+                    });
+                }
+                None => {
+                    // Dynamic provisioning through a StorageClass served by Longhorn's CSI driver.
+                    let class_name = if class.is_empty() { default_class(st) } else { Some(class.to_string()) };
+                    let Some(class_name) = class_name else { continue };
+                    let Some(sc) = ops::get(st, "storage.k8s.io", "storageclasses", "", &class_name) else { continue };
+                    if sc["provisioner"] != CSI_DRIVER {
+                        continue;
+                    }
+                    let uid = pvc["metadata"]["uid"].as_str().unwrap_or_default();
+                    let vol = format!("pvc-{uid}");
+                    let replicas: i64 = sc["parameters"]["numberOfReplicas"].as_str().and_then(|s| s.parse().ok()).unwrap_or(3);
+                    if ops::get(st, GROUP, "volumes", NAMESPACE, &vol).is_none() {
+                        let _ = ops::create(st, GROUP, "volumes", NAMESPACE, json!({
+                            "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Volume",
+                            "metadata": {"name": vol, "namespace": NAMESPACE},
+                            "spec": {"size": request.to_string(), "numberOfReplicas": replicas, "frontend": "blockdev",
+                                     "dataEngine": "v1", "accessMode": "rwo"},
+                        }), "longhorn-csi-plugin");
+                    }
+                    let qty = pvc["spec"]["resources"]["requests"]["storage"].clone();
+                    if ops::get(st, "", "persistentvolumes", "", &vol).is_none() {
+                        let _ = ops::create(st, "", "persistentvolumes", "", json!({
+                            "apiVersion": "v1", "kind": "PersistentVolume",
+                            "metadata": {"name": vol, "annotations": {"pv.kubernetes.io/provisioned-by": CSI_DRIVER}},
+                            "spec": {
+                                "capacity": {"storage": qty},
+                                "accessModes": pvc["spec"]["accessModes"].clone(),
+                                "persistentVolumeReclaimPolicy": sc["reclaimPolicy"].as_str().unwrap_or("Delete"),
+                                "storageClassName": class_name, "volumeMode": "Filesystem",
+                                "claimRef": {"kind": "PersistentVolumeClaim", "namespace": ns, "name": name, "uid": uid, "apiVersion": "v1"},
+                                "csi": {"driver": CSI_DRIVER, "volumeHandle": vol, "fsType": "ext4",
+                                        "volumeAttributes": {"numberOfReplicas": replicas.to_string(), "staleReplicaTimeout": "30"}},
+                            },
+                        }), "csi-provisioner");
+                    }
+                    let _ = ops::modify(st, "", "persistentvolumeclaims", ns, name, None, "persistentvolume-binder", |o| {
+                        o["spec"]["volumeName"] = json!(vol);
+                        o["spec"]["storageClassName"] = json!(class_name);
+                        let a = &mut o["metadata"]["annotations"];
+                        a["pv.kubernetes.io/bind-completed"] = json!("yes");
+                        a["pv.kubernetes.io/bound-by-controller"] = json!("yes");
+                        a["volume.kubernetes.io/storage-provisioner"] = json!(CSI_DRIVER);
+                        a["volume.beta.kubernetes.io/storage-provisioner"] = json!(CSI_DRIVER);
+                        true
+                    });
+                }
+            }
+        }
+        // PVs: Available without a claim, Released when the claim is gone.
+        for pv in ops::list(st, "", "persistentvolumes", None) {
+            let name = pv["metadata"]["name"].as_str().unwrap_or_default();
+            let claim = &pv["spec"]["claimRef"];
+            let phase = if !claim.is_object() {
+                "Available"
+            } else {
+                let ns = claim["namespace"].as_str().unwrap_or_default();
+                let cn = claim["name"].as_str().unwrap_or_default();
+                match ops::get(st, "", "persistentvolumeclaims", ns, cn) {
+                    Some(c) if claim["uid"].is_null() || c["metadata"]["uid"] == claim["uid"] => {
+                        if c["spec"]["volumeName"] == name { "Bound" } else { continue }
+                    }
+                    Some(_) | None if claim["uid"].is_null() => continue,
+                    _ => "Released",
+                }
+            };
+            if pv["status"]["phase"] != phase {
+                let _ = ops::modify(st, "", "persistentvolumes", "", name, Some("status"), "persistentvolume-binder", |o| {
+                    o["status"]["phase"] = json!(phase);
+                    true
+                });
+            }
+        }
+    }
+
+    /// Attachment (a pod uses the claim) and `kubernetesStatus` from PV/PVC/pods.
+    fn attachments(&self) {
+        let st = &self.store;
+        let pvs = ops::list(st, "", "persistentvolumes", None);
+        let pods = ops::list(st, "", "pods", None);
+        let mut by_volume: HashMap<String, (Value, Vec<Value>)> = HashMap::new();
+        for pv in &pvs {
+            if pv["spec"]["csi"]["driver"] != CSI_DRIVER {
+                continue;
+            }
+            let Some(handle) = pv["spec"]["csi"]["volumeHandle"].as_str() else { continue };
+            let claim = &pv["spec"]["claimRef"];
+            let users: Vec<Value> = pods
+                .iter()
+                .filter(|p| {
+                    claim.is_object()
+                        && p["metadata"]["namespace"] == claim["namespace"]
+                        && p["metadata"]["deletionTimestamp"].is_null()
+                        && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+                        && p["spec"]["volumes"].as_array().is_some_and(|vs| {
+                            vs.iter().any(|v| v["persistentVolumeClaim"]["claimName"] == claim["name"])
+                        })
+                })
+                .cloned()
+                .collect();
+            by_volume.insert(handle.to_string(), (pv.clone(), users));
+        }
+        for v in ops::list(st, GROUP, "volumes", Some(NAMESPACE)) {
+            let name = v["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let status = &v["status"];
+            if status["state"].is_null() || status["restoreRequired"] == true || status["robustness"] == "faulted" {
+                continue;
+            }
+            let (pv, users) = by_volume.get(&name).cloned().unwrap_or((Value::Null, vec![]));
+            let attached = !users.is_empty();
+            let node = self.env.node_name.clone();
+            let _ = ops::modify(st, GROUP, "volumes", NAMESPACE, &name, Some("status"), MANAGER, |o| {
+                let s = &mut o["status"];
+                if attached {
+                    s["state"] = json!("attached");
+                    s["robustness"] = json!("healthy");
+                    s["currentNodeID"] = json!(node);
+                } else {
+                    s["state"] = json!("detached");
+                    s["robustness"] = json!("unknown");
+                    s["currentNodeID"] = json!("");
+                }
+                if pv.is_object() {
+                    let k = &mut s["kubernetesStatus"];
+                    k["pvName"] = pv["metadata"]["name"].clone();
+                    k["pvStatus"] = pv["status"]["phase"].clone();
+                    if pv["spec"]["claimRef"].is_object() {
+                        k["namespace"] = pv["spec"]["claimRef"]["namespace"].clone();
+                        k["pvcName"] = pv["spec"]["claimRef"]["name"].clone();
+                    }
+                    if attached {
+                        k["workloadsStatus"] = json!(users.iter().map(|p| json!({
+                            "podName": p["metadata"]["name"], "podStatus": p["status"]["phase"].as_str().unwrap_or("Pending"),
+                            "workloadName": p["metadata"]["ownerReferences"][0]["name"].as_str().unwrap_or_default(),
+                            "workloadType": p["metadata"]["ownerReferences"][0]["kind"].as_str().unwrap_or_default(),
+                        })).collect::<Vec<_>>());
+                    }
+                }
+                true
+            });
+        }
+    }
+}
+
+fn default_class(st: &Store) -> Option<String> {
+    ops::list(st, "storage.k8s.io", "storageclasses", None)
+        .into_iter()
+        .find(|sc| sc["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true")
+        .and_then(|sc| sc["metadata"]["name"].as_str().map(String::from))
+}
+
+/// Copies a backup into the volume's data dir with progress; returns the image size.
+fn restore(
+    st: &Store,
+    data_dir: &Path,
+    nas_root: Option<&Path>,
+    target_url: &str,
+    volume: &str,
+    backup: &str,
+    step: Duration,
+) -> anyhow::Result<i64> {
+    let dir = target_dir(target_url, nas_root).map_err(anyhow::Error::msg)?;
+    let bs = Backupstore::new(dir);
+    let (_, src_volume) = ops::get(st, GROUP, "backups", NAMESPACE, backup)
+        .and_then(|b| b["status"]["volumeName"].as_str().map(|v| ((), v.to_string())))
+        .ok_or_else(|| anyhow::anyhow!("backup {backup} not found"))?;
+    let cfg = bs.load_backup(&src_volume, backup)?;
+    let mut img = vec![];
+    let total = cfg.blocks.len().max(1);
+    let mut done_blocks = 0usize;
+    for pct in (10..=100).step_by(10) {
+        // Blocks due by this progress step.
+        let want = (total * pct).div_ceil(100).min(cfg.blocks.len());
+        while done_blocks < want {
+            let blk = &cfg.blocks[done_blocks];
+            let data = bs.read_block(&src_volume, &blk.block_checksum)?;
+            let end = blk.offset as usize + data.len();
+            if img.len() < end {
+                img.resize(end, 0);
+            }
+            img[blk.offset as usize..end].copy_from_slice(&data);
+            done_blocks += 1;
+        }
+        while faults::load(data_dir).stuck_restore(volume) {
+            std::thread::sleep(Duration::from_millis(50));
+            if ops::get(st, GROUP, "volumes", NAMESPACE, volume).is_none() {
+                anyhow::bail!("volume {volume} deleted during restore");
+            }
+        }
+        std::thread::sleep(step);
+        let progress = pct;
+        if progress < 100 {
+            let actual = img.len() as i64;
+            let _ = ops::modify(st, GROUP, "volumes", NAMESPACE, volume, Some("status"), MANAGER, |o| {
+                o["status"]["actualSize"] = json!(actual);
+                set_condition(&mut o["status"]["conditions"], "Restore", "True", "RestoreInProgress",
+                              &format!("restoring backup {backup}: restored {progress}%"));
+                true
+            });
+        }
+    }
+    let files = nas::decode_image(&img)?;
+    let target = volume_data_dir(data_dir, volume);
+    let tmp = target.with_file_name("data.restoring");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    nas::write_files(&tmp, &files)?;
+    let _ = std::fs::remove_dir_all(&target);
+    std::fs::rename(&tmp, &target)?;
+    Ok(img.len() as i64)
+}
