@@ -24,6 +24,7 @@
 pub mod admit;
 pub mod api;
 pub mod config;
+pub mod controllers;
 pub mod defaults;
 pub mod discovery;
 pub mod faults;
@@ -140,6 +141,11 @@ pub async fn prepare(opts: &Options) -> anyhow::Result<Prepared> {
     )
     .with_context(|| format!("writing kubeconfig {}", opts.kubeconfig.display()))?;
     kubeconfig::write_tokens(&opts.data_dir, &pki)?;
+    // Part 2: the simulated controllers (helm, workloads, jobs, ...) in this process.
+    controllers::spawn_all(
+        store.clone(),
+        controllers::LabEnv::from_env(&opts.data_dir, addr, pki.ca_pem.clone()),
+    );
     Ok(Prepared {
         addr,
         store,
