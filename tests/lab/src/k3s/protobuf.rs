@@ -159,6 +159,14 @@ fn json_name(msg: &str, field: &str) -> String {
     field.to_string()
 }
 
+/// Protobuf fields that are inline (embedded) structs in the Go types' JSON form.
+const INLINE: &[&str] = &[
+    "localObjectReference",
+    "volumeSource",
+    "persistentVolumeSource",
+    "ephemeralContainerCommon",
+];
+
 fn message(m: &DynamicMessage) -> Value {
     let d: MessageDescriptor = m.descriptor();
     let name = d.full_name();
@@ -221,6 +229,14 @@ fn message(m: &DynamicMessage) -> Value {
         // ObjectMeta.generation is a plain int64 with omitempty in Go: 0 means unset.
         if name.ends_with("meta.v1.ObjectMeta") && f.name() == "generation" && jv == json!(0) {
             continue;
+        }
+        // Go structs embedded with `json:",inline"` are fields in protobuf but flat in JSON
+        // (Volume.volumeSource, SecretKeySelector.localObjectReference, ...).
+        if INLINE.contains(&f.name()) {
+            if let Value::Object(m) = jv {
+                out.extend(m);
+                continue;
+            }
         }
         out.insert(json_name(name, f.name()), jv);
     }

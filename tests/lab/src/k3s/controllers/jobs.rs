@@ -116,7 +116,8 @@ fn pod_phase(p: &Value) -> &str {
 
 pub fn delete_pods_of(store: &Store, ns: &str, job_name: &str) {
     let rt = rtype(store, "v1", "Pod").expect("Pod served");
-    for p in store.lock().list("", "pods", Some(ns)) {
+    let listed = store.lock().list("", "pods", Some(ns));
+    for p in listed {
         if p["metadata"]["labels"]["batch.kubernetes.io/job-name"] == job_name {
             let n = name_of(&p);
             let mut inner = store.lock();
