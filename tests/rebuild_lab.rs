@@ -73,10 +73,26 @@ fn rebuild_installs_k3s_and_a_rerun_has_nothing_left_to_do() {
         .unwrap();
     assert_eq!(nodes.trim(), "True");
 
+    // The addons went in through k3s's helm-controller: every chart's install Job completed.
+    for chart in ["longhorn", "vault"] {
+        let done = lab
+            .server
+            .run_as_root_ok(&format!(
+                "KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl -n kube-system get job helm-install-{chart} -o jsonpath='{{.status.succeeded}}'"
+            ))
+            .unwrap();
+        assert_eq!(done.trim(), "1", "chart {chart} not installed");
+    }
+    let pvc = lab
+        .server
+        .run_as_root_ok("KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl -n security get pvc vault-data-lh -o name")
+        .unwrap();
+    assert_eq!(pvc.trim(), "persistentvolumeclaim/vault-data-lh");
+
     // A second run finds everything done.
     let out = rebuild(&lab, &bundle, &[]).success();
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
-    assert_eq!(stdout.matches("already done").count(), 4, "{stdout}");
+    assert_eq!(stdout.matches("already done").count(), 8, "{stdout}");
 }
 
 #[test]

@@ -85,14 +85,6 @@ pub fn fresh_phases() -> Vec<Box<dyn Phase<Ctx>>> {
         Box::new(k3s::Binary),
         Box::new(k3s::Configuration),
         Box::new(k3s::Running),
-    ]
-}
-
-/// The addon phases that follow k3s: each applies one manifest group and waits for its
-/// charts. Not yet part of [`fresh_phases`]: they join it once the lab can complete charts
-/// (the helm-controller stand-in), so that every phase a rebuild runs is tested end to end.
-pub fn addon_phases() -> Vec<Box<dyn Phase<Ctx>>> {
-    vec![
         Box::new(addons::Apply {
             group: Group::Namespaces,
             title: "Create the namespaces",

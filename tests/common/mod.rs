@@ -106,6 +106,12 @@ pub fn lab_bundle(dir: &Path) -> PathBuf {
     // One cargo build per test binary, however many tests ask.
     static LAB_K3S: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let lab_k3s = LAB_K3S.get_or_init(|| {
+        // lab-k3s starts lab-vault for vault-0; the lab server finds it beside the test binary.
+        escargot::CargoBuild::new()
+            .package("rebox-lab")
+            .bin("lab-vault")
+            .run()
+            .expect("building lab-vault");
         escargot::CargoBuild::new()
             .package("rebox-lab")
             .bin("lab-k3s")
