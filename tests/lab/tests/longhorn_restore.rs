@@ -14,22 +14,41 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use nas_support::{cond, Lab};
-use rebox_lab::k3s::controllers::longhorn::{self, backup_volume_name, volume_data_dir, LonghornEnv};
+use rebox_lab::k3s::controllers::longhorn::{self, backup_volume_name, volume_data_dir};
 use rebox_lab::nas::NasFixture;
 use serde_json::{json, Value};
 
 async fn install_longhorn(lab: &Lab) {
     lab.install_crds(&longhorn::longhorn_crds());
     lab.namespace("longhorn-system");
-    let mut env = LonghornEnv::new(&lab.data_dir);
-    env.restore_time = Duration::from_millis(1500);
-    longhorn::spawn_with(lab.k3s.store.clone(), env);
-    lab.wait("BackupTarget default", 20, || lab.get(&["backuptargets.longhorn.io", "-n", "longhorn-system", "default"]).ok_or("absent".into())).await;
+    // The Longhorn stand-in runs already: lab-k3s starts it (controllers::spawn_all).
+    lab.wait("BackupTarget default", 20, || {
+        lab.get(&[
+            "backuptargets.longhorn.io",
+            "-n",
+            "longhorn-system",
+            "default",
+        ])
+        .ok_or("absent".into())
+    })
+    .await;
 }
 
 async fn set_target(lab: &Lab, url: &str) {
-    lab.ok(&["patch", "backuptargets.longhorn.io", "default", "-n", "longhorn-system", "--type", "merge",
-             "-p", &json!({"spec": {"backupTargetURL": url}}).to_string()], None);
+    lab.ok(
+        &[
+            "patch",
+            "backuptargets.longhorn.io",
+            "default",
+            "-n",
+            "longhorn-system",
+            "--type",
+            "merge",
+            "-p",
+            &json!({"spec": {"backupTargetURL": url}}).to_string(),
+        ],
+        None,
+    );
 }
 
 fn restore_volume(lab: &Lab, name: &str, backup: &Value) {
@@ -42,18 +61,39 @@ fn restore_volume(lab: &Lab, name: &str, backup: &Value) {
 }
 
 fn backup_of(lab: &Lab, volume: &str) -> Value {
-    let l = lab.get(&["backups.longhorn.io", "-n", "longhorn-system", "-l", &format!("backup-volume={volume}")]).unwrap();
+    let l = lab
+        .get(&[
+            "backups.longhorn.io",
+            "-n",
+            "longhorn-system",
+            "-l",
+            &format!("backup-volume={volume}"),
+        ])
+        .unwrap();
     let items = l["items"].as_array().unwrap().clone();
-    items.into_iter().max_by_key(|b| b["status"]["snapshotCreatedAt"].as_str().unwrap_or_default().to_string()).expect("a backup")
+    items
+        .into_iter()
+        .max_by_key(|b| {
+            b["status"]["snapshotCreatedAt"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .expect("a backup")
 }
 
 async fn wait_restored(lab: &Lab, name: &str) -> Value {
     lab.wait(&format!("volume {name} restored and detached"), 60, || {
-        let v = lab.get(&["volumes.longhorn.io", "-n", "longhorn-system", name]).ok_or("absent")?;
+        let v = lab
+            .get(&["volumes.longhorn.io", "-n", "longhorn-system", name])
+            .ok_or("absent")?;
         if let Some(c) = cond(&v, "Restore").filter(|c| c["reason"] == "RestoreFailure") {
             panic!("restore of {name} failed: {c}");
         }
-        if v["status"]["restoreRequired"] == false && v["status"]["state"] == "detached" && v["status"]["restoreInitiated"] == true {
+        if v["status"]["restoreRequired"] == false
+            && v["status"]["state"] == "detached"
+            && v["status"]["restoreInitiated"] == true
+        {
             Ok(v)
         } else {
             Err(v["status"].to_string())
@@ -69,7 +109,10 @@ fn files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
             if e.file_type().unwrap().is_dir() {
                 walk(base, &e.path(), out);
             } else {
-                out.push((e.path().strip_prefix(base).unwrap().display().to_string(), std::fs::read(e.path()).unwrap()));
+                out.push((
+                    e.path().strip_prefix(base).unwrap().display().to_string(),
+                    std::fs::read(e.path()).unwrap(),
+                ));
             }
         }
     }
@@ -86,50 +129,149 @@ async fn longhorn_fixture_volumes_restore_byte_identical_with_progress() {
     let v = rebox_lab::vault::start(vault_dir.clone()).await.unwrap();
     let init = vault_support::Vault::new(v.url()).init(1, 1).await;
     drop(v);
-    let big: Vec<u8> = (0..(5u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..(5u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let t_vault = Utc.with_ymd_and_hms(2026, 11, 20, 3, 0, 0).unwrap();
     let t_immich = Utc.with_ymd_and_hms(2026, 11, 19, 2, 30, 0).unwrap();
     let t_hass = Utc.with_ymd_and_hms(2026, 11, 18, 1, 15, 0).unwrap();
     let nas = NasFixture::new(lab.dir.join("nas/export"))
-        .volume("vault-data-lh", "security", "vault-data-lh", vault_dir.clone(), t_vault)
-        .volume("immich-db", "media", "immich-db", vec![("pgdata/base.bin".to_string(), big.clone()), ("PG_VERSION".to_string(), b"16\n".to_vec())], t_immich - chrono::Duration::days(1))
-        .volume("immich-db", "media", "immich-db", vec![("pgdata/base.bin".to_string(), big.clone()), ("PG_VERSION".to_string(), b"17\n".to_vec())], t_immich)
-        .volume("hass-config", "home", "hass-config", vec![("configuration.yaml".to_string(), b"homeassistant:\n".to_vec())], t_hass)
+        .volume(
+            "vault-data-lh",
+            "security",
+            "vault-data-lh",
+            vault_dir.clone(),
+            t_vault,
+        )
+        .volume(
+            "immich-db",
+            "media",
+            "immich-db",
+            vec![
+                ("pgdata/base.bin".to_string(), big.clone()),
+                ("PG_VERSION".to_string(), b"16\n".to_vec()),
+            ],
+            t_immich - chrono::Duration::days(1),
+        )
+        .volume(
+            "immich-db",
+            "media",
+            "immich-db",
+            vec![
+                ("pgdata/base.bin".to_string(), big.clone()),
+                ("PG_VERSION".to_string(), b"17\n".to_vec()),
+            ],
+            t_immich,
+        )
+        .volume(
+            "hass-config",
+            "home",
+            "hass-config",
+            vec![(
+                "configuration.yaml".to_string(),
+                b"homeassistant:\n".to_vec(),
+            )],
+            t_hass,
+        )
         .build()
         .unwrap();
 
     install_longhorn(&lab).await;
-    let bt = lab.get(&["backuptargets.longhorn.io", "-n", "longhorn-system", "default"]).unwrap();
+    let bt = lab
+        .get(&[
+            "backuptargets.longhorn.io",
+            "-n",
+            "longhorn-system",
+            "default",
+        ])
+        .unwrap();
     assert_eq!(bt["status"]["available"], json!(false), "no URL yet: {bt}");
     set_target(&lab, &format!("nfs://nas.lab:{}", nas.root.display())).await;
     lab.wait("BackupTarget available", 20, || {
-        let bt = lab.get(&["backuptargets.longhorn.io", "-n", "longhorn-system", "default"]).unwrap();
-        (bt["status"]["available"] == true && bt["status"]["lastSyncedAt"].is_string()).then_some(()).ok_or(bt["status"].to_string())
-    }).await;
+        let bt = lab
+            .get(&[
+                "backuptargets.longhorn.io",
+                "-n",
+                "longhorn-system",
+                "default",
+            ])
+            .unwrap();
+        (bt["status"]["available"] == true && bt["status"]["lastSyncedAt"].is_string())
+            .then_some(())
+            .ok_or(bt["status"].to_string())
+    })
+    .await;
 
     // BackupVolumes with the fixture's times and the original namespace/PVC.
-    let bvs = lab.wait("3 BackupVolumes", 20, || {
-        let l = lab.get(&["backupvolumes.longhorn.io", "-n", "longhorn-system"]).unwrap();
-        let n = l["items"].as_array().unwrap().len();
-        (n == 3).then_some(l).ok_or(format!("{n} backup volumes"))
-    }).await;
-    for (vol, ns, t) in [("vault-data-lh", "security", t_vault), ("immich-db", "media", t_immich), ("hass-config", "home", t_hass)] {
-        let bv = bvs["items"].as_array().unwrap().iter().find(|b| b["spec"]["volumeName"] == vol).unwrap_or_else(|| panic!("no BackupVolume for {vol}"));
-        assert_eq!(bv["metadata"]["name"], json!(backup_volume_name(vol, "default")));
+    let bvs = lab
+        .wait("3 BackupVolumes", 20, || {
+            let l = lab
+                .get(&["backupvolumes.longhorn.io", "-n", "longhorn-system"])
+                .unwrap();
+            let n = l["items"].as_array().unwrap().len();
+            (n == 3).then_some(l).ok_or(format!("{n} backup volumes"))
+        })
+        .await;
+    for (vol, ns, t) in [
+        ("vault-data-lh", "security", t_vault),
+        ("immich-db", "media", t_immich),
+        ("hass-config", "home", t_hass),
+    ] {
+        let bv = bvs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["spec"]["volumeName"] == vol)
+            .unwrap_or_else(|| panic!("no BackupVolume for {vol}"));
+        assert_eq!(
+            bv["metadata"]["name"],
+            json!(backup_volume_name(vol, "default"))
+        );
         assert_eq!(bv["metadata"]["labels"]["backup-volume"], json!(vol));
         assert_eq!(bv["metadata"]["labels"]["backup-target"], json!("default"));
-        assert_eq!(bv["status"]["lastBackupAt"], json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)), "{bv}");
-        assert_eq!(bv["status"]["lastBackupName"], json!(nas.volume(vol).last_backup().name));
-        let ks: Value = serde_json::from_str(bv["status"]["labels"]["KubernetesStatus"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            bv["status"]["lastBackupAt"],
+            json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            "{bv}"
+        );
+        assert_eq!(
+            bv["status"]["lastBackupName"],
+            json!(nas.volume(vol).last_backup().name)
+        );
+        let ks: Value =
+            serde_json::from_str(bv["status"]["labels"]["KubernetesStatus"].as_str().unwrap())
+                .unwrap();
         assert_eq!(ks["namespace"], json!(ns));
         assert_eq!(ks["pvcName"], json!(vol));
     }
-    let backups = lab.get(&["backups.longhorn.io", "-n", "longhorn-system", "-l", "backup-volume=immich-db"]).unwrap();
-    assert_eq!(backups["items"].as_array().unwrap().len(), 2, "both immich backups: {backups}");
+    let backups = lab
+        .get(&[
+            "backups.longhorn.io",
+            "-n",
+            "longhorn-system",
+            "-l",
+            "backup-volume=immich-db",
+        ])
+        .unwrap();
+    assert_eq!(
+        backups["items"].as_array().unwrap().len(),
+        2,
+        "both immich backups: {backups}"
+    );
     let b = backup_of(&lab, "immich-db");
     assert_eq!(b["status"]["state"], json!("Completed"));
-    assert_eq!(b["status"]["snapshotCreatedAt"], json!(t_immich.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
-    assert_eq!(b["status"]["url"], json!(format!("nfs://nas.lab:{}?backup={}&volume=immich-db", nas.root.display(), b["metadata"]["name"].as_str().unwrap())));
+    assert_eq!(
+        b["status"]["snapshotCreatedAt"],
+        json!(t_immich.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    );
+    assert_eq!(
+        b["status"]["url"],
+        json!(format!(
+            "nfs://nas.lab:{}?backup={}&volume=immich-db",
+            nas.root.display(),
+            b["metadata"]["name"].as_str().unwrap()
+        ))
+    );
 
     // Restore immich-db, watching the volume's events through kubectl.
     let mut watch = Command::new(nas_support::kubectl_bin())
@@ -152,13 +294,23 @@ async fn longhorn_fixture_volumes_restore_byte_identical_with_progress() {
     });
     restore_volume(&lab, "immich-db", &b);
     let v = wait_restored(&lab, "immich-db").await;
-    assert_eq!(v["status"]["robustness"], json!("unknown"), "detached after the restore: {v}");
+    assert_eq!(
+        v["status"]["robustness"],
+        json!("unknown"),
+        "detached after the restore: {v}"
+    );
     assert_eq!(v["status"]["kubernetesStatus"]["namespace"], json!("media"));
-    assert_eq!(v["status"]["kubernetesStatus"]["pvcName"], json!("immich-db"));
+    assert_eq!(
+        v["status"]["kubernetesStatus"]["pvcName"],
+        json!("immich-db")
+    );
     assert_eq!(v["status"]["lastBackup"], b["metadata"]["name"]);
     // Read the watch until it shows the finished restore (restoreRequired false).
     let mut lines = vec![];
-    while !lines.iter().any(|l: &String| l.starts_with("immich-db false")) {
+    while !lines
+        .iter()
+        .any(|l: &String| l.starts_with("immich-db false"))
+    {
         match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(l) => lines.push(l),
             Err(e) => panic!("kubectl watch ended without the finished restore ({e}): {lines:?}"),
@@ -168,18 +320,38 @@ async fn longhorn_fixture_volumes_restore_byte_identical_with_progress() {
     let _ = watch.wait();
     let progress: Vec<u32> = lines
         .iter()
-        .filter_map(|l| l.split("restored ").nth(1).and_then(|p| p.trim_end_matches('%').parse().ok()))
+        .filter_map(|l| {
+            l.split("restored ")
+                .nth(1)
+                .and_then(|p| p.trim_end_matches('%').parse().ok())
+        })
         .collect();
-    assert!(progress.iter().any(|p| *p > 0 && *p < 100), "intermediate progress seen: {lines:?}");
-    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "progress only grows: {progress:?}");
+    assert!(
+        progress.iter().any(|p| *p > 0 && *p < 100),
+        "intermediate progress seen: {lines:?}"
+    );
+    assert!(
+        progress.windows(2).all(|w| w[0] <= w[1]),
+        "progress only grows: {progress:?}"
+    );
     let restored = files(&volume_data_dir(&lab.data_dir, "immich-db"));
-    assert_eq!(restored, vec![("PG_VERSION".to_string(), b"17\n".to_vec()), ("pgdata/base.bin".to_string(), big)], "byte-identical newest backup");
+    assert_eq!(
+        restored,
+        vec![
+            ("PG_VERSION".to_string(), b"17\n".to_vec()),
+            ("pgdata/base.bin".to_string(), big)
+        ],
+        "byte-identical newest backup"
+    );
 
     // Vault's volume: restored, recreated PV/PVC bound, Vault initialised and sealed, the key opens it.
     let vb = backup_of(&lab, "vault-data-lh");
     restore_volume(&lab, "vault-data-lh", &vb);
     wait_restored(&lab, "vault-data-lh").await;
-    assert_eq!(files(&volume_data_dir(&lab.data_dir, "vault-data-lh")), files(&vault_dir));
+    assert_eq!(
+        files(&volume_data_dir(&lab.data_dir, "vault-data-lh")),
+        files(&vault_dir)
+    );
     lab.namespace("security");
     lab.apply(&json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "vault-data-lh"},
         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "persistentVolumeReclaimPolicy": "Retain",
@@ -189,25 +361,52 @@ async fn longhorn_fixture_volumes_restore_byte_identical_with_progress() {
         "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "longhorn-static", "volumeName": "vault-data-lh",
                  "resources": {"requests": {"storage": "1Gi"}}}}));
     lab.wait("PVC Bound", 20, || {
-        let pvc = lab.get(&["pvc", "-n", "security", "vault-data-lh"]).unwrap();
+        let pvc = lab
+            .get(&["pvc", "-n", "security", "vault-data-lh"])
+            .unwrap();
         let pv = lab.get(&["pv", "vault-data-lh"]).unwrap();
-        (pvc["status"]["phase"] == "Bound" && pv["status"]["phase"] == "Bound" && pv["spec"]["claimRef"]["name"] == "vault-data-lh")
-            .then_some(()).ok_or(format!("{} / {}", pvc["status"], pv["status"]))
-    }).await;
+        (pvc["status"]["phase"] == "Bound"
+            && pv["status"]["phase"] == "Bound"
+            && pv["spec"]["claimRef"]["name"] == "vault-data-lh")
+            .then_some(())
+            .ok_or(format!("{} / {}", pvc["status"], pv["status"]))
+    })
+    .await;
     lab.apply(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "uses-vault-data", "namespace": "security"},
         "spec": {"containers": [{"name": "c", "image": "busybox"}],
                  "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "vault-data-lh"}}]}}));
     lab.wait("volume attached and healthy", 20, || {
-        let v = lab.get(&["volumes.longhorn.io", "-n", "longhorn-system", "vault-data-lh"]).unwrap();
-        (v["status"]["state"] == "attached" && v["status"]["robustness"] == "healthy" && v["status"]["kubernetesStatus"]["pvStatus"] == "Bound")
-            .then_some(()).ok_or(v["status"].to_string())
-    }).await;
-    let vault = rebox_lab::vault::start(volume_data_dir(&lab.data_dir, "vault-data-lh")).await.unwrap();
+        let v = lab
+            .get(&[
+                "volumes.longhorn.io",
+                "-n",
+                "longhorn-system",
+                "vault-data-lh",
+            ])
+            .unwrap();
+        (v["status"]["state"] == "attached"
+            && v["status"]["robustness"] == "healthy"
+            && v["status"]["kubernetesStatus"]["pvStatus"] == "Bound")
+            .then_some(())
+            .ok_or(v["status"].to_string())
+    })
+    .await;
+    let vault = rebox_lab::vault::start(volume_data_dir(&lab.data_dir, "vault-data-lh"))
+        .await
+        .unwrap();
     let client = vault_support::Vault::new(vault.url());
     let s = client.status().await;
-    assert_eq!((s["initialized"].clone(), s["sealed"].clone()), (json!(true), json!(true)), "{s}");
+    assert_eq!(
+        (s["initialized"].clone(), s["sealed"].clone()),
+        (json!(true), json!(true)),
+        "{s}"
+    );
     let s = client.unseal_all(&init.keys).await;
-    assert_eq!(s["sealed"], json!(false), "the original key opens the restored Vault: {s}");
+    assert_eq!(
+        s["sealed"],
+        json!(false),
+        "the original key opens the restored Vault: {s}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -215,28 +414,60 @@ async fn longhorn_corrupt_backup_fails_restore_like_longhorn() {
     let lab = Lab::start().await;
     let t = Utc::now() - chrono::Duration::hours(5);
     let nas = NasFixture::new(lab.dir.join("nas"))
-        .volume("hass-config", "home", "hass-config", vec![("configuration.yaml".to_string(), b"homeassistant:\n".to_vec())], t)
+        .volume(
+            "hass-config",
+            "home",
+            "hass-config",
+            vec![(
+                "configuration.yaml".to_string(),
+                b"homeassistant:\n".to_vec(),
+            )],
+            t,
+        )
         .corrupt("hass-config")
         .build()
         .unwrap();
     install_longhorn(&lab).await;
     set_target(&lab, &format!("nfs://nas:{}/", nas.root.display())).await;
-    let b = lab.wait("Backup CR", 20, || {
-        let l = lab.get(&["backups.longhorn.io", "-n", "longhorn-system"]).unwrap();
-        l["items"].as_array().unwrap().first().cloned().ok_or("none".into())
-    }).await;
+    let b = lab
+        .wait("Backup CR", 20, || {
+            let l = lab
+                .get(&["backups.longhorn.io", "-n", "longhorn-system"])
+                .unwrap();
+            l["items"]
+                .as_array()
+                .unwrap()
+                .first()
+                .cloned()
+                .ok_or("none".into())
+        })
+        .await;
     restore_volume(&lab, "hass-config", &b);
-    let v = lab.wait("RestoreFailure", 30, || {
-        let v = lab.get(&["volumes.longhorn.io", "-n", "longhorn-system", "hass-config"]).unwrap();
-        cond(&v, "Restore").filter(|c| c["reason"] == "RestoreFailure").map(|_| v.clone()).ok_or(v["status"].to_string())
-    }).await;
+    let v = lab
+        .wait("RestoreFailure", 30, || {
+            let v = lab
+                .get(&[
+                    "volumes.longhorn.io",
+                    "-n",
+                    "longhorn-system",
+                    "hass-config",
+                ])
+                .unwrap();
+            cond(&v, "Restore")
+                .filter(|c| c["reason"] == "RestoreFailure")
+                .map(|_| v.clone())
+                .ok_or(v["status"].to_string())
+        })
+        .await;
     let c = cond(&v, "Restore").unwrap();
     assert_eq!(c["status"], json!("False"));
     assert!(c["message"].as_str().unwrap().contains("checksum"), "{c}");
     assert_eq!(v["status"]["robustness"], json!("faulted"));
     assert_eq!(v["status"]["state"], json!("detached"));
     assert_eq!(v["status"]["restoreRequired"], json!(true));
-    assert!(!volume_data_dir(&lab.data_dir, "hass-config").join("configuration.yaml").exists());
+    assert!(!volume_data_dir(&lab.data_dir, "hass-config")
+        .join("configuration.yaml")
+        .exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -245,26 +476,49 @@ async fn longhorn_unreachable_target_and_dynamic_pvc() {
     install_longhorn(&lab).await;
     set_target(&lab, "nfs://nas:/no/such/export").await;
     lab.wait("target unavailable", 20, || {
-        let bt = lab.get(&["backuptargets.longhorn.io", "-n", "longhorn-system", "default"]).unwrap();
-        (bt["status"]["available"] == false && cond(&bt, "Unavailable").is_some_and(|c| c["status"] == "True"))
-            .then_some(()).ok_or(bt["status"].to_string())
-    }).await;
+        let bt = lab
+            .get(&[
+                "backuptargets.longhorn.io",
+                "-n",
+                "longhorn-system",
+                "default",
+            ])
+            .unwrap();
+        (bt["status"]["available"] == false
+            && cond(&bt, "Unavailable").is_some_and(|c| c["status"] == "True"))
+        .then_some(())
+        .ok_or(bt["status"].to_string())
+    })
+    .await;
     lab.apply(&json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "longhorn"},
         "provisioner": "driver.longhorn.io", "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate",
         "parameters": {"numberOfReplicas": "1"}}));
     lab.namespace("media");
     lab.apply(&json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "library", "namespace": "media"},
         "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "longhorn", "resources": {"requests": {"storage": "2Gi"}}}}));
-    let pvc = lab.wait("dynamic PVC Bound", 20, || {
-        let pvc = lab.get(&["pvc", "-n", "media", "library"]).unwrap();
-        (pvc["status"]["phase"] == "Bound").then_some(pvc.clone()).ok_or(pvc.to_string())
-    }).await;
+    let pvc = lab
+        .wait("dynamic PVC Bound", 20, || {
+            let pvc = lab.get(&["pvc", "-n", "media", "library"]).unwrap();
+            (pvc["status"]["phase"] == "Bound")
+                .then_some(pvc.clone())
+                .ok_or(pvc.to_string())
+        })
+        .await;
     let vol = pvc["spec"]["volumeName"].as_str().unwrap().to_string();
-    assert_eq!(vol, format!("pvc-{}", pvc["metadata"]["uid"].as_str().unwrap()));
-    let v = lab.wait("fresh volume", 20, || {
-        let v = lab.get(&["volumes.longhorn.io", "-n", "longhorn-system", &vol]).ok_or("absent")?;
-        (v["status"]["state"] == "detached").then_some(v.clone()).ok_or(v.to_string())
-    }).await;
+    assert_eq!(
+        vol,
+        format!("pvc-{}", pvc["metadata"]["uid"].as_str().unwrap())
+    );
+    let v = lab
+        .wait("fresh volume", 20, || {
+            let v = lab
+                .get(&["volumes.longhorn.io", "-n", "longhorn-system", &vol])
+                .ok_or("absent")?;
+            (v["status"]["state"] == "detached")
+                .then_some(v.clone())
+                .ok_or(v.to_string())
+        })
+        .await;
     assert_eq!(v["spec"]["size"], json!((2i64 << 30).to_string()));
     assert_eq!(v["status"]["restoreRequired"], json!(false));
     assert!(volume_data_dir(&lab.data_dir, &vol).is_dir());
