@@ -14,39 +14,96 @@ fn nas_fixture_layout_times_labels_and_corruption() {
     let tmp = tempfile::tempdir().unwrap();
     let t = Utc.with_ymd_and_hms(2026, 11, 20, 3, 0, 0).unwrap();
     let built = NasFixture::new(tmp.path())
-        .volume("vault-data-lh", "security", "vault-data-lh", vec![("lab-vault.json".to_string(), b"{}".to_vec())], t)
-        .volume("immich-db", "media", "immich-db", &b"db"[..], t - chrono::Duration::hours(7))
-        .volume("hass-config", "home", "hass-config", &b"cfg"[..], t - chrono::Duration::days(2))
+        .volume(
+            "vault-data-lh",
+            "security",
+            "vault-data-lh",
+            vec![("lab-vault.json".to_string(), b"{}".to_vec())],
+            t,
+        )
+        .volume(
+            "immich-db",
+            "media",
+            "immich-db",
+            &b"db"[..],
+            t - chrono::Duration::hours(7),
+        )
+        .volume(
+            "hass-config",
+            "home",
+            "hass-config",
+            &b"cfg"[..],
+            t - chrono::Duration::days(2),
+        )
         .corrupt("hass-config")
         .build()
         .unwrap();
     let bs = Backupstore::new(tmp.path());
-    assert_eq!(bs.list_volumes().unwrap(), vec!["hass-config", "immich-db", "vault-data-lh"]);
+    assert_eq!(
+        bs.list_volumes().unwrap(),
+        vec!["hass-config", "immich-db", "vault-data-lh"]
+    );
     // backupstore/volumes/<sha256[0:2]>/<[2:4]>/<volume>/volume.cfg
     let cs = hex::encode(Sha256::digest(b"vault-data-lh"));
-    let cfg_path = tmp.path().join("backupstore/volumes").join(&cs[0..2]).join(&cs[2..4]).join("vault-data-lh/volume.cfg");
+    let cfg_path = tmp
+        .path()
+        .join("backupstore/volumes")
+        .join(&cs[0..2])
+        .join(&cs[2..4])
+        .join("vault-data-lh/volume.cfg");
     let cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
     assert_eq!(cfg["Name"], "vault-data-lh");
-    assert_eq!(cfg["Size"], (1i64 << 30).to_string(), "Size is a string, as Go's `json:\",string\"`");
+    assert_eq!(
+        cfg["Size"],
+        (1i64 << 30).to_string(),
+        "Size is a string, as Go's `json:\",string\"`"
+    );
     assert_eq!(cfg["LastBackupAt"], "2026-11-20T03:00:00Z");
-    let b = bs.load_backup("vault-data-lh", &cfg["LastBackupName"].as_str().unwrap()).unwrap();
+    let b = bs
+        .load_backup("vault-data-lh", cfg["LastBackupName"].as_str().unwrap())
+        .unwrap();
     let ks: Value = serde_json::from_str(&b.labels["KubernetesStatus"]).unwrap();
-    assert_eq!((ks["namespace"].as_str(), ks["pvcName"].as_str()), (Some("security"), Some("vault-data-lh")));
-    assert!(bs.backup_cfg_path("vault-data-lh", &b.name).ends_with(format!("backups/backup_{}.cfg", b.name)));
-    let blk = bs.read_block("vault-data-lh", &b.blocks[0].block_checksum).unwrap();
+    assert_eq!(
+        (ks["namespace"].as_str(), ks["pvcName"].as_str()),
+        (Some("security"), Some("vault-data-lh"))
+    );
+    assert!(bs
+        .backup_cfg_path("vault-data-lh", &b.name)
+        .ends_with(format!("backups/backup_{}.cfg", b.name)));
+    let blk = bs
+        .read_block("vault-data-lh", &b.blocks[0].block_checksum)
+        .unwrap();
     assert_eq!(blk.len(), nas::BLOCK_SIZE);
     let files = nas::decode_image(&blk).unwrap();
-    assert_eq!(files, vec![("lab-vault.json".to_string(), 0o644, b"{}".to_vec())]);
-    assert_eq!(built.volume("immich-db").last_backup().created, "2026-11-19T20:00:00Z");
+    assert_eq!(
+        files,
+        vec![("lab-vault.json".to_string(), 0o644, b"{}".to_vec())]
+    );
+    assert_eq!(
+        built.volume("immich-db").last_backup().created,
+        "2026-11-19T20:00:00Z"
+    );
     // The corrupt volume's block fails its checksum.
     let h = bs.load_volume("hass-config").unwrap();
     let hb = bs.load_backup("hass-config", &h.last_backup_name).unwrap();
-    let err = bs.read_block("hass-config", &hb.blocks[0].block_checksum).unwrap_err();
-    assert!(format!("{err:#}").contains("checksum verification failed"), "{err:#}");
+    let err = bs
+        .read_block("hass-config", &hb.blocks[0].block_checksum)
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("checksum verification failed"),
+        "{err:#}"
+    );
     // corrupt_volume does the same to an existing store.
     nas::corrupt_volume(tmp.path(), "immich-db").unwrap();
-    let ib = bs.load_backup("immich-db", &bs.load_volume("immich-db").unwrap().last_backup_name).unwrap();
-    assert!(bs.read_block("immich-db", &ib.blocks[0].block_checksum).is_err());
+    let ib = bs
+        .load_backup(
+            "immich-db",
+            &bs.load_volume("immich-db").unwrap().last_backup_name,
+        )
+        .unwrap();
+    assert!(bs
+        .read_block("immich-db", &ib.blocks[0].block_checksum)
+        .is_err());
 }
 
 fn walk_props(prefix: &str, ours: &Value, real: &Value, errs: &mut Vec<String>) {
@@ -56,7 +113,10 @@ fn walk_props(prefix: &str, ours: &Value, real: &Value, errs: &mut Vec<String>) 
         }
     }
     if ours["enum"] != real["enum"] {
-        errs.push(format!("{prefix}: enum {} vs upstream {}", ours["enum"], real["enum"]));
+        errs.push(format!(
+            "{prefix}: enum {} vs upstream {}",
+            ours["enum"], real["enum"]
+        ));
     }
     for (k, v) in ours["properties"].as_object().into_iter().flatten() {
         match real["properties"].get(k) {
@@ -71,7 +131,8 @@ fn walk_props(prefix: &str, ours: &Value, real: &Value, errs: &mut Vec<String>) 
 
 #[test]
 fn longhorn_crds_match_upstream_v1_11_3() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/crds/longhorn-v1.11.3.yaml");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/crds/longhorn-v1.11.3.yaml");
     let Ok(text) = std::fs::read_to_string(&path) else {
         eprintln!("SKIPPED longhorn_crds_match_upstream_v1_11_3: {} not present (only the steering checkout has ../shared/crds)", path.display());
         return;
@@ -80,23 +141,48 @@ fn longhorn_crds_match_upstream_v1_11_3() {
     let mut errs = vec![];
     for ours in longhorn::longhorn_crds() {
         let name = ours["metadata"]["name"].as_str().unwrap();
-        let real = docs.iter().find(|d| d["metadata"]["name"] == name).unwrap_or_else(|| panic!("{name} not upstream"));
+        let real = docs
+            .iter()
+            .find(|d| d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not upstream"));
         assert_eq!(ours["spec"]["names"]["kind"], real["spec"]["names"]["kind"]);
-        assert_eq!(ours["spec"]["names"]["shortNames"], real["spec"]["names"]["shortNames"]);
+        assert_eq!(
+            ours["spec"]["names"]["shortNames"],
+            real["spec"]["names"]["shortNames"]
+        );
         assert_eq!(ours["spec"]["scope"], real["spec"]["scope"]);
-        let rv = real["spec"]["versions"].as_array().unwrap().iter().find(|v| v["name"] == "v1beta2").unwrap();
-        assert_eq!(rv["subresources"], ours["spec"]["versions"][0]["subresources"], "{name} subresources");
+        let rv = real["spec"]["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "v1beta2")
+            .unwrap();
+        assert_eq!(
+            rv["subresources"], ours["spec"]["versions"][0]["subresources"],
+            "{name} subresources"
+        );
         let rs = &rv["schema"]["openAPIV3Schema"];
         let os = &ours["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
         walk_props(name, os, rs, &mut errs);
         assert_eq!(os["required"], rs["required"], "{name} required");
         // Every spec field upstream is served by the lab (strict validation must not refuse
         // what Longhorn accepts).
-        for k in rs["properties"]["spec"]["properties"].as_object().into_iter().flatten().map(|(k, _)| k) {
+        for k in rs["properties"]["spec"]["properties"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k)
+        {
             if os["properties"]["spec"]["properties"].get(k).is_none() {
-                errs.push(format!("{name}: upstream spec field {k} missing in the lab's CRD"));
+                errs.push(format!(
+                    "{name}: upstream spec field {k} missing in the lab's CRD"
+                ));
             }
         }
     }
-    assert!(errs.is_empty(), "the lab's Longhorn CRDs differ from upstream:\n{}", errs.join("\n"));
+    assert!(
+        errs.is_empty(),
+        "the lab's Longhorn CRDs differ from upstream:\n{}",
+        errs.join("\n")
+    );
 }

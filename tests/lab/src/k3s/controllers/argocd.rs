@@ -15,6 +15,7 @@
 //! - Fault switch `argocdOutOfSync` ([`crate::k3s::faults`]): the app stays `OutOfSync`,
 //!   health `Degraded`, condition `SyncError` and `operationState.phase: Failed` with the
 //!   message; a refresh is still removed (and does not help) until the switch is cleared.
+//!
 //! The revision is a stable fake commit id (sha256 of repo, path and target revision, 40 hex).
 //! Left out: Git, rendering and applying manifests, child apps of an app-of-apps,
 //! ApplicationSets, projects' rules, automated-sync retry back-off.
@@ -106,45 +107,76 @@ fn pass(store: &Store, env: &ArgoEnv, apps: &mut HashMap<(String, String), AppSt
     let faults = faults::load(&env.data_dir);
     for ns in controller_namespaces(store) {
         for app in ops::list(store, GROUP, "applications", Some(&ns)) {
-            let name = app["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = app["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if !app["metadata"]["deletionTimestamp"].is_null() {
                 continue;
             }
             let key = (ns.clone(), name.clone());
             let st = apps.entry(key).or_default();
-            let refresh = app["metadata"]["annotations"][REFRESH].as_str().map(String::from);
+            let refresh = app["metadata"]["annotations"][REFRESH]
+                .as_str()
+                .map(String::from);
             if refresh.is_some() {
-                let _ = ops::modify(store, GROUP, "applications", &ns, &name, None, MANAGER, |o| {
-                    if let Some(a) = o["metadata"]["annotations"].as_object_mut() {
-                        a.remove(REFRESH);
-                    }
-                    true
-                });
+                let _ = ops::modify(
+                    store,
+                    GROUP,
+                    "applications",
+                    &ns,
+                    &name,
+                    None,
+                    MANAGER,
+                    |o| {
+                        if let Some(a) = o["metadata"]["annotations"].as_object_mut() {
+                            a.remove(REFRESH);
+                        }
+                        true
+                    },
+                );
             }
             let rev = revision(&app);
-            let compared = json!({"source": app["spec"]["source"], "destination": app["spec"]["destination"]});
+            let compared =
+                json!({"source": app["spec"]["source"], "destination": app["spec"]["destination"]});
             let t = now();
             if faults.argocd_out_of_sync(&name) {
                 st.sync_until = None;
                 st.synced_spec = None;
                 let msg = format!("one or more synchronization tasks completed unsuccessfully, reason: the lab's fault switch argocdOutOfSync holds {name} (Failed sync attempt to {rev})");
-                let _ = ops::modify(store, GROUP, "applications", &ns, &name, Some("status"), MANAGER, |o| {
-                    let prev_failed = o["status"]["operationState"]["phase"] == "Failed";
-                    let started = if prev_failed { o["status"]["operationState"]["startedAt"].clone() } else { json!(t) };
-                    let lt = o["status"]["conditions"][0]["lastTransitionTime"].as_str().map(String::from).unwrap_or(t.clone());
-                    o["status"] = json!({
-                        "sync": {"status": "OutOfSync", "revision": rev, "comparedTo": compared},
-                        "health": {"status": "Degraded", "message": "sync failed"},
-                        "conditions": [{"type": "SyncError", "message": msg, "lastTransitionTime": lt}],
-                        "operationState": {"phase": "Failed", "message": msg, "startedAt": started,
-                                           "finishedAt": if prev_failed { o["status"]["operationState"]["finishedAt"].clone() } else { json!(t) },
-                                           "operation": {"sync": {"revision": rev}}, "retryCount": 1,
-                                           "syncResult": {"revision": rev}},
-                        "reconciledAt": if refresh.is_some() || o["status"]["reconciledAt"].is_null() { json!(t) } else { o["status"]["reconciledAt"].clone() },
-                        "sourceType": "Directory",
-                    });
-                    true
-                });
+                let _ = ops::modify(
+                    store,
+                    GROUP,
+                    "applications",
+                    &ns,
+                    &name,
+                    Some("status"),
+                    MANAGER,
+                    |o| {
+                        let prev_failed = o["status"]["operationState"]["phase"] == "Failed";
+                        let started = if prev_failed {
+                            o["status"]["operationState"]["startedAt"].clone()
+                        } else {
+                            json!(t)
+                        };
+                        let lt = o["status"]["conditions"][0]["lastTransitionTime"]
+                            .as_str()
+                            .map(String::from)
+                            .unwrap_or(t.clone());
+                        o["status"] = json!({
+                            "sync": {"status": "OutOfSync", "revision": rev, "comparedTo": compared},
+                            "health": {"status": "Degraded", "message": "sync failed"},
+                            "conditions": [{"type": "SyncError", "message": msg, "lastTransitionTime": lt}],
+                            "operationState": {"phase": "Failed", "message": msg, "startedAt": started,
+                                               "finishedAt": if prev_failed { o["status"]["operationState"]["finishedAt"].clone() } else { json!(t) },
+                                               "operation": {"sync": {"revision": rev}}, "retryCount": 1,
+                                               "syncResult": {"revision": rev}},
+                            "reconciledAt": if refresh.is_some() || o["status"]["reconciledAt"].is_null() { json!(t) } else { o["status"]["reconciledAt"].clone() },
+                            "sourceType": "Directory",
+                        });
+                        true
+                    },
+                );
                 continue;
             }
             let spec = app["spec"].clone();
@@ -156,48 +188,76 @@ fn pass(store: &Store, env: &ArgoEnv, apps: &mut HashMap<(String, String), AppSt
             {
                 st.synced_spec = Some(spec.clone());
             }
-            let up_to_date = st.synced_spec.as_ref() == Some(&spec) && app["status"]["sync"]["status"] == "Synced";
+            let up_to_date = st.synced_spec.as_ref() == Some(&spec)
+                && app["status"]["sync"]["status"] == "Synced";
             if up_to_date {
                 if refresh.is_some() {
-                    let _ = ops::modify(store, GROUP, "applications", &ns, &name, Some("status"), MANAGER, |o| {
-                        o["status"]["reconciledAt"] = json!(t);
-                        true
-                    });
+                    let _ = ops::modify(
+                        store,
+                        GROUP,
+                        "applications",
+                        &ns,
+                        &name,
+                        Some("status"),
+                        MANAGER,
+                        |o| {
+                            o["status"]["reconciledAt"] = json!(t);
+                            true
+                        },
+                    );
                 }
                 continue;
             }
             match st.sync_until {
                 None => {
                     st.sync_until = Some(Instant::now() + env.sync_time);
-                    let _ = ops::modify(store, GROUP, "applications", &ns, &name, Some("status"), MANAGER, |o| {
-                        o["status"] = json!({
-                            "sync": {"status": "OutOfSync", "revision": rev, "comparedTo": compared},
-                            "health": {"status": "Progressing"},
-                            "operationState": {"phase": "Running", "message": "one or more tasks are running",
-                                               "startedAt": t, "operation": {"sync": {"revision": rev}}},
-                            "reconciledAt": t,
-                            "sourceType": "Directory",
-                        });
-                        true
-                    });
+                    let _ = ops::modify(
+                        store,
+                        GROUP,
+                        "applications",
+                        &ns,
+                        &name,
+                        Some("status"),
+                        MANAGER,
+                        |o| {
+                            o["status"] = json!({
+                                "sync": {"status": "OutOfSync", "revision": rev, "comparedTo": compared},
+                                "health": {"status": "Progressing"},
+                                "operationState": {"phase": "Running", "message": "one or more tasks are running",
+                                                   "startedAt": t, "operation": {"sync": {"revision": rev}}},
+                                "reconciledAt": t,
+                                "sourceType": "Directory",
+                            });
+                            true
+                        },
+                    );
                 }
                 Some(until) if Instant::now() >= until => {
                     st.sync_until = None;
                     st.synced_spec = Some(spec);
-                    let _ = ops::modify(store, GROUP, "applications", &ns, &name, Some("status"), MANAGER, |o| {
-                        let started = o["status"]["operationState"]["startedAt"].clone();
-                        o["status"] = json!({
-                            "sync": {"status": "Synced", "revision": rev, "comparedTo": compared},
-                            "health": {"status": "Healthy"},
-                            "operationState": {"phase": "Succeeded", "message": "successfully synced (all tasks run)",
-                                               "startedAt": started, "finishedAt": t,
-                                               "operation": {"sync": {"revision": rev}},
-                                               "syncResult": {"revision": rev}},
-                            "reconciledAt": t,
-                            "sourceType": "Directory",
-                        });
-                        true
-                    });
+                    let _ = ops::modify(
+                        store,
+                        GROUP,
+                        "applications",
+                        &ns,
+                        &name,
+                        Some("status"),
+                        MANAGER,
+                        |o| {
+                            let started = o["status"]["operationState"]["startedAt"].clone();
+                            o["status"] = json!({
+                                "sync": {"status": "Synced", "revision": rev, "comparedTo": compared},
+                                "health": {"status": "Healthy"},
+                                "operationState": {"phase": "Succeeded", "message": "successfully synced (all tasks run)",
+                                                   "startedAt": started, "finishedAt": t,
+                                                   "operation": {"sync": {"revision": rev}},
+                                                   "syncResult": {"revision": rev}},
+                                "reconciledAt": t,
+                                "sourceType": "Directory",
+                            });
+                            true
+                        },
+                    );
                 }
                 Some(_) => {}
             }

@@ -128,8 +128,10 @@ fn sarr() -> Value {
     json!({"type": "array", "items": {"type": "string"}})
 }
 fn obj(props: &[(&str, Value)]) -> Value {
-    let m: serde_json::Map<String, Value> =
-        props.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let m: serde_json::Map<String, Value> = props
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     json!({"type": "object", "properties": m})
 }
 fn conditions() -> Value {
@@ -151,7 +153,8 @@ pub struct LonghornKind {
 }
 
 pub fn longhorn_kinds() -> Vec<LonghornKind> {
-    let col = |name: &str, ty: &str, path: &str| json!({"name": name, "type": ty, "jsonPath": path});
+    let col =
+        |name: &str, ty: &str, path: &str| json!({"name": name, "type": ty, "jsonPath": path});
     let age = col("Age", "date", ".metadata.creationTimestamp");
     let root = |spec: Option<Value>, status: Value| {
         let mut props = vec![
@@ -186,7 +189,11 @@ pub fn longhorn_kinds() -> Vec<LonghornKind> {
             plural: "settings",
             short: "lhs",
             schema: setting,
-            columns: json!([col("Value", "string", ".value"), col("Applied", "boolean", ".status.applied"), age]),
+            columns: json!([
+                col("Value", "string", ".value"),
+                col("Applied", "boolean", ".status.applied"),
+                age
+            ]),
         },
         LonghornKind {
             kind: "BackupTarget",
@@ -197,18 +204,28 @@ pub fn longhorn_kinds() -> Vec<LonghornKind> {
                     ("backupTargetURL", s()),
                     ("credentialSecret", s()),
                     ("pollInterval", s()),
-                    ("syncRequestedAt", json!({"type": "string", "format": "date-time", "nullable": true})),
+                    (
+                        "syncRequestedAt",
+                        json!({"type": "string", "format": "date-time", "nullable": true}),
+                    ),
                 ])),
                 obj(&[
                     ("available", b()),
                     ("conditions", conditions()),
-                    ("lastSyncedAt", json!({"type": "string", "format": "date-time", "nullable": true})),
+                    (
+                        "lastSyncedAt",
+                        json!({"type": "string", "format": "date-time", "nullable": true}),
+                    ),
                     ("ownerID", s()),
                 ]),
             ),
-            columns: json!([col("URL", "string", ".spec.backupTargetURL"), col("Credential", "string", ".spec.credentialSecret"),
-                            col("LastBackupAt", "string", ".spec.pollInterval"), col("Available", "boolean", ".status.available"),
-                            col("LastSyncedAt", "string", ".status.lastSyncedAt")]),
+            columns: json!([
+                col("URL", "string", ".spec.backupTargetURL"),
+                col("Credential", "string", ".spec.credentialSecret"),
+                col("LastBackupAt", "string", ".spec.pollInterval"),
+                col("Available", "boolean", ".status.available"),
+                col("LastSyncedAt", "string", ".status.lastSyncedAt")
+            ]),
         },
         LonghornKind {
             kind: "BackupVolume",
@@ -217,21 +234,49 @@ pub fn longhorn_kinds() -> Vec<LonghornKind> {
             schema: root(
                 Some(obj(&[
                     ("backupTargetName", s()),
-                    ("syncRequestedAt", json!({"type": "string", "format": "date-time", "nullable": true})),
+                    (
+                        "syncRequestedAt",
+                        json!({"type": "string", "format": "date-time", "nullable": true}),
+                    ),
                     ("volumeName", s()),
                 ])),
                 obj(&[
-                    ("backingImageChecksum", s()), ("backingImageName", s()), ("createdAt", s()),
-                    ("dataStored", s()), ("labels", {let mut m = smap(); m["nullable"] = json!(true); m}),
-                    ("lastBackupAt", s()), ("lastBackupName", s()), ("lastModificationTime", json!({"type": "string", "format": "date-time", "nullable": true})),
-                    ("lastSyncedAt", json!({"type": "string", "format": "date-time", "nullable": true})),
-                    ("messages", {let mut m = smap(); m["nullable"] = json!(true); m}), ("ownerID", s()), ("size", s()),
+                    ("backingImageChecksum", s()),
+                    ("backingImageName", s()),
+                    ("createdAt", s()),
+                    ("dataStored", s()),
+                    ("labels", {
+                        let mut m = smap();
+                        m["nullable"] = json!(true);
+                        m
+                    }),
+                    ("lastBackupAt", s()),
+                    ("lastBackupName", s()),
+                    (
+                        "lastModificationTime",
+                        json!({"type": "string", "format": "date-time", "nullable": true}),
+                    ),
+                    (
+                        "lastSyncedAt",
+                        json!({"type": "string", "format": "date-time", "nullable": true}),
+                    ),
+                    ("messages", {
+                        let mut m = smap();
+                        m["nullable"] = json!(true);
+                        m
+                    }),
+                    ("ownerID", s()),
+                    ("size", s()),
                     ("storageClassName", s()),
                 ]),
             ),
-            columns: json!([col("BackupTarget", "string", ".spec.backupTargetName"), col("CreatedAt", "string", ".status.createdAt"),
-                            col("LastBackupName", "string", ".status.lastBackupName"), col("LastBackupAt", "string", ".status.lastBackupAt"),
-                            col("LastSyncedAt", "string", ".status.lastSyncedAt")]),
+            columns: json!([
+                col("BackupTarget", "string", ".spec.backupTargetName"),
+                col("CreatedAt", "string", ".status.createdAt"),
+                col("LastBackupName", "string", ".status.lastBackupName"),
+                col("LastBackupAt", "string", ".status.lastBackupAt"),
+                col("LastSyncedAt", "string", ".status.lastSyncedAt")
+            ]),
         },
         LonghornKind {
             kind: "Backup",
@@ -241,25 +286,60 @@ pub fn longhorn_kinds() -> Vec<LonghornKind> {
                 Some(obj(&[
                     ("backupBlockSize", e(&["-1", "2097152", "16777216"])),
                     ("backupMode", e(&["full", "incremental"])),
-                    ("labels", {let mut m = smap(); m["nullable"] = json!(true); m}),
+                    ("labels", {
+                        let mut m = smap();
+                        m["nullable"] = json!(true);
+                        m
+                    }),
                     ("snapshotName", s()),
-                    ("syncRequestedAt", json!({"type": "string", "format": "date-time", "nullable": true})),
+                    (
+                        "syncRequestedAt",
+                        json!({"type": "string", "format": "date-time", "nullable": true}),
+                    ),
                 ])),
                 obj(&[
-                    ("backupCreatedAt", s()), ("backupTargetName", s()), ("compressionMethod", s()),
-                    ("error", s()), ("labels", {let mut m = smap(); m["nullable"] = json!(true); m}),
-                    ("lastSyncedAt", json!({"type": "string", "format": "date-time", "nullable": true})),
-                    ("messages", {let mut m = smap(); m["nullable"] = json!(true); m}),
-                    ("newlyUploadDataSize", s()), ("ownerID", s()), ("progress", i()),
-                    ("reUploadedDataSize", s()), ("replicaAddress", s()), ("size", s()),
-                    ("snapshotCreatedAt", s()), ("snapshotName", s()), ("state", s()), ("url", s()),
-                    ("volumeBackingImageName", s()), ("volumeCreated", s()), ("volumeName", s()),
+                    ("backupCreatedAt", s()),
+                    ("backupTargetName", s()),
+                    ("compressionMethod", s()),
+                    ("error", s()),
+                    ("labels", {
+                        let mut m = smap();
+                        m["nullable"] = json!(true);
+                        m
+                    }),
+                    (
+                        "lastSyncedAt",
+                        json!({"type": "string", "format": "date-time", "nullable": true}),
+                    ),
+                    ("messages", {
+                        let mut m = smap();
+                        m["nullable"] = json!(true);
+                        m
+                    }),
+                    ("newlyUploadDataSize", s()),
+                    ("ownerID", s()),
+                    ("progress", i()),
+                    ("reUploadedDataSize", s()),
+                    ("replicaAddress", s()),
+                    ("size", s()),
+                    ("snapshotCreatedAt", s()),
+                    ("snapshotName", s()),
+                    ("state", s()),
+                    ("url", s()),
+                    ("volumeBackingImageName", s()),
+                    ("volumeCreated", s()),
+                    ("volumeName", s()),
                     ("volumeSize", s()),
                 ]),
             ),
-            columns: json!([col("SnapshotName", "string", ".status.snapshotName"), col("SnapshotSize", "string", ".status.size"),
-                            col("SnapshotCreatedAt", "string", ".status.snapshotCreatedAt"), col("BackupTarget", "string", ".status.backupTargetName"),
-                            col("State", "string", ".status.state"), col("LastSyncedAt", "string", ".status.lastSyncedAt")]),
+            columns: json!([
+                col("SnapshotName", "string", ".status.snapshotName"),
+                col("SnapshotSize", "string", ".status.size"),
+                col("SnapshotCreatedAt", "string", ".status.snapshotCreatedAt"),
+                col("BackupTarget", "string", ".status.backupTargetName"),
+                col("State", "string", ".status.state"),
+                col("LastSyncedAt", "string", ".status.lastSyncedAt")
+            ]),
         },
         LonghornKind {
             kind: "Volume",
@@ -275,12 +355,18 @@ pub fn longhorn_kinds() -> Vec<LonghornKind> {
                     ("backupTargetName", s()),
                     ("cloneMode", e(&["", "full-copy", "linked-clone"])),
                     ("dataEngine", e(&["v1", "v2"])),
-                    ("dataLocality", e(&["disabled", "best-effort", "strict-local"])),
+                    (
+                        "dataLocality",
+                        e(&["disabled", "best-effort", "strict-local"]),
+                    ),
                     ("dataSource", s()),
                     ("disableFrontend", b()),
                     ("diskSelector", sarr()),
                     ("encrypted", b()),
-                    ("freezeFilesystemForSnapshot", e(&["ignored", "enabled", "disabled"])),
+                    (
+                        "freezeFilesystemForSnapshot",
+                        e(&["ignored", "enabled", "disabled"]),
+                    ),
                     ("fromBackup", s()),
                     ("frontend", e(&["blockdev", "iscsi", "nvmf", "ublk", ""])),
                     ("image", s()),
@@ -292,21 +378,42 @@ pub fn longhorn_kinds() -> Vec<LonghornKind> {
                     ("numberOfReplicas", i()),
                     ("offlineRebuilding", e(&["ignored", "disabled", "enabled"])),
                     ("rebuildConcurrentSyncLimit", i()),
-                    ("replicaAutoBalance", e(&["ignored", "disabled", "least-effort", "best-effort"])),
-                    ("replicaDiskSoftAntiAffinity", e(&["ignored", "enabled", "disabled"])),
+                    (
+                        "replicaAutoBalance",
+                        e(&["ignored", "disabled", "least-effort", "best-effort"]),
+                    ),
+                    (
+                        "replicaDiskSoftAntiAffinity",
+                        e(&["ignored", "enabled", "disabled"]),
+                    ),
                     ("replicaRebuildingBandwidthLimit", i()),
-                    ("replicaSoftAntiAffinity", e(&["ignored", "enabled", "disabled"])),
-                    ("replicaZoneSoftAntiAffinity", e(&["ignored", "enabled", "disabled"])),
-                    ("restoreVolumeRecurringJob", e(&["ignored", "enabled", "disabled"])),
+                    (
+                        "replicaSoftAntiAffinity",
+                        e(&["ignored", "enabled", "disabled"]),
+                    ),
+                    (
+                        "replicaZoneSoftAntiAffinity",
+                        e(&["ignored", "enabled", "disabled"]),
+                    ),
+                    (
+                        "restoreVolumeRecurringJob",
+                        e(&["ignored", "enabled", "disabled"]),
+                    ),
                     ("revisionCounterDisabled", b()),
                     ("size", s()),
-                    ("snapshotDataIntegrity", e(&["ignored", "disabled", "enabled", "fast-check"])),
+                    (
+                        "snapshotDataIntegrity",
+                        e(&["ignored", "disabled", "enabled", "fast-check"]),
+                    ),
                     ("snapshotMaxCount", i()),
                     ("snapshotMaxSize", s()),
                     ("staleReplicaTimeout", i()),
                     ("ublkNumberOfQueue", i()),
                     ("ublkQueueDepth", i()),
-                    ("unmapMarkSnapChainRemoved", e(&["ignored", "disabled", "enabled"])),
+                    (
+                        "unmapMarkSnapChainRemoved",
+                        e(&["ignored", "disabled", "enabled"]),
+                    ),
                 ])),
                 obj(&[
                     ("actualSize", i()),
@@ -317,13 +424,23 @@ pub fn longhorn_kinds() -> Vec<LonghornKind> {
                     ("expansionRequired", b()),
                     ("frontendDisabled", b()),
                     ("isStandby", b()),
-                    ("kubernetesStatus", obj(&[
-                        ("lastPVCRefAt", s()), ("lastPodRefAt", s()), ("namespace", s()),
-                        ("pvName", s()), ("pvStatus", s()), ("pvcName", s()),
-                        ("workloadsStatus", json!({"type": "array", "nullable": true, "items": obj(&[
-                            ("podName", s()), ("podStatus", s()), ("workloadName", s()), ("workloadType", s()),
-                        ])})),
-                    ])),
+                    (
+                        "kubernetesStatus",
+                        obj(&[
+                            ("lastPVCRefAt", s()),
+                            ("lastPodRefAt", s()),
+                            ("namespace", s()),
+                            ("pvName", s()),
+                            ("pvStatus", s()),
+                            ("pvcName", s()),
+                            (
+                                "workloadsStatus",
+                                json!({"type": "array", "nullable": true, "items": obj(&[
+                                    ("podName", s()), ("podStatus", s()), ("workloadName", s()), ("workloadType", s()),
+                                ])}),
+                            ),
+                        ]),
+                    ),
                     ("lastBackup", s()),
                     ("lastBackupAt", s()),
                     ("lastDegradedAt", s()),
@@ -337,9 +454,14 @@ pub fn longhorn_kinds() -> Vec<LonghornKind> {
                     ("state", s()),
                 ]),
             ),
-            columns: json!([col("Data Engine", "string", ".spec.dataEngine"), col("State", "string", ".status.state"),
-                            col("Robustness", "string", ".status.robustness"), col("Size", "string", ".spec.size"),
-                            col("Node", "string", ".status.currentNodeID"), age]),
+            columns: json!([
+                col("Data Engine", "string", ".spec.dataEngine"),
+                col("State", "string", ".status.state"),
+                col("Robustness", "string", ".status.robustness"),
+                col("Size", "string", ".spec.size"),
+                col("Node", "string", ".status.currentNodeID"),
+                age
+            ]),
         },
     ]
 }
@@ -422,6 +544,7 @@ pub(crate) mod ops {
 
     /// Read-modify-write under the store lock: `f` edits the object (return false to skip);
     /// `sub` = Some("status") writes the status subresource. Ok(None) when the object is gone.
+    #[allow(clippy::too_many_arguments)]
     pub fn modify(
         store: &Store,
         group: &str,
@@ -478,8 +601,10 @@ pub(crate) mod ops {
             c["reason"] = json!(reason);
             c["message"] = json!(message);
         } else {
-            arr.push(json!({"type": ty, "status": status, "reason": reason, "message": message,
-                            "lastProbeTime": "", "lastTransitionTime": t}));
+            arr.push(
+                json!({"type": ty, "status": status, "reason": reason, "message": message,
+                            "lastProbeTime": "", "lastTransitionTime": t}),
+            );
         }
     }
 
@@ -489,7 +614,9 @@ pub(crate) mod ops {
         static CLAIMED: Mutex<Vec<(std::sync::Weak<Store>, &'static str)>> = Mutex::new(vec![]);
         let mut c = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
         c.retain(|(w, _)| w.strong_count() > 0);
-        if c.iter().any(|(w, n)| *n == controller && w.upgrade().is_some_and(|s| Arc::ptr_eq(&s, store))) {
+        if c.iter()
+            .any(|(w, n)| *n == controller && w.upgrade().is_some_and(|s| Arc::ptr_eq(&s, store)))
+        {
             return false;
         }
         c.push((Arc::downgrade(store), controller));
@@ -716,11 +843,18 @@ impl Controller {
         let bt = match ops::get(st, GROUP, "backuptargets", NAMESPACE, "default") {
             Some(bt) => bt,
             None => {
-                let _ = ops::create(st, GROUP, "backuptargets", NAMESPACE, json!({
-                    "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "BackupTarget",
-                    "metadata": {"name": "default", "namespace": NAMESPACE},
-                    "spec": {"backupTargetURL": "", "credentialSecret": "", "pollInterval": "300s"},
-                }), MANAGER);
+                let _ = ops::create(
+                    st,
+                    GROUP,
+                    "backuptargets",
+                    NAMESPACE,
+                    json!({
+                        "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "BackupTarget",
+                        "metadata": {"name": "default", "namespace": NAMESPACE},
+                        "spec": {"backupTargetURL": "", "credentialSecret": "", "pollInterval": "300s"},
+                    }),
+                    MANAGER,
+                );
                 return;
             }
         };
@@ -728,8 +862,8 @@ impl Controller {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let poll = parse_duration(bt["spec"]["pollInterval"].as_str().unwrap_or("300s"))
-            .unwrap_or(300.0);
+        let poll =
+            parse_duration(bt["spec"]["pollInterval"].as_str().unwrap_or("300s")).unwrap_or(300.0);
         let requested = bt["spec"]["syncRequestedAt"].as_str().and_then(parse_time);
         let last = bt["status"]["lastSyncedAt"].as_str().and_then(parse_time);
         let due = match &self.synced {
@@ -747,36 +881,63 @@ impl Controller {
         self.synced = Some((url.clone(), Instant::now()));
         let node = self.env.node_name.clone();
         if url.is_empty() {
-            let _ = ops::modify(st, GROUP, "backuptargets", NAMESPACE, "default", Some("status"), MANAGER, |o| {
-                o["status"]["available"] = json!(false);
-                o["status"]["ownerID"] = json!(node);
-                o["status"]["conditions"] = json!([]);
-                true
-            });
+            let _ = ops::modify(
+                st,
+                GROUP,
+                "backuptargets",
+                NAMESPACE,
+                "default",
+                Some("status"),
+                MANAGER,
+                |o| {
+                    o["status"]["available"] = json!(false);
+                    o["status"]["ownerID"] = json!(node);
+                    o["status"]["conditions"] = json!([]);
+                    true
+                },
+            );
             self.sync_store(&url, None);
             return;
         }
         match target_dir(&url, self.env.nas_root.as_deref()) {
             Ok(dir) => {
                 self.sync_store(&url, Some(&dir));
-                let _ = ops::modify(st, GROUP, "backuptargets", NAMESPACE, "default", Some("status"), MANAGER, |o| {
-                    o["status"]["available"] = json!(true);
-                    o["status"]["ownerID"] = json!(node);
-                    o["status"]["lastSyncedAt"] = json!(now());
-                    o["status"]["conditions"] = json!([]);
-                    true
-                });
+                let _ = ops::modify(
+                    st,
+                    GROUP,
+                    "backuptargets",
+                    NAMESPACE,
+                    "default",
+                    Some("status"),
+                    MANAGER,
+                    |o| {
+                        o["status"]["available"] = json!(true);
+                        o["status"]["ownerID"] = json!(node);
+                        o["status"]["lastSyncedAt"] = json!(now());
+                        o["status"]["conditions"] = json!([]);
+                        true
+                    },
+                );
             }
             Err(msg) => {
-                let _ = ops::modify(st, GROUP, "backuptargets", NAMESPACE, "default", Some("status"), MANAGER, |o| {
-                    o["status"]["available"] = json!(false);
-                    o["status"]["ownerID"] = json!(node);
-                    o["status"]["lastSyncedAt"] = json!(now());
-                    let mut c = json!([]);
-                    set_condition(&mut c, "Unavailable", "True", "Unavailable", &msg);
-                    o["status"]["conditions"] = c;
-                    true
-                });
+                let _ = ops::modify(
+                    st,
+                    GROUP,
+                    "backuptargets",
+                    NAMESPACE,
+                    "default",
+                    Some("status"),
+                    MANAGER,
+                    |o| {
+                        o["status"]["available"] = json!(false);
+                        o["status"]["ownerID"] = json!(node);
+                        o["status"]["lastSyncedAt"] = json!(now());
+                        let mut c = json!([]);
+                        set_condition(&mut c, "Unavailable", "True", "Unavailable", &msg);
+                        o["status"]["conditions"] = c;
+                        true
+                    },
+                );
             }
         }
     }
@@ -790,56 +951,96 @@ impl Controller {
         if let Some(dir) = dir {
             let bs = Backupstore::new(dir);
             for vol in bs.list_volumes().unwrap_or_default() {
-                let Ok(vcfg) = bs.load_volume(&vol) else { continue };
+                let Ok(vcfg) = bs.load_volume(&vol) else {
+                    continue;
+                };
                 let bv_name = backup_volume_name(&vol, target);
                 keep_bv.insert(bv_name.clone());
                 let t = now();
                 if ops::get(st, GROUP, "backupvolumes", NAMESPACE, &bv_name).is_none() {
-                    let _ = ops::create(st, GROUP, "backupvolumes", NAMESPACE, json!({
-                        "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "BackupVolume",
-                        "metadata": {"name": bv_name, "namespace": NAMESPACE,
-                                     "labels": {"backup-volume": vol, "backup-target": target}},
-                        "spec": {"volumeName": vol, "backupTargetName": target},
-                    }), MANAGER);
+                    let _ = ops::create(
+                        st,
+                        GROUP,
+                        "backupvolumes",
+                        NAMESPACE,
+                        json!({
+                            "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "BackupVolume",
+                            "metadata": {"name": bv_name, "namespace": NAMESPACE,
+                                         "labels": {"backup-volume": vol, "backup-target": target}},
+                            "spec": {"volumeName": vol, "backupTargetName": target},
+                        }),
+                        MANAGER,
+                    );
                 }
                 let labels: BTreeMap<String, String> = vcfg.labels.clone();
-                let _ = ops::modify(st, GROUP, "backupvolumes", NAMESPACE, &bv_name, Some("status"), MANAGER, |o| {
-                    o["status"] = json!({
-                        "ownerID": self.env.node_name, "lastBackupName": vcfg.last_backup_name,
-                        "lastBackupAt": vcfg.last_backup_at, "size": vcfg.size.to_string(),
-                        "labels": labels, "storageClassName": vcfg.storage_class_name,
-                        "dataStored": (vcfg.block_count * nas::BLOCK_SIZE as i64).to_string(),
-                        "createdAt": vcfg.created_time, "lastModificationTime": vcfg.last_backup_at,
-                        "lastSyncedAt": t, "backingImageName": vcfg.backing_image_name,
-                        "backingImageChecksum": vcfg.backing_image_checksum, "messages": {},
-                    });
-                    true
-                });
-                for bname in bs.list_backups(&vol).unwrap_or_default() {
-                    let Ok(bcfg) = bs.load_backup(&vol, &bname) else { continue };
-                    keep_b.insert(bname.clone());
-                    if ops::get(st, GROUP, "backups", NAMESPACE, &bname).is_none() {
-                        let _ = ops::create(st, GROUP, "backups", NAMESPACE, json!({
-                            "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Backup",
-                            "metadata": {"name": bname, "namespace": NAMESPACE,
-                                         "labels": {"backup-volume": vol, "backup-target": target}},
-                            "spec": {"snapshotName": bcfg.snapshot_name, "labels": {}},
-                        }), MANAGER);
-                    }
-                    let state = if bcfg.created_time.is_empty() { "InProgress" } else { "Completed" };
-                    let _ = ops::modify(st, GROUP, "backups", NAMESPACE, &bname, Some("status"), MANAGER, |o| {
+                let _ = ops::modify(
+                    st,
+                    GROUP,
+                    "backupvolumes",
+                    NAMESPACE,
+                    &bv_name,
+                    Some("status"),
+                    MANAGER,
+                    |o| {
                         o["status"] = json!({
-                            "ownerID": self.env.node_name, "state": state,
-                            "url": backup_url(url, &bname, &vol), "volumeName": vol,
-                            "volumeSize": vcfg.size.to_string(), "size": bcfg.size.to_string(),
-                            "snapshotName": bcfg.snapshot_name, "snapshotCreatedAt": bcfg.snapshot_created_at,
-                            "backupCreatedAt": bcfg.created_time, "labels": bcfg.labels,
-                            "backupTargetName": target, "progress": if state == "Completed" { 100 } else { 0 },
-                            "lastSyncedAt": t, "compressionMethod": bcfg.compression_method,
-                            "messages": {}, "error": "",
+                            "ownerID": self.env.node_name, "lastBackupName": vcfg.last_backup_name,
+                            "lastBackupAt": vcfg.last_backup_at, "size": vcfg.size.to_string(),
+                            "labels": labels, "storageClassName": vcfg.storage_class_name,
+                            "dataStored": (vcfg.block_count * nas::BLOCK_SIZE as i64).to_string(),
+                            "createdAt": vcfg.created_time, "lastModificationTime": vcfg.last_backup_at,
+                            "lastSyncedAt": t, "backingImageName": vcfg.backing_image_name,
+                            "backingImageChecksum": vcfg.backing_image_checksum, "messages": {},
                         });
                         true
-                    });
+                    },
+                );
+                for bname in bs.list_backups(&vol).unwrap_or_default() {
+                    let Ok(bcfg) = bs.load_backup(&vol, &bname) else {
+                        continue;
+                    };
+                    keep_b.insert(bname.clone());
+                    if ops::get(st, GROUP, "backups", NAMESPACE, &bname).is_none() {
+                        let _ = ops::create(
+                            st,
+                            GROUP,
+                            "backups",
+                            NAMESPACE,
+                            json!({
+                                "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Backup",
+                                "metadata": {"name": bname, "namespace": NAMESPACE,
+                                             "labels": {"backup-volume": vol, "backup-target": target}},
+                                "spec": {"snapshotName": bcfg.snapshot_name, "labels": {}},
+                            }),
+                            MANAGER,
+                        );
+                    }
+                    let state = if bcfg.created_time.is_empty() {
+                        "InProgress"
+                    } else {
+                        "Completed"
+                    };
+                    let _ = ops::modify(
+                        st,
+                        GROUP,
+                        "backups",
+                        NAMESPACE,
+                        &bname,
+                        Some("status"),
+                        MANAGER,
+                        |o| {
+                            o["status"] = json!({
+                                "ownerID": self.env.node_name, "state": state,
+                                "url": backup_url(url, &bname, &vol), "volumeName": vol,
+                                "volumeSize": vcfg.size.to_string(), "size": bcfg.size.to_string(),
+                                "snapshotName": bcfg.snapshot_name, "snapshotCreatedAt": bcfg.snapshot_created_at,
+                                "backupCreatedAt": bcfg.created_time, "labels": bcfg.labels,
+                                "backupTargetName": target, "progress": if state == "Completed" { 100 } else { 0 },
+                                "lastSyncedAt": t, "compressionMethod": bcfg.compression_method,
+                                "messages": {}, "error": "",
+                            });
+                            true
+                        },
+                    );
                 }
             }
         }
@@ -860,27 +1061,54 @@ impl Controller {
     fn volumes(&mut self) {
         let st = self.store.clone();
         for v in ops::list(&st, GROUP, "volumes", Some(NAMESPACE)) {
-            let name = v["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = v["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if !v["metadata"]["deletionTimestamp"].is_null() {
                 continue;
             }
-            let from = v["spec"]["fromBackup"].as_str().unwrap_or_default().to_string();
+            let from = v["spec"]["fromBackup"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let status = &v["status"];
             if status["state"].is_null() || status["state"] == "" {
                 if from.is_empty() {
                     let _ = std::fs::create_dir_all(volume_data_dir(&self.env.data_dir, &name));
-                    let _ = ops::modify(&st, GROUP, "volumes", NAMESPACE, &name, Some("status"), MANAGER, |o| {
-                        o["status"] = json!({
-                            "state": "detached", "robustness": "unknown", "restoreRequired": false,
-                            "restoreInitiated": false, "ownerID": self.env.node_name, "currentNodeID": "",
-                            "frontendDisabled": false, "actualSize": 0, "lastBackup": "", "lastBackupAt": "",
-                            "kubernetesStatus": {"namespace": "", "pvcName": "", "pvName": "", "pvStatus": "", "lastPVCRefAt": "", "lastPodRefAt": "", "workloadsStatus": null},
-                            "conditions": [],
-                        });
-                        set_condition(&mut o["status"]["conditions"], "Scheduled", "True", "", "");
-                        set_condition(&mut o["status"]["conditions"], "Restore", "False", "", "");
-                        true
-                    });
+                    let _ = ops::modify(
+                        &st,
+                        GROUP,
+                        "volumes",
+                        NAMESPACE,
+                        &name,
+                        Some("status"),
+                        MANAGER,
+                        |o| {
+                            o["status"] = json!({
+                                "state": "detached", "robustness": "unknown", "restoreRequired": false,
+                                "restoreInitiated": false, "ownerID": self.env.node_name, "currentNodeID": "",
+                                "frontendDisabled": false, "actualSize": 0, "lastBackup": "", "lastBackupAt": "",
+                                "kubernetesStatus": {"namespace": "", "pvcName": "", "pvName": "", "pvStatus": "", "lastPVCRefAt": "", "lastPodRefAt": "", "workloadsStatus": null},
+                                "conditions": [],
+                            });
+                            set_condition(
+                                &mut o["status"]["conditions"],
+                                "Scheduled",
+                                "True",
+                                "",
+                                "",
+                            );
+                            set_condition(
+                                &mut o["status"]["conditions"],
+                                "Restore",
+                                "False",
+                                "",
+                                "",
+                            );
+                            true
+                        },
+                    );
                 } else {
                     self.start_restore(&v, &from);
                 }
@@ -897,23 +1125,45 @@ impl Controller {
 
     fn start_restore(&self, v: &Value, from: &str) {
         let st = self.store.clone();
-        let name = v["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = v["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let Some((backup, _vol)) = parse_backup_url(from) else {
-            let _ = ops::modify(&st, GROUP, "volumes", NAMESPACE, &name, Some("status"), MANAGER, |o| {
-                o["status"]["state"] = json!("detached");
-                o["status"]["robustness"] = json!("faulted");
-                set_condition(&mut o["status"]["conditions"], "Restore", "False", "RestoreFailure",
-                              &format!("invalid backup URL {from:?}"));
-                true
-            });
+            let _ = ops::modify(
+                &st,
+                GROUP,
+                "volumes",
+                NAMESPACE,
+                &name,
+                Some("status"),
+                MANAGER,
+                |o| {
+                    o["status"]["state"] = json!("detached");
+                    o["status"]["robustness"] = json!("faulted");
+                    set_condition(
+                        &mut o["status"]["conditions"],
+                        "Restore",
+                        "False",
+                        "RestoreFailure",
+                        &format!("invalid backup URL {from:?}"),
+                    );
+                    true
+                },
+            );
             return;
         };
         // The Backup CR must exist (and be Completed) before the restore starts.
-        let Some(bcr) = ops::get(&st, GROUP, "backups", NAMESPACE, &backup) else { return };
+        let Some(bcr) = ops::get(&st, GROUP, "backups", NAMESPACE, &backup) else {
+            return;
+        };
         if bcr["status"]["state"] != "Completed" {
             return;
         }
-        let snapshot_at = bcr["status"]["snapshotCreatedAt"].as_str().unwrap_or_default().to_string();
+        let snapshot_at = bcr["status"]["snapshotCreatedAt"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let ks: Value = bcr["status"]["labels"]["KubernetesStatus"]
             .as_str()
             .and_then(|s| serde_json::from_str(s).ok())
@@ -929,48 +1179,85 @@ impl Controller {
         self.shared.lock().unwrap().restoring.insert(name.clone());
         let node = self.env.node_name.clone();
         let backup_at = bcr["status"]["backupCreatedAt"].clone();
-        let _ = ops::modify(&st, GROUP, "volumes", NAMESPACE, &name, Some("status"), MANAGER, |o| {
-            let conds = o["status"]["conditions"].take();
-            o["status"] = json!({
-                "state": "attached", "robustness": "healthy", "restoreRequired": true,
-                "restoreInitiated": true, "ownerID": node, "currentNodeID": node,
-                "frontendDisabled": true, "actualSize": 0, "lastBackup": backup, "lastBackupAt": backup_at,
-                "kubernetesStatus": kstatus, "conditions": conds,
-            });
-            set_condition(&mut o["status"]["conditions"], "Scheduled", "True", "", "");
-            set_condition(&mut o["status"]["conditions"], "Restore", "True", "RestoreInProgress",
-                          &format!("restoring backup {backup}: restored 0%"));
-            true
-        });
+        let _ = ops::modify(
+            &st,
+            GROUP,
+            "volumes",
+            NAMESPACE,
+            &name,
+            Some("status"),
+            MANAGER,
+            |o| {
+                let conds = o["status"]["conditions"].take();
+                o["status"] = json!({
+                    "state": "attached", "robustness": "healthy", "restoreRequired": true,
+                    "restoreInitiated": true, "ownerID": node, "currentNodeID": node,
+                    "frontendDisabled": true, "actualSize": 0, "lastBackup": backup, "lastBackupAt": backup_at,
+                    "kubernetesStatus": kstatus, "conditions": conds,
+                });
+                set_condition(&mut o["status"]["conditions"], "Scheduled", "True", "", "");
+                set_condition(
+                    &mut o["status"]["conditions"],
+                    "Restore",
+                    "True",
+                    "RestoreInProgress",
+                    &format!("restoring backup {backup}: restored 0%"),
+                );
+                true
+            },
+        );
         let target_url = from.split('?').next().unwrap_or_default().to_string();
         let nas_root = self.env.nas_root.clone();
         let data_dir = self.env.data_dir.clone();
         let step = self.env.restore_time / 10;
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let res = restore(&st, &data_dir, nas_root.as_deref(), &target_url, &name, &backup, step);
+            let res = restore(
+                &st,
+                &data_dir,
+                nas_root.as_deref(),
+                &target_url,
+                &name,
+                &backup,
+                step,
+            );
             shared.lock().unwrap().restoring.remove(&name);
-            let _ = ops::modify(&st, GROUP, "volumes", NAMESPACE, &name, Some("status"), MANAGER, |o| {
-                match &res {
-                    Ok(size) => {
-                        o["status"]["restoreRequired"] = json!(false);
-                        o["status"]["state"] = json!("detached");
-                        o["status"]["robustness"] = json!("unknown");
-                        o["status"]["currentNodeID"] = json!("");
-                        o["status"]["frontendDisabled"] = json!(false);
-                        o["status"]["actualSize"] = json!(size);
-                        set_condition(&mut o["status"]["conditions"], "Restore", "False", "", "");
-                    }
-                    Err(err) => {
-                        o["status"]["state"] = json!("detached");
-                        o["status"]["robustness"] = json!("faulted");
-                        o["status"]["currentNodeID"] = json!("");
-                        set_condition(&mut o["status"]["conditions"], "Restore", "False", "RestoreFailure",
+            let _ = ops::modify(
+                &st,
+                GROUP,
+                "volumes",
+                NAMESPACE,
+                &name,
+                Some("status"),
+                MANAGER,
+                |o| {
+                    match &res {
+                        Ok(size) => {
+                            o["status"]["restoreRequired"] = json!(false);
+                            o["status"]["state"] = json!("detached");
+                            o["status"]["robustness"] = json!("unknown");
+                            o["status"]["currentNodeID"] = json!("");
+                            o["status"]["frontendDisabled"] = json!(false);
+                            o["status"]["actualSize"] = json!(size);
+                            set_condition(
+                                &mut o["status"]["conditions"],
+                                "Restore",
+                                "False",
+                                "",
+                                "",
+                            );
+                        }
+                        Err(err) => {
+                            o["status"]["state"] = json!("detached");
+                            o["status"]["robustness"] = json!("faulted");
+                            o["status"]["currentNodeID"] = json!("");
+                            set_condition(&mut o["status"]["conditions"], "Restore", "False", "RestoreFailure",
                                       &format!("All replica restore failed and the volume became Faulted: {err:#}"));
+                        }
                     }
-                }
-                true
-            });
+                    true
+                },
+            );
         });
     }
 
@@ -992,15 +1279,26 @@ impl Controller {
             let class = pvc["spec"]["storageClassName"].as_str().unwrap_or_default();
             match pvc["spec"]["volumeName"].as_str().filter(|s| !s.is_empty()) {
                 Some(pv_name) => {
-                    let Some(pv) = pvs.iter().find(|p| p["metadata"]["name"] == pv_name) else { continue };
+                    let Some(pv) = pvs.iter().find(|p| p["metadata"]["name"] == pv_name) else {
+                        continue;
+                    };
                     let claim = &pv["spec"]["claimRef"];
                     let claimed_by_other = claim.is_object()
-                        && (claim["namespace"] != ns || claim["name"] != name
-                            || (claim["uid"].is_string() && claim["uid"] != pvc["metadata"]["uid"]));
+                        && (claim["namespace"] != ns
+                            || claim["name"] != name
+                            || (claim["uid"].is_string()
+                                && claim["uid"] != pvc["metadata"]["uid"]));
                     let pv_class = pv["spec"]["storageClassName"].as_str().unwrap_or_default();
-                    let cap = pv["spec"]["capacity"]["storage"].as_str().and_then(parse_quantity).unwrap_or(0);
+                    let cap = pv["spec"]["capacity"]["storage"]
+                        .as_str()
+                        .and_then(parse_quantity)
+                        .unwrap_or(0);
                     let modes_ok = pvc["spec"]["accessModes"].as_array().is_none_or(|m| {
-                        m.iter().all(|x| pv["spec"]["accessModes"].as_array().is_some_and(|pm| pm.contains(x)))
+                        m.iter().all(|x| {
+                            pv["spec"]["accessModes"]
+                                .as_array()
+                                .is_some_and(|pm| pm.contains(x))
+                        })
                     });
                     if claimed_by_other || pv_class != class || cap < request || !modes_ok {
                         continue;
@@ -1009,75 +1307,148 @@ impl Controller {
                         let c = json!({"kind": "PersistentVolumeClaim", "namespace": ns, "name": name,
                                        "uid": pvc["metadata"]["uid"], "apiVersion": "v1",
                                        "resourceVersion": pvc["metadata"]["resourceVersion"]});
-                        let _ = ops::modify(st, "", "persistentvolumes", "", pv_name, None, "persistentvolume-binder", |o| {
-                            o["spec"]["claimRef"] = c;
-                            true
-                        });
+                        let _ = ops::modify(
+                            st,
+                            "",
+                            "persistentvolumes",
+                            "",
+                            pv_name,
+                            None,
+                            "persistentvolume-binder",
+                            |o| {
+                                o["spec"]["claimRef"] = c;
+                                true
+                            },
+                        );
                     }
-                    let _ = ops::modify(st, "", "persistentvolumes", "", pv_name, Some("status"), "persistentvolume-binder", |o| {
-                        o["status"]["phase"] = json!("Bound");
-                        true
-                    });
-                    if pvc["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"] != "yes" {
-                        let _ = ops::modify(st, "", "persistentvolumeclaims", ns, name, None, "persistentvolume-binder", |o| {
-                            o["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"] = json!("yes");
+                    let _ = ops::modify(
+                        st,
+                        "",
+                        "persistentvolumes",
+                        "",
+                        pv_name,
+                        Some("status"),
+                        "persistentvolume-binder",
+                        |o| {
+                            o["status"]["phase"] = json!("Bound");
                             true
-                        });
+                        },
+                    );
+                    if pvc["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"] != "yes" {
+                        let _ = ops::modify(
+                            st,
+                            "",
+                            "persistentvolumeclaims",
+                            ns,
+                            name,
+                            None,
+                            "persistentvolume-binder",
+                            |o| {
+                                o["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"] =
+                                    json!("yes");
+                                true
+                            },
+                        );
                     }
                     let modes = pv["spec"]["accessModes"].clone();
                     let capacity = pv["spec"]["capacity"].clone();
-                    let _ = ops::modify(st, "", "persistentvolumeclaims", ns, name, Some("status"), "persistentvolume-binder", |o| {
-                        o["status"]["phase"] = json!("Bound");
-                        o["status"]["accessModes"] = modes;
-                        o["status"]["capacity"] = capacity;
-                        true
-                    });
+                    let _ = ops::modify(
+                        st,
+                        "",
+                        "persistentvolumeclaims",
+                        ns,
+                        name,
+                        Some("status"),
+                        "persistentvolume-binder",
+                        |o| {
+                            o["status"]["phase"] = json!("Bound");
+                            o["status"]["accessModes"] = modes;
+                            o["status"]["capacity"] = capacity;
+                            true
+                        },
+                    );
                 }
                 None => {
                     // Dynamic provisioning through a StorageClass served by Longhorn's CSI driver.
-                    let class_name = if class.is_empty() { default_class(st) } else { Some(class.to_string()) };
-                    let Some(class_name) = class_name else { continue };
-                    let Some(sc) = ops::get(st, "storage.k8s.io", "storageclasses", "", &class_name) else { continue };
+                    let class_name = if class.is_empty() {
+                        default_class(st)
+                    } else {
+                        Some(class.to_string())
+                    };
+                    let Some(class_name) = class_name else {
+                        continue;
+                    };
+                    let Some(sc) =
+                        ops::get(st, "storage.k8s.io", "storageclasses", "", &class_name)
+                    else {
+                        continue;
+                    };
                     if sc["provisioner"] != CSI_DRIVER {
                         continue;
                     }
                     let uid = pvc["metadata"]["uid"].as_str().unwrap_or_default();
                     let vol = format!("pvc-{uid}");
-                    let replicas: i64 = sc["parameters"]["numberOfReplicas"].as_str().and_then(|s| s.parse().ok()).unwrap_or(3);
+                    let replicas: i64 = sc["parameters"]["numberOfReplicas"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(3);
                     if ops::get(st, GROUP, "volumes", NAMESPACE, &vol).is_none() {
-                        let _ = ops::create(st, GROUP, "volumes", NAMESPACE, json!({
-                            "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Volume",
-                            "metadata": {"name": vol, "namespace": NAMESPACE},
-                            "spec": {"size": request.to_string(), "numberOfReplicas": replicas, "frontend": "blockdev",
-                                     "dataEngine": "v1", "accessMode": "rwo"},
-                        }), "longhorn-csi-plugin");
+                        let _ = ops::create(
+                            st,
+                            GROUP,
+                            "volumes",
+                            NAMESPACE,
+                            json!({
+                                "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Volume",
+                                "metadata": {"name": vol, "namespace": NAMESPACE},
+                                "spec": {"size": request.to_string(), "numberOfReplicas": replicas, "frontend": "blockdev",
+                                         "dataEngine": "v1", "accessMode": "rwo"},
+                            }),
+                            "longhorn-csi-plugin",
+                        );
                     }
                     let qty = pvc["spec"]["resources"]["requests"]["storage"].clone();
                     if ops::get(st, "", "persistentvolumes", "", &vol).is_none() {
-                        let _ = ops::create(st, "", "persistentvolumes", "", json!({
-                            "apiVersion": "v1", "kind": "PersistentVolume",
-                            "metadata": {"name": vol, "annotations": {"pv.kubernetes.io/provisioned-by": CSI_DRIVER}},
-                            "spec": {
-                                "capacity": {"storage": qty},
-                                "accessModes": pvc["spec"]["accessModes"].clone(),
-                                "persistentVolumeReclaimPolicy": sc["reclaimPolicy"].as_str().unwrap_or("Delete"),
-                                "storageClassName": class_name, "volumeMode": "Filesystem",
-                                "claimRef": {"kind": "PersistentVolumeClaim", "namespace": ns, "name": name, "uid": uid, "apiVersion": "v1"},
-                                "csi": {"driver": CSI_DRIVER, "volumeHandle": vol, "fsType": "ext4",
-                                        "volumeAttributes": {"numberOfReplicas": replicas.to_string(), "staleReplicaTimeout": "30"}},
-                            },
-                        }), "csi-provisioner");
+                        let _ = ops::create(
+                            st,
+                            "",
+                            "persistentvolumes",
+                            "",
+                            json!({
+                                "apiVersion": "v1", "kind": "PersistentVolume",
+                                "metadata": {"name": vol, "annotations": {"pv.kubernetes.io/provisioned-by": CSI_DRIVER}},
+                                "spec": {
+                                    "capacity": {"storage": qty},
+                                    "accessModes": pvc["spec"]["accessModes"].clone(),
+                                    "persistentVolumeReclaimPolicy": sc["reclaimPolicy"].as_str().unwrap_or("Delete"),
+                                    "storageClassName": class_name, "volumeMode": "Filesystem",
+                                    "claimRef": {"kind": "PersistentVolumeClaim", "namespace": ns, "name": name, "uid": uid, "apiVersion": "v1"},
+                                    "csi": {"driver": CSI_DRIVER, "volumeHandle": vol, "fsType": "ext4",
+                                            "volumeAttributes": {"numberOfReplicas": replicas.to_string(), "staleReplicaTimeout": "30"}},
+                                },
+                            }),
+                            "csi-provisioner",
+                        );
                     }
-                    let _ = ops::modify(st, "", "persistentvolumeclaims", ns, name, None, "persistentvolume-binder", |o| {
-                        o["spec"]["volumeName"] = json!(vol);
-                        o["spec"]["storageClassName"] = json!(class_name);
-                        let a = &mut o["metadata"]["annotations"];
-                        a["pv.kubernetes.io/bind-completed"] = json!("yes");
-                        a["pv.kubernetes.io/bound-by-controller"] = json!("yes");
-                        a["volume.kubernetes.io/storage-provisioner"] = json!(CSI_DRIVER);
-                        a["volume.beta.kubernetes.io/storage-provisioner"] = json!(CSI_DRIVER);
-                        true
-                    });
+                    let _ = ops::modify(
+                        st,
+                        "",
+                        "persistentvolumeclaims",
+                        ns,
+                        name,
+                        None,
+                        "persistentvolume-binder",
+                        |o| {
+                            o["spec"]["volumeName"] = json!(vol);
+                            o["spec"]["storageClassName"] = json!(class_name);
+                            let a = &mut o["metadata"]["annotations"];
+                            a["pv.kubernetes.io/bind-completed"] = json!("yes");
+                            a["pv.kubernetes.io/bound-by-controller"] = json!("yes");
+                            a["volume.kubernetes.io/storage-provisioner"] = json!(CSI_DRIVER);
+                            a["volume.beta.kubernetes.io/storage-provisioner"] = json!(CSI_DRIVER);
+                            true
+                        },
+                    );
                 }
             }
         }
@@ -1092,17 +1463,30 @@ impl Controller {
                 let cn = claim["name"].as_str().unwrap_or_default();
                 match ops::get(st, "", "persistentvolumeclaims", ns, cn) {
                     Some(c) if claim["uid"].is_null() || c["metadata"]["uid"] == claim["uid"] => {
-                        if c["spec"]["volumeName"] == name { "Bound" } else { continue }
+                        if c["spec"]["volumeName"] == name {
+                            "Bound"
+                        } else {
+                            continue;
+                        }
                     }
                     Some(_) | None if claim["uid"].is_null() => continue,
                     _ => "Released",
                 }
             };
             if pv["status"]["phase"] != phase {
-                let _ = ops::modify(st, "", "persistentvolumes", "", name, Some("status"), "persistentvolume-binder", |o| {
-                    o["status"]["phase"] = json!(phase);
-                    true
-                });
+                let _ = ops::modify(
+                    st,
+                    "",
+                    "persistentvolumes",
+                    "",
+                    name,
+                    Some("status"),
+                    "persistentvolume-binder",
+                    |o| {
+                        o["status"]["phase"] = json!(phase);
+                        true
+                    },
+                );
             }
         }
     }
@@ -1117,7 +1501,9 @@ impl Controller {
             if pv["spec"]["csi"]["driver"] != CSI_DRIVER {
                 continue;
             }
-            let Some(handle) = pv["spec"]["csi"]["volumeHandle"].as_str() else { continue };
+            let Some(handle) = pv["spec"]["csi"]["volumeHandle"].as_str() else {
+                continue;
+            };
             let claim = &pv["spec"]["claimRef"];
             let users: Vec<Value> = pods
                 .iter()
@@ -1127,7 +1513,8 @@ impl Controller {
                         && p["metadata"]["deletionTimestamp"].is_null()
                         && !matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
                         && p["spec"]["volumes"].as_array().is_some_and(|vs| {
-                            vs.iter().any(|v| v["persistentVolumeClaim"]["claimName"] == claim["name"])
+                            vs.iter()
+                                .any(|v| v["persistentVolumeClaim"]["claimName"] == claim["name"])
                         })
                 })
                 .cloned()
@@ -1135,43 +1522,61 @@ impl Controller {
             by_volume.insert(handle.to_string(), (pv.clone(), users));
         }
         for v in ops::list(st, GROUP, "volumes", Some(NAMESPACE)) {
-            let name = v["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = v["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let status = &v["status"];
-            if status["state"].is_null() || status["restoreRequired"] == true || status["robustness"] == "faulted" {
+            if status["state"].is_null()
+                || status["restoreRequired"] == true
+                || status["robustness"] == "faulted"
+            {
                 continue;
             }
-            let (pv, users) = by_volume.get(&name).cloned().unwrap_or((Value::Null, vec![]));
+            let (pv, users) = by_volume
+                .get(&name)
+                .cloned()
+                .unwrap_or((Value::Null, vec![]));
             let attached = !users.is_empty();
             let node = self.env.node_name.clone();
-            let _ = ops::modify(st, GROUP, "volumes", NAMESPACE, &name, Some("status"), MANAGER, |o| {
-                let s = &mut o["status"];
-                if attached {
-                    s["state"] = json!("attached");
-                    s["robustness"] = json!("healthy");
-                    s["currentNodeID"] = json!(node);
-                } else {
-                    s["state"] = json!("detached");
-                    s["robustness"] = json!("unknown");
-                    s["currentNodeID"] = json!("");
-                }
-                if pv.is_object() {
-                    let k = &mut s["kubernetesStatus"];
-                    k["pvName"] = pv["metadata"]["name"].clone();
-                    k["pvStatus"] = pv["status"]["phase"].clone();
-                    if pv["spec"]["claimRef"].is_object() {
-                        k["namespace"] = pv["spec"]["claimRef"]["namespace"].clone();
-                        k["pvcName"] = pv["spec"]["claimRef"]["name"].clone();
-                    }
+            let _ = ops::modify(
+                st,
+                GROUP,
+                "volumes",
+                NAMESPACE,
+                &name,
+                Some("status"),
+                MANAGER,
+                |o| {
+                    let s = &mut o["status"];
                     if attached {
-                        k["workloadsStatus"] = json!(users.iter().map(|p| json!({
+                        s["state"] = json!("attached");
+                        s["robustness"] = json!("healthy");
+                        s["currentNodeID"] = json!(node);
+                    } else {
+                        s["state"] = json!("detached");
+                        s["robustness"] = json!("unknown");
+                        s["currentNodeID"] = json!("");
+                    }
+                    if pv.is_object() {
+                        let k = &mut s["kubernetesStatus"];
+                        k["pvName"] = pv["metadata"]["name"].clone();
+                        k["pvStatus"] = pv["status"]["phase"].clone();
+                        if pv["spec"]["claimRef"].is_object() {
+                            k["namespace"] = pv["spec"]["claimRef"]["namespace"].clone();
+                            k["pvcName"] = pv["spec"]["claimRef"]["name"].clone();
+                        }
+                        if attached {
+                            k["workloadsStatus"] = json!(users.iter().map(|p| json!({
                             "podName": p["metadata"]["name"], "podStatus": p["status"]["phase"].as_str().unwrap_or("Pending"),
                             "workloadName": p["metadata"]["ownerReferences"][0]["name"].as_str().unwrap_or_default(),
                             "workloadType": p["metadata"]["ownerReferences"][0]["kind"].as_str().unwrap_or_default(),
                         })).collect::<Vec<_>>());
+                        }
                     }
-                }
-                true
-            });
+                    true
+                },
+            );
         }
     }
 }
@@ -1179,7 +1584,9 @@ impl Controller {
 fn default_class(st: &Store) -> Option<String> {
     ops::list(st, "storage.k8s.io", "storageclasses", None)
         .into_iter()
-        .find(|sc| sc["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true")
+        .find(|sc| {
+            sc["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true"
+        })
         .and_then(|sc| sc["metadata"]["name"].as_str().map(String::from))
 }
 
@@ -1196,7 +1603,11 @@ fn restore(
     let dir = target_dir(target_url, nas_root).map_err(anyhow::Error::msg)?;
     let bs = Backupstore::new(dir);
     let (_, src_volume) = ops::get(st, GROUP, "backups", NAMESPACE, backup)
-        .and_then(|b| b["status"]["volumeName"].as_str().map(|v| ((), v.to_string())))
+        .and_then(|b| {
+            b["status"]["volumeName"]
+                .as_str()
+                .map(|v| ((), v.to_string()))
+        })
         .ok_or_else(|| anyhow::anyhow!("backup {backup} not found"))?;
     let cfg = bs.load_backup(&src_volume, backup)?;
     let mut img = vec![];
@@ -1225,12 +1636,26 @@ fn restore(
         let progress = pct;
         if progress < 100 {
             let actual = img.len() as i64;
-            let _ = ops::modify(st, GROUP, "volumes", NAMESPACE, volume, Some("status"), MANAGER, |o| {
-                o["status"]["actualSize"] = json!(actual);
-                set_condition(&mut o["status"]["conditions"], "Restore", "True", "RestoreInProgress",
-                              &format!("restoring backup {backup}: restored {progress}%"));
-                true
-            });
+            let _ = ops::modify(
+                st,
+                GROUP,
+                "volumes",
+                NAMESPACE,
+                volume,
+                Some("status"),
+                MANAGER,
+                |o| {
+                    o["status"]["actualSize"] = json!(actual);
+                    set_condition(
+                        &mut o["status"]["conditions"],
+                        "Restore",
+                        "True",
+                        "RestoreInProgress",
+                        &format!("restoring backup {backup}: restored {progress}%"),
+                    );
+                    true
+                },
+            );
         }
     }
     let files = nas::decode_image(&img)?;
