@@ -179,8 +179,8 @@ impl Backupstore {
 
     pub fn load_volume(&self, volume: &str) -> anyhow::Result<VolumeCfg> {
         let p = self.volume_dir(volume).join("volume.cfg");
-        let text =
-            std::fs::read(&p).with_context(|| format!("cannot find {} in backupstore", p.display()))?;
+        let text = std::fs::read(&p)
+            .with_context(|| format!("cannot find {} in backupstore", p.display()))?;
         serde_json::from_slice(&text).with_context(|| format!("decoding {}", p.display()))
     }
 
@@ -189,7 +189,10 @@ impl Backupstore {
         let mut out = vec![];
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if let Some(name) = n.strip_prefix("backup_").and_then(|n| n.strip_suffix(".cfg")) {
+            if let Some(name) = n
+                .strip_prefix("backup_")
+                .and_then(|n| n.strip_suffix(".cfg"))
+            {
                 out.push(name.to_string());
             }
         }
@@ -199,8 +202,8 @@ impl Backupstore {
 
     pub fn load_backup(&self, volume: &str, backup: &str) -> anyhow::Result<BackupCfg> {
         let p = self.backup_cfg_path(volume, backup);
-        let text =
-            std::fs::read(&p).with_context(|| format!("cannot find {} in backupstore", p.display()))?;
+        let text = std::fs::read(&p)
+            .with_context(|| format!("cannot find {} in backupstore", p.display()))?;
         serde_json::from_slice(&text).with_context(|| format!("decoding {}", p.display()))
     }
 
@@ -553,7 +556,10 @@ impl NasFixture {
                 last_labels = labels;
                 out.push(BuiltBackup { name, created });
             }
-            let last = out.last().cloned().context("fixture volume without backup")?;
+            let last = out
+                .last()
+                .cloned()
+                .context("fixture volume without backup")?;
             if v.corrupt {
                 let cfg = store.load_backup(&v.name, &last.name)?;
                 let cs = &cfg.blocks.first().context("empty backup")?.block_checksum;
@@ -599,7 +605,11 @@ pub fn corrupt_volume(root: &Path, volume: &str) -> anyhow::Result<()> {
     let store = Backupstore::new(root);
     let v = store.load_volume(volume)?;
     let b = store.load_backup(volume, &v.last_backup_name)?;
-    let cs = &b.blocks.first().context("backup without blocks")?.block_checksum;
+    let cs = &b
+        .blocks
+        .first()
+        .context("backup without blocks")?
+        .block_checksum;
     let p = store.block_path(volume, cs);
     let mut data = std::fs::read(&p)?;
     for x in data.iter_mut().take(64).skip(32) {

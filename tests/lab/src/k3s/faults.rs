@@ -148,7 +148,11 @@ fn status_body(code: u16, message: Option<&str>) -> (u16, Value) {
 
 /// The API fault for a request, if any: `(delay, Some((code, Status body)))`. Called by the
 /// API router before routing; counts `times` down.
-pub fn api_fault(data_dir: &Path, method: &str, req_path: &str) -> Option<(Duration, Option<(u16, Value)>)> {
+pub fn api_fault(
+    data_dir: &Path,
+    method: &str,
+    req_path: &str,
+) -> Option<(Duration, Option<(u16, Value)>)> {
     // Fast path: no file, no fault.
     if !path(data_dir).exists() {
         return None;
@@ -156,11 +160,18 @@ pub fn api_fault(data_dir: &Path, method: &str, req_path: &str) -> Option<(Durat
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut faults = match try_load(data_dir) {
         Ok(f) => f,
-        Err(e) => return Some((Duration::ZERO, Some(status_body(500, Some(&format!("{e:#}")))))),
+        Err(e) => {
+            return Some((
+                Duration::ZERO,
+                Some(status_body(500, Some(&format!("{e:#}")))),
+            ))
+        }
     };
     let idx = faults.api.iter().position(|r| {
         req_path.starts_with(&r.path)
-            && r.method.as_deref().is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && r.method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(method))
     })?;
     let rule = faults.api[idx].clone();
     if let Some(t) = rule.times {
@@ -172,18 +183,33 @@ pub fn api_fault(data_dir: &Path, method: &str, req_path: &str) -> Option<(Durat
         let _ = save(data_dir, &faults);
     }
     let delay = Duration::from_millis(rule.delay_ms.unwrap_or(0));
-    Some((delay, rule.status.map(|c| status_body(c, rule.message.as_deref()))))
+    Some((
+        delay,
+        rule.status.map(|c| status_body(c, rule.message.as_deref())),
+    ))
 }
 
 /// Applies [`api_fault`] to a request: sleeps for a slow answer, and returns the failure
 /// response when the rule sets a status.
-pub async fn intercept(data_dir: &Path, method: &str, req_path: &str) -> Option<axum::response::Response> {
+pub async fn intercept(
+    data_dir: &Path,
+    method: &str,
+    req_path: &str,
+) -> Option<axum::response::Response> {
     use axum::response::IntoResponse;
     let (delay, fail) = api_fault(data_dir, method, req_path)?;
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     let (code, body) = fail?;
-    let code = axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
-    Some((code, [("content-type", "application/json")], body.to_string()).into_response())
+    let code = axum::http::StatusCode::from_u16(code)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    Some(
+        (
+            code,
+            [("content-type", "application/json")],
+            body.to_string(),
+        )
+            .into_response(),
+    )
 }

@@ -38,7 +38,12 @@ impl Lab {
         })
         .await
         .expect("starting lab-k3s");
-        Lab { k3s, dir, data_dir, _tmp: tmp }
+        Lab {
+            k3s,
+            dir,
+            data_dir,
+            _tmp: tmp,
+        }
     }
 
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
@@ -86,7 +91,12 @@ impl Lab {
     }
 
     /// Polls `f` until it returns Some, failing after `secs` with `what` and the last value.
-    pub async fn wait<T>(&self, what: &str, secs: u64, mut f: impl FnMut() -> Result<T, String>) -> T {
+    pub async fn wait<T>(
+        &self,
+        what: &str,
+        secs: u64,
+        mut f: impl FnMut() -> Result<T, String>,
+    ) -> T {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             match f() {
@@ -106,7 +116,15 @@ impl Lab {
         }
         for c in crds {
             let name = c["metadata"]["name"].as_str().unwrap();
-            self.ok(&["wait", "--for=condition=Established", &format!("crd/{name}"), "--timeout=30s"], None);
+            self.ok(
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    &format!("crd/{name}"),
+                    "--timeout=30s",
+                ],
+                None,
+            );
         }
     }
 
@@ -119,5 +137,8 @@ impl Lab {
 
 /// The condition `ty` of an object.
 pub fn cond<'a>(o: &'a Value, ty: &str) -> Option<&'a Value> {
-    o["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == ty)
+    o["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == ty)
 }

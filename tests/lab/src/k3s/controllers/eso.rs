@@ -130,7 +130,11 @@ fn restarted_since(store: &Store, ns: &str, since: chrono::DateTime<chrono::Utc>
             .as_str()
             .and_then(parse_time)
             .into_iter()
-            .chain(d["metadata"]["creationTimestamp"].as_str().and_then(parse_time))
+            .chain(
+                d["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .and_then(parse_time),
+            )
             .max();
         started.is_some_and(|t| t >= since)
     })
@@ -147,9 +151,15 @@ fn vault_address(store: &Store, server: &str) -> Option<String> {
         None => (hostport.to_string(), "8200".to_string()),
     };
     let parts: Vec<&str> = host.split('.').collect();
-    if parts.len() >= 2 && parts[0].chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+    if parts.len() >= 2
+        && parts[0]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
         if let Some(svc) = ops::get(store, "", "services", parts[1], parts[0]) {
-            if let Some(a) = svc["metadata"]["annotations"][super::workloads::NODE_ADDRESS_ANNOTATION].as_str() {
+            if let Some(a) =
+                svc["metadata"]["annotations"][super::workloads::NODE_ADDRESS_ANNOTATION].as_str()
+            {
                 return Some(a.trim_start_matches("http://").to_string());
             }
             if let Some(ip) = svc["spec"]["clusterIP"].as_str().filter(|ip| *ip != "None") {
@@ -181,11 +191,18 @@ pub async fn seal_status(addr: &str) -> Result<Value, String> {
 }
 
 async fn pass(store: &Store, env: &EsoEnv) {
-    let Some(eso_ns) = eso_namespace(store) else { return };
+    let Some(eso_ns) = eso_namespace(store) else {
+        return;
+    };
     let mut ready_stores = BTreeMap::new();
     for css in ops::list(store, GROUP, "clustersecretstores", None) {
-        let name = css["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        let server = css["spec"]["provider"]["vault"]["server"].as_str().unwrap_or_default();
+        let name = css["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let server = css["spec"]["provider"]["vault"]["server"]
+            .as_str()
+            .unwrap_or_default();
         let health = match vault_address(store, server) {
             None => Err(format!("invalid vault server URL {server:?}")),
             Some(addr) => match seal_status(&addr).await {
@@ -205,32 +222,55 @@ async fn pass(store: &Store, env: &EsoEnv) {
         };
         let (status, reason, message) = match (&health, latched) {
             (Ok(()), false) => ("True", "Valid", "store validated".to_string()),
-            (Ok(()), true) => ("False", "ValidationFailed", current
-                .as_ref()
-                .and_then(|c| c["message"].as_str())
-                .unwrap_or("unable to validate store")
-                .to_string()),
-            (Err(e), _) => ("False", "ValidationFailed", format!("unable to validate store: {e}")),
+            (Ok(()), true) => (
+                "False",
+                "ValidationFailed",
+                current
+                    .as_ref()
+                    .and_then(|c| c["message"].as_str())
+                    .unwrap_or("unable to validate store")
+                    .to_string(),
+            ),
+            (Err(e), _) => (
+                "False",
+                "ValidationFailed",
+                format!("unable to validate store: {e}"),
+            ),
         };
         if status == "True" {
             ready_stores.insert(name.clone(), css.clone());
         }
-        let _ = ops::modify(store, GROUP, "clustersecretstores", "", &name, Some("status"), MANAGER, |o| {
-            if !o["status"].is_object() {
-                o["status"] = json!({});
-            }
-            o["status"]["capabilities"] = json!("ReadWrite");
-            set_condition(&mut o["status"]["conditions"], "Ready", status, reason, &message);
-            // ESO's conditions carry no lastProbeTime.
-            if let Some(arr) = o["status"]["conditions"].as_array_mut() {
-                for c in arr {
-                    if let Some(m) = c.as_object_mut() {
-                        m.remove("lastProbeTime");
+        let _ = ops::modify(
+            store,
+            GROUP,
+            "clustersecretstores",
+            "",
+            &name,
+            Some("status"),
+            MANAGER,
+            |o| {
+                if !o["status"].is_object() {
+                    o["status"] = json!({});
+                }
+                o["status"]["capabilities"] = json!("ReadWrite");
+                set_condition(
+                    &mut o["status"]["conditions"],
+                    "Ready",
+                    status,
+                    reason,
+                    &message,
+                );
+                // ESO's conditions carry no lastProbeTime.
+                if let Some(arr) = o["status"]["conditions"].as_array_mut() {
+                    for c in arr {
+                        if let Some(m) = c.as_object_mut() {
+                            m.remove("lastProbeTime");
+                        }
                     }
                 }
-            }
-            true
-        });
+                true
+            },
+        );
     }
     let kv: Value = std::fs::read(env.kv_file())
         .ok()
@@ -244,15 +284,23 @@ async fn pass(store: &Store, env: &EsoEnv) {
 fn lookup<'a>(kv: &'a Value, store: &Value, key: &str) -> Option<&'a Value> {
     kv.get(key).or_else(|| {
         let path = store["spec"]["provider"]["vault"]["path"].as_str()?;
-        kv.get(format!("{}/{}", path.trim_end_matches('/'), key.trim_start_matches('/')))
+        kv.get(format!(
+            "{}/{}",
+            path.trim_end_matches('/'),
+            key.trim_start_matches('/')
+        ))
     })
 }
 
 fn sync_external_secret(store: &Store, es: &Value, ready: &BTreeMap<String, Value>, kv: &Value) {
     let ns = es["metadata"]["namespace"].as_str().unwrap_or_default();
     let name = es["metadata"]["name"].as_str().unwrap_or_default();
-    let store_name = es["spec"]["secretStoreRef"]["name"].as_str().unwrap_or_default();
-    let kind = es["spec"]["secretStoreRef"]["kind"].as_str().unwrap_or("SecretStore");
+    let store_name = es["spec"]["secretStoreRef"]["name"]
+        .as_str()
+        .unwrap_or_default();
+    let kind = es["spec"]["secretStoreRef"]["kind"]
+        .as_str()
+        .unwrap_or("SecretStore");
     let result: Result<BTreeMap<String, String>, String> = (|| {
         if kind != "ClusterSecretStore" {
             return Err(format!("could not get SecretStore \"{store_name}\": the lab serves ClusterSecretStores only"));
@@ -261,10 +309,18 @@ fn sync_external_secret(store: &Store, es: &Value, ready: &BTreeMap<String, Valu
             .get(store_name)
             .ok_or_else(|| format!("could not get ClusterSecretStore \"{store_name}\", SecretStore \"{store_name}\" is not ready"))?;
         let mut data = BTreeMap::new();
-        for (i, d) in es["spec"]["data"].as_array().into_iter().flatten().enumerate() {
+        for (i, d) in es["spec"]["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let key = d["remoteRef"]["key"].as_str().unwrap_or_default();
-            let secret = lookup(kv, css, key)
-                .ok_or_else(|| format!("error retrieving secret at .data[{i}], key: {key}, err: Secret does not exist"))?;
+            let secret = lookup(kv, css, key).ok_or_else(|| {
+                format!(
+                    "error retrieving secret at .data[{i}], key: {key}, err: Secret does not exist"
+                )
+            })?;
             let value = match d["remoteRef"]["property"].as_str() {
                 Some(p) => secret[p]
                     .as_str()
@@ -272,67 +328,122 @@ fn sync_external_secret(store: &Store, es: &Value, ready: &BTreeMap<String, Valu
                     .ok_or_else(|| format!("error retrieving secret at .data[{i}], key: {key}, err: property {p} does not exist in key {key}"))?,
                 None => secret.to_string(),
             };
-            data.insert(d["secretKey"].as_str().unwrap_or_default().to_string(), value);
+            data.insert(
+                d["secretKey"].as_str().unwrap_or_default().to_string(),
+                value,
+            );
         }
-        for (i, d) in es["spec"]["dataFrom"].as_array().into_iter().flatten().enumerate() {
+        for (i, d) in es["spec"]["dataFrom"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let key = d["extract"]["key"].as_str().unwrap_or_default();
-            let secret = lookup(kv, css, key)
-                .ok_or_else(|| format!("error processing spec.dataFrom[{i}].extract, err: Secret does not exist"))?;
+            let secret = lookup(kv, css, key).ok_or_else(|| {
+                format!("error processing spec.dataFrom[{i}].extract, err: Secret does not exist")
+            })?;
             for (k, v) in secret.as_object().into_iter().flatten() {
-                data.insert(k.clone(), v.as_str().map(String::from).unwrap_or_else(|| v.to_string()));
+                data.insert(
+                    k.clone(),
+                    v.as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| v.to_string()),
+                );
             }
         }
         Ok(data)
     })();
-    let target = es["spec"]["target"]["name"].as_str().unwrap_or(name).to_string();
+    let target = es["spec"]["target"]["name"]
+        .as_str()
+        .unwrap_or(name)
+        .to_string();
     let synced = match result {
         Ok(data) => {
             let b64: BTreeMap<String, String> = data
                 .iter()
-                .map(|(k, v)| (k.clone(), base64::engine::general_purpose::STANDARD.encode(v)))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        base64::engine::general_purpose::STANDARD.encode(v),
+                    )
+                })
                 .collect();
             let owner = json!([{"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret",
                                 "name": name, "uid": es["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true}]);
             let res = match ops::get(store, "", "secrets", ns, &target) {
-                None => ops::create(store, "", "secrets", ns, json!({
-                    "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                    "metadata": {"name": target, "namespace": ns, "ownerReferences": owner,
-                                 "labels": {"reconcile.external-secrets.io/managed": "true"}},
-                    "data": b64,
-                }), MANAGER).map(|_| ()),
+                None => ops::create(
+                    store,
+                    "",
+                    "secrets",
+                    ns,
+                    json!({
+                        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                        "metadata": {"name": target, "namespace": ns, "ownerReferences": owner,
+                                     "labels": {"reconcile.external-secrets.io/managed": "true"}},
+                        "data": b64,
+                    }),
+                    MANAGER,
+                )
+                .map(|_| ()),
                 Some(_) => ops::modify(store, "", "secrets", ns, &target, None, MANAGER, |o| {
                     o["data"] = json!(b64);
                     true
-                }).map(|_| ()),
+                })
+                .map(|_| ()),
             };
             res.map_err(|e| format!("could not write Secret {target}: {}", e.message))
         }
         Err(e) => Err(e),
     };
-    let _ = ops::modify(store, GROUP, "externalsecrets", ns, name, Some("status"), MANAGER, |o| {
-        if !o["status"].is_object() {
-            o["status"] = json!({});
-        }
-        match &synced {
-            Ok(()) => {
-                set_condition(&mut o["status"]["conditions"], "Ready", "True", "SecretSynced", "secret synced");
-                o["status"]["binding"] = json!({"name": target});
-                o["status"]["syncedResourceVersion"] = json!(format!("1-{}", o["metadata"]["generation"].as_i64().unwrap_or(1)));
-                if o["status"]["refreshTime"].is_null() {
-                    o["status"]["refreshTime"] = json!(now());
+    let _ = ops::modify(
+        store,
+        GROUP,
+        "externalsecrets",
+        ns,
+        name,
+        Some("status"),
+        MANAGER,
+        |o| {
+            if !o["status"].is_object() {
+                o["status"] = json!({});
+            }
+            match &synced {
+                Ok(()) => {
+                    set_condition(
+                        &mut o["status"]["conditions"],
+                        "Ready",
+                        "True",
+                        "SecretSynced",
+                        "secret synced",
+                    );
+                    o["status"]["binding"] = json!({"name": target});
+                    o["status"]["syncedResourceVersion"] = json!(format!(
+                        "1-{}",
+                        o["metadata"]["generation"].as_i64().unwrap_or(1)
+                    ));
+                    if o["status"]["refreshTime"].is_null() {
+                        o["status"]["refreshTime"] = json!(now());
+                    }
+                }
+                Err(e) => {
+                    set_condition(
+                        &mut o["status"]["conditions"],
+                        "Ready",
+                        "False",
+                        "SecretSyncedError",
+                        e,
+                    );
                 }
             }
-            Err(e) => {
-                set_condition(&mut o["status"]["conditions"], "Ready", "False", "SecretSyncedError", e);
-            }
-        }
-        if let Some(arr) = o["status"]["conditions"].as_array_mut() {
-            for c in arr {
-                if let Some(m) = c.as_object_mut() {
-                    m.remove("lastProbeTime");
+            if let Some(arr) = o["status"]["conditions"].as_array_mut() {
+                for c in arr {
+                    if let Some(m) = c.as_object_mut() {
+                        m.remove("lastProbeTime");
+                    }
                 }
             }
-        }
-        true
-    });
+            true
+        },
+    );
 }
