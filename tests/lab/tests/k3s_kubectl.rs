@@ -356,11 +356,12 @@ fn k3s_patch_merge_and_strategic() {
             "demo",
             "--type=merge",
             "-p",
-            r#"{"status":{"replicas":7}}"#,
+            r#"{"status":{"collisionCount":7}}"#,
         ],
         None,
     );
-    assert!(lab.json(&["get", "deploy", "web", "-n", "demo"])["status"]["replicas"].is_null());
+    // (collisionCount: a status field the lab's Deployment controller leaves alone.)
+    assert!(lab.json(&["get", "deploy", "web", "-n", "demo"])["status"]["collisionCount"].is_null());
     lab.ok(
         &[
             "patch",
@@ -371,12 +372,12 @@ fn k3s_patch_merge_and_strategic() {
             "--subresource=status",
             "--type=merge",
             "-p",
-            r#"{"status":{"replicas":7}}"#,
+            r#"{"status":{"collisionCount":7}}"#,
         ],
         None,
     );
     assert_eq!(
-        lab.json(&["get", "deploy", "web", "-n", "demo"])["status"]["replicas"],
+        lab.json(&["get", "deploy", "web", "-n", "demo"])["status"]["collisionCount"],
         7
     );
 }

@@ -25,6 +25,21 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+fn string_default_empty(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "default": ""})
+}
+fn driver_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": ["secret", "configmap"], "default": "secret"})
+}
+fn failure_policy_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": ["abort", "reinstall", "retry"], "default": "reinstall"})
+}
+fn server_side_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "enum": ["true", "false", "auto"]})
+}
+fn int_or_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"x-kubernetes-int-or-string": true})
+}
 fn preserve(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"x-kubernetes-preserve-unknown-fields": true})
 }
@@ -40,6 +55,7 @@ fn int_or_string_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
 pub struct LocalObjectRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "string_default_empty")]
     pub name: Option<String>,
 }
 
@@ -49,7 +65,11 @@ pub struct SecretSpec {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<Vec<String>>,
-    #[serde(default, rename = "ignoreUpdates", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "ignoreUpdates",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ignore_updates: Option<bool>,
 }
 
@@ -57,7 +77,11 @@ pub struct SecretSpec {
 pub struct Profile {
     #[serde(rename = "type")]
     pub type_: String,
-    #[serde(default, rename = "localhostProfile", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "localhostProfile",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub localhost_profile: Option<String>,
 }
 
@@ -116,9 +140,17 @@ pub struct PodSecurityContext {
     pub run_as_non_root: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as_user: Option<i64>,
-    #[serde(default, rename = "seLinuxChangePolicy", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "seLinuxChangePolicy",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub se_linux_change_policy: Option<String>,
-    #[serde(default, rename = "seLinuxOptions", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "seLinuxOptions",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub se_linux_options: Option<SeLinuxOptions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp_profile: Option<Profile>,
@@ -154,40 +186,16 @@ pub struct SecurityContext {
     pub run_as_non_root: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_as_user: Option<i64>,
-    #[serde(default, rename = "seLinuxOptions", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "seLinuxOptions",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub se_linux_options: Option<SeLinuxOptions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp_profile: Option<Profile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub windows_options: Option<WindowsOptions>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema)]
-pub enum FailurePolicy {
-    #[serde(rename = "abort")]
-    Abort,
-    #[serde(rename = "reinstall")]
-    Reinstall,
-    #[serde(rename = "retry")]
-    Retry,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema)]
-pub enum ServerSide {
-    #[serde(rename = "true")]
-    True,
-    #[serde(rename = "false")]
-    False,
-    #[serde(rename = "auto")]
-    Auto,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema)]
-pub enum Driver {
-    #[serde(rename = "secret")]
-    Secret,
-    #[serde(rename = "configmap")]
-    Configmap,
 }
 
 /// `helm.cattle.io/v1` HelmChart (platform-facts §3).
@@ -225,14 +233,20 @@ pub struct HelmChartSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker_registry_secret: Option<LocalObjectRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub driver: Option<Driver>,
+    #[schemars(schema_with = "driver_schema")]
+    pub driver: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure_policy: Option<FailurePolicy>,
+    #[schemars(schema_with = "failure_policy_schema")]
+    pub failure_policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_conflicts: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub helm_version: Option<String>,
-    #[serde(default, rename = "insecureSkipTLSVerify", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "insecureSkipTLSVerify",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub insecure_skip_tls_verify: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_image: Option<String>,
@@ -244,12 +258,17 @@ pub struct HelmChartSpec {
     pub repo: Option<String>,
     #[serde(default, rename = "repoCA", skip_serializing_if = "Option::is_none")]
     pub repo_ca: Option<String>,
-    #[serde(default, rename = "repoCAConfigMap", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "repoCAConfigMap",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub repo_ca_config_map: Option<LocalObjectRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<SecurityContext>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_side: Option<ServerSide>,
+    #[schemars(schema_with = "server_side_schema")]
+    pub server_side: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "int_or_string_map")]
     pub set: Option<BTreeMap<String, Value>>,
@@ -292,15 +311,22 @@ pub struct HelmChartStatus {
 
 /// `helm.cattle.io/v1` HelmChartConfig (no status subresource upstream).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
-#[kube(group = "helm.cattle.io", version = "v1", kind = "HelmChartConfig", namespaced)]
+#[kube(
+    group = "helm.cattle.io",
+    version = "v1",
+    kind = "HelmChartConfig",
+    namespaced
+)]
 #[serde(rename_all = "camelCase")]
 pub struct HelmChartConfigSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure_policy: Option<FailurePolicy>,
+    #[schemars(schema_with = "failure_policy_schema")]
+    pub failure_policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force_conflicts: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server_side: Option<ServerSide>,
+    #[schemars(schema_with = "server_side_schema")]
+    pub server_side: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve")]
     pub values: Option<Value>,
@@ -412,7 +438,8 @@ fn vault_version(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 
 #[derive(Serialize, Deserialize, Clone, Debug, JsonSchema)]
 pub struct StoreProvider {
-    pub vault: VaultProvider,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<VaultProvider>,
 }
 
 /// `external-secrets.io/v1` ClusterSecretStore (vault provider only).
@@ -435,7 +462,8 @@ pub struct ClusterSecretStoreSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub controller: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refresh_interval: Option<i64>,
+    #[schemars(schema_with = "int_or_string")]
+    pub refresh_interval: Option<Value>,
 }
 
 /// Status owned by a controller of this crate: any fields, kept as written.
@@ -531,7 +559,16 @@ pub struct ExternalSecretSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_store_ref: Option<StoreRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(default = "default_target")]
     pub target: Option<ExternalSecretTarget>,
+}
+fn default_target() -> Option<ExternalSecretTarget> {
+    Some(ExternalSecretTarget {
+        name: None,
+        creation_policy: Some("Owner".into()),
+        deletion_policy: Some("Retain".into()),
+        immutable: None,
+    })
 }
 fn default_refresh() -> Option<String> {
     Some("1h0m0s".into())
@@ -656,6 +693,9 @@ fn tidy(v: &mut Value) {
     match v {
         Value::Object(m) => {
             m.remove("nullable");
+            if let Some(Value::Array(e)) = m.get_mut("enum") {
+                e.retain(|x| !x.is_null());
+            }
             for x in m.values_mut() {
                 tidy(x);
             }
@@ -668,8 +708,27 @@ fn tidy(v: &mut Value) {
 fn crd_value<K: CustomResourceExt>() -> Value {
     let mut v = serde_json::to_value(K::crd()).expect("CRD serializes");
     tidy(&mut v);
+    for ver in v["spec"]["versions"].as_array_mut().into_iter().flatten() {
+        // Upstream CRDs never require `spec` at the root (kube-derive does).
+        if let Some(root) = ver["schema"]["openAPIV3Schema"].as_object_mut() {
+            root.remove("required");
+        }
+        // As controller-gen writes them: the root's type meta and metadata.
+        let props = &mut ver["schema"]["openAPIV3Schema"]["properties"];
+        props["apiVersion"] = json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."});
+        props["kind"] = json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."});
+        props["metadata"] = json!({"type": "object"});
+    }
+    // kube-apiserver defaults listKind to <kind>List; the upstream files spell it out.
+    if v["spec"]["names"]["listKind"].is_null() {
+        let kind = v["spec"]["names"]["kind"].as_str().unwrap_or_default().to_string();
+        v["spec"]["names"]["listKind"] = json!(format!("{kind}List"));
+    }
     if let Some(m) = v["metadata"].as_object_mut() {
-        m.insert("labels".into(), json!({"app.kubernetes.io/managed-by": "lab"}));
+        m.insert(
+            "labels".into(),
+            json!({"app.kubernetes.io/managed-by": "lab"}),
+        );
     }
     v
 }
@@ -681,10 +740,24 @@ pub fn k3s_builtin() -> Vec<Value> {
 
 /// ESO's CRDs (the external-secrets chart with `installCRDs: true`).
 pub fn eso() -> Vec<Value> {
-    vec![crd_value::<ClusterSecretStore>(), crd_value::<ExternalSecret>()]
+    vec![
+        crd_value::<ClusterSecretStore>(),
+        crd_value::<ExternalSecret>(),
+    ]
 }
 
 /// Argo CD's CRDs (the argo-cd chart with `crds.install: true`).
+///
+/// Argo CD's CRDs have no status subresource: its controllers write `status` through the main
+/// resource (the schema still declares `status`).
 pub fn argocd() -> Vec<Value> {
-    vec![crd_value::<Application>(), crd_value::<AppProject>()]
+    let mut crds = vec![crd_value::<Application>(), crd_value::<AppProject>()];
+    for crd in &mut crds {
+        for ver in crd["spec"]["versions"].as_array_mut().into_iter().flatten() {
+            if let Some(m) = ver.as_object_mut() {
+                m.remove("subresources");
+            }
+        }
+    }
+    crds
 }
