@@ -103,16 +103,42 @@ fn controllers_job_from_cronjob_runs_with_secret_token_and_logs() {
     let lab = Lab::start();
     // A schedule that never fires during the test: only the manual Job runs.
     setup(&lab, "0 0 1 1 *");
-    lab.ok(&["-n", "jobs", "create", "job", "manual", "--from=cronjob/probe"], None);
-    lab.ok(&["-n", "jobs", "wait", "--for=condition=Complete", "job/manual", "--timeout=60s"], None);
+    lab.ok(
+        &[
+            "-n",
+            "jobs",
+            "create",
+            "job",
+            "manual",
+            "--from=cronjob/probe",
+        ],
+        None,
+    );
+    lab.ok(
+        &[
+            "-n",
+            "jobs",
+            "wait",
+            "--for=condition=Complete",
+            "job/manual",
+            "--timeout=60s",
+        ],
+        None,
+    );
     let log = lab.ok(&["-n", "jobs", "logs", "job/manual"], None);
     assert!(log.contains("user 65534"), "{log}");
     assert!(log.contains("lines 2"), "{log}");
     assert!(log.contains("first share-one"), "{log}");
     assert!(log.contains("from-secret share-one"), "{log}");
     assert!(log.contains("pod manual-"), "{log}");
-    assert!(log.contains("curl 200"), "the pod's token authenticates: {log}");
-    assert!(log.contains("kubectl unseal"), "in-cluster kubectl works: {log}");
+    assert!(
+        log.contains("curl 200"),
+        "the pod's token authenticates: {log}"
+    );
+    assert!(
+        log.contains("kubectl unseal"),
+        "in-cluster kubectl works: {log}"
+    );
     assert!(log.contains("nobody writes: no"), "{log}");
     let pods = lab.json(&["-n", "jobs", "get", "pods", "-l", "job-name=manual"]);
     assert_eq!(pods["items"][0]["status"]["phase"], "Succeeded", "{pods}");
@@ -122,10 +148,22 @@ fn controllers_job_from_cronjob_runs_with_secret_token_and_logs() {
     // A failing command: backoffLimit 0 → Failed.
     let failing = "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: boom\n  namespace: jobs\nspec:\n  backoffLimit: 0\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n        - name: boom\n          image: busybox\n          command: [/bin/sh, -c, 'echo going down; exit 3']\n";
     lab.ok(&["apply", "-f", "-"], Some(failing));
-    lab.ok(&["-n", "jobs", "wait", "--for=condition=Failed", "job/boom", "--timeout=60s"], None);
+    lab.ok(
+        &[
+            "-n",
+            "jobs",
+            "wait",
+            "--for=condition=Failed",
+            "job/boom",
+            "--timeout=60s",
+        ],
+        None,
+    );
     let job = lab.json(&["-n", "jobs", "get", "job", "boom"]);
     assert_eq!(job["status"]["failed"], 1);
-    assert!(lab.ok(&["-n", "jobs", "logs", "job/boom"], None).contains("going down"));
+    assert!(lab
+        .ok(&["-n", "jobs", "logs", "job/boom"], None)
+        .contains("going down"));
 }
 
 #[test]
@@ -136,22 +174,61 @@ fn controllers_cronjob_fires_on_the_lab_clock() {
     std::env::remove_var("LAB_CLOCK_SPEED");
     setup(&lab, "* * * * *");
     // Every lab minute = one wall second: Jobs appear and complete; history is pruned to 2.
-    lab.ok(&["-n", "jobs", "wait", "--for=jsonpath={.status.lastSuccessfulTime}", "cronjob/probe", "--timeout=60s"], None);
+    lab.ok(
+        &[
+            "-n",
+            "jobs",
+            "wait",
+            "--for=jsonpath={.status.lastSuccessfulTime}",
+            "cronjob/probe",
+            "--timeout=60s",
+        ],
+        None,
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut seen = std::collections::HashSet::new();
     loop {
-        let jobs = lab.json(&["-n", "jobs", "get", "jobs", "-l", "app.kubernetes.io/name=probe"]);
+        let jobs = lab.json(&[
+            "-n",
+            "jobs",
+            "get",
+            "jobs",
+            "-l",
+            "app.kubernetes.io/name=probe",
+        ]);
         let cj = lab.json(&["-n", "jobs", "get", "cronjob", "probe"]);
-        let names: Vec<String> = jobs["items"].as_array().unwrap().iter().map(|j| j["metadata"]["name"].as_str().unwrap().to_string()).collect();
-        let complete = jobs["items"].as_array().unwrap().iter().filter(|j| j["status"]["succeeded"] == 1).count();
+        let names: Vec<String> = jobs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        let complete = jobs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["status"]["succeeded"] == 1)
+            .count();
         seen.extend(names.iter().cloned());
         // Pruned to successfulJobsHistoryLimit after at least four runs.
-        if seen.len() >= 4 && complete == 2 && names.len() <= 3 && cj["status"]["lastScheduleTime"].is_string() {
-            let owners: Vec<_> = jobs["items"].as_array().unwrap().iter().map(|j| j["metadata"]["ownerReferences"][0]["name"].clone()).collect();
+        if seen.len() >= 4
+            && complete == 2
+            && names.len() <= 3
+            && cj["status"]["lastScheduleTime"].is_string()
+        {
+            let owners: Vec<_> = jobs["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["metadata"]["ownerReferences"][0]["name"].clone())
+                .collect();
             assert!(owners.iter().all(|o| o == "probe"), "{owners:?}");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "CronJob history never settled: {names:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "CronJob history never settled: {names:?}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }

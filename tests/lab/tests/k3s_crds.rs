@@ -14,7 +14,13 @@ fn apply_crd_file(lab: &Lab, file: &str) -> bool {
     // k3s serves the helm-controller CRDs itself (controllers::crds, manager "k3s"), so
     // replacing them with the upstream file takes ownership, as on a real k3s.
     lab.ok(
-        &["apply", "--server-side", "--force-conflicts", "-f", path.to_str().unwrap()],
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            path.to_str().unwrap(),
+        ],
         None,
     );
     true
@@ -144,10 +150,8 @@ fn k3s_eso_cluster_secret_store_validated_and_defaulted_by_the_real_crd() {
     // last-applied-configuration annotation exceeds 256 KiB.
     let err = lab.fails(&["apply", "-f", path.to_str().unwrap()], None);
     assert!(err.contains("metadata.annotations: Too long"), "{err}");
-    // k3s serves the helm-controller CRDs itself (controllers::crds, manager "k3s"), so
-    // replacing them with the upstream file takes ownership, as on a real k3s.
     lab.ok(
-        &["apply", "--server-side", "--force-conflicts", "-f", path.to_str().unwrap()],
+        &["apply", "--server-side", "-f", path.to_str().unwrap()],
         None,
     );
     lab.ok(&["apply", "-f", "-"], Some(STORE));

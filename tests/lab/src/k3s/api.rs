@@ -71,8 +71,12 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         return ApiError::unauthorized().into_response();
     }
     let (parts, body) = req.into_parts();
-    if let Some(r) =
-        super::faults::intercept(&app.store.data_dir(), parts.method.as_str(), parts.uri.path()).await
+    if let Some(r) = super::faults::intercept(
+        &app.store.data_dir(),
+        parts.method.as_str(),
+        parts.uri.path(),
+    )
+    .await
     {
         return r;
     }

@@ -721,7 +721,10 @@ fn crd_value<K: CustomResourceExt>() -> Value {
     }
     // kube-apiserver defaults listKind to <kind>List; the upstream files spell it out.
     if v["spec"]["names"]["listKind"].is_null() {
-        let kind = v["spec"]["names"]["kind"].as_str().unwrap_or_default().to_string();
+        let kind = v["spec"]["names"]["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         v["spec"]["names"]["listKind"] = json!(format!("{kind}List"));
     }
     if let Some(m) = v["metadata"].as_object_mut() {

@@ -69,8 +69,14 @@ fn reconcile(store: &Store, chart: &Value) -> anyhow::Result<()> {
     if !chart["metadata"]["deletionTimestamp"].is_null() {
         return Ok(());
     }
-    let ns = chart["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
-    let name = chart["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let ns = chart["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let name = chart["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let config = store
         .lock()
         .get("helm.cattle.io", "helmchartconfigs", &ns, &name)
@@ -101,7 +107,8 @@ fn reconcile(store: &Store, chart: &Value) -> anyhow::Result<()> {
             status["jobName"] = json!(job_name);
             status["conditions"] = json!([{"type": "JobCreated", "status": "True",
                 "reason": "Job created", "message": format!("Applying HelmChart using Job {ns}/{job_name}")}]);
-            let chart_rt = rtype(store, "helm.cattle.io/v1", "HelmChart").expect("HelmChart served");
+            let chart_rt =
+                rtype(store, "helm.cattle.io/v1", "HelmChart").expect("HelmChart served");
             set_status(store, &chart_rt, &ns, &name, status, MANAGER);
             job
         }
@@ -111,7 +118,10 @@ fn reconcile(store: &Store, chart: &Value) -> anyhow::Result<()> {
     }
     // The install pod: run "helm install" (the chart table) and finish the Job.
     let pod = jobs::ensure_pod(store, &job, MANAGER)?;
-    let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let pod_name = pod["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     match install(store, chart) {
         Ok(summary) => {
             store.set_pod_log(&ns, &pod_name, &summary)?;
@@ -119,7 +129,11 @@ fn reconcile(store: &Store, chart: &Value) -> anyhow::Result<()> {
             jobs::job_finished(store, &job, true, "");
         }
         Err(e) => {
-            store.set_pod_log(&ns, &pod_name, &format!("Error: INSTALLATION FAILED: {e:#}\n"))?;
+            store.set_pod_log(
+                &ns,
+                &pod_name,
+                &format!("Error: INSTALLATION FAILED: {e:#}\n"),
+            )?;
             jobs::pod_finished(store, &ns, &pod_name, 1, "Error");
             jobs::pod_failed_retry(store, &job);
         }
@@ -219,18 +233,26 @@ fn install(store: &Store, chart: &Value) -> anyhow::Result<String> {
         spec["chart"].as_str().unwrap_or(&name)
     )];
     for mut o in objects {
-        let labels = o["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+        let labels = o["metadata"]["labels"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         let mut labels = Value::Object(labels);
         labels["app.kubernetes.io/managed-by"] = json!("Helm");
         o["metadata"]["labels"] = labels;
         o["metadata"]["annotations"]["meta.helm.sh/release-name"] = json!(release);
         o["metadata"]["annotations"]["meta.helm.sh/release-namespace"] = json!(target);
         let kind = o["kind"].as_str().unwrap_or_default().to_string();
-        let oname = o["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let oname = o["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         apply(store, o, "helm")?;
         lines.push(format!("{kind}/{oname} created"));
     }
-    lines.push(format!("NAME: {release}\nNAMESPACE: {target}\nSTATUS: deployed\nREVISION: 1"));
+    lines.push(format!(
+        "NAME: {release}\nNAMESPACE: {target}\nSTATUS: deployed\nREVISION: 1"
+    ));
     Ok(lines.join("\n") + "\n")
 }
 
@@ -262,14 +284,23 @@ fn service(ns: &str, name: &str, sel: Value, port: i64) -> Value {
 }
 
 /// The per-chart table: (CRDs, objects) a chart installs, for the values that matter here.
-pub fn chart_objects(chart: &str, release: &str, ns: &str, values: &Value) -> (Vec<Value>, Vec<Value>) {
+pub fn chart_objects(
+    chart: &str,
+    release: &str,
+    ns: &str,
+    values: &Value,
+) -> (Vec<Value>, Vec<Value>) {
     match chart {
         "longhorn" => {
             let mgr = json!({"app": "longhorn-manager"});
             let deployer = json!({"app": "longhorn-driver-deployer"});
             let ui = json!({"app": "longhorn-ui"});
-            let default_class = values["persistence"]["defaultClass"].as_bool().unwrap_or(true);
-            let replicas = values["persistence"]["defaultClassReplicaCount"].as_i64().unwrap_or(3);
+            let default_class = values["persistence"]["defaultClass"]
+                .as_bool()
+                .unwrap_or(true);
+            let replicas = values["persistence"]["defaultClassReplicaCount"]
+                .as_i64()
+                .unwrap_or(3);
             let sc = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
                 "metadata": {"name": "longhorn", "annotations": {"storageclass.kubernetes.io/is-default-class": default_class.to_string()}},
                 "provisioner": "driver.longhorn.io", "allowVolumeExpansion": true, "reclaimPolicy": "Delete",
@@ -278,9 +309,27 @@ pub fn chart_objects(chart: &str, release: &str, ns: &str, values: &Value) -> (V
             (
                 vec![],
                 vec![
-                    daemonset(ns, "longhorn-manager", mgr, container("longhorn-manager", "longhornio/longhorn-manager:v1.11.3")),
-                    deployment(ns, "longhorn-driver-deployer", deployer, container("longhorn-driver-deployer", "longhornio/longhorn-manager:v1.11.3")),
-                    deployment(ns, "longhorn-ui", ui.clone(), container("longhorn-ui", "longhornio/longhorn-ui:v1.11.3")),
+                    daemonset(
+                        ns,
+                        "longhorn-manager",
+                        mgr,
+                        container("longhorn-manager", "longhornio/longhorn-manager:v1.11.3"),
+                    ),
+                    deployment(
+                        ns,
+                        "longhorn-driver-deployer",
+                        deployer,
+                        container(
+                            "longhorn-driver-deployer",
+                            "longhornio/longhorn-manager:v1.11.3",
+                        ),
+                    ),
+                    deployment(
+                        ns,
+                        "longhorn-ui",
+                        ui.clone(),
+                        container("longhorn-ui", "longhornio/longhorn-ui:v1.11.3"),
+                    ),
                     service(ns, "longhorn-frontend", ui, 80),
                     sc,
                 ],
@@ -322,15 +371,28 @@ pub fn chart_objects(chart: &str, release: &str, ns: &str, values: &Value) -> (V
             (vec![], vec![sa, svc, internal, sts])
         }
         "external-secrets" => {
-            let crds = if values["installCRDs"].as_bool().unwrap_or(true) { super::crds::eso() } else { vec![] };
+            let crds = if values["installCRDs"].as_bool().unwrap_or(true) {
+                super::crds::eso()
+            } else {
+                vec![]
+            };
             let mut objs = vec![];
             for (name, component) in [
                 ("external-secrets", "controller"),
                 ("external-secrets-webhook", "webhook"),
                 ("external-secrets-cert-controller", "cert-controller"),
             ] {
-                let sel = json!({"app.kubernetes.io/name": name, "app.kubernetes.io/instance": release});
-                let mut d = deployment(ns, name, sel, container(component, "ghcr.io/external-secrets/external-secrets:v2.9.0"));
+                let sel =
+                    json!({"app.kubernetes.io/name": name, "app.kubernetes.io/instance": release});
+                let mut d = deployment(
+                    ns,
+                    name,
+                    sel,
+                    container(
+                        component,
+                        "ghcr.io/external-secrets/external-secrets:v2.9.0",
+                    ),
+                );
                 d["metadata"]["labels"] = labels(name, release, component);
                 objs.push(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}}));
                 objs.push(d);
@@ -339,11 +401,31 @@ pub fn chart_objects(chart: &str, release: &str, ns: &str, values: &Value) -> (V
             (crds, objs)
         }
         "argo-cd" => {
-            let crds = if values["crds"]["install"].as_bool().unwrap_or(true) { super::crds::argocd() } else { vec![] };
+            let crds = if values["crds"]["install"].as_bool().unwrap_or(true) {
+                super::crds::argocd()
+            } else {
+                vec![]
+            };
             let mut objs = vec![];
-            for name in ["argocd-server", "argocd-repo-server", "argocd-redis", "argocd-applicationset-controller", "argocd-dex-server", "argocd-notifications-controller"] {
-                let sel = json!({"app.kubernetes.io/name": name, "app.kubernetes.io/instance": release});
-                objs.push(deployment(ns, name, sel, container(name.trim_start_matches("argocd-"), "quay.io/argoproj/argocd:v3.5.1")));
+            for name in [
+                "argocd-server",
+                "argocd-repo-server",
+                "argocd-redis",
+                "argocd-applicationset-controller",
+                "argocd-dex-server",
+                "argocd-notifications-controller",
+            ] {
+                let sel =
+                    json!({"app.kubernetes.io/name": name, "app.kubernetes.io/instance": release});
+                objs.push(deployment(
+                    ns,
+                    name,
+                    sel,
+                    container(
+                        name.trim_start_matches("argocd-"),
+                        "quay.io/argoproj/argocd:v3.5.1",
+                    ),
+                ));
             }
             let sel = json!({"app.kubernetes.io/name": "argocd-application-controller", "app.kubernetes.io/instance": release});
             objs.push(json!({"apiVersion": "apps/v1", "kind": "StatefulSet",

@@ -94,10 +94,16 @@ pub fn is_finished(job: &Value) -> bool {
 }
 
 fn name_of(v: &Value) -> String {
-    v["metadata"]["name"].as_str().unwrap_or_default().to_string()
+    v["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 fn ns_of(v: &Value) -> String {
-    v["metadata"]["namespace"].as_str().unwrap_or_default().to_string()
+    v["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// Pods owned by the Job `job_uid` in `ns`.
@@ -161,13 +167,17 @@ pub fn ensure_pod(store: &Store, job: &Value, manager: &str) -> anyhow::Result<V
     });
     let mut pod = pod;
     if pod["metadata"]["annotations"].is_null() {
-        pod["metadata"].as_object_mut().expect("meta").remove("annotations");
+        pod["metadata"]
+            .as_object_mut()
+            .expect("meta")
+            .remove("annotations");
     }
     let rt = rtype(store, "v1", "Pod").expect("Pod served");
     let created = {
         let mut inner = store.lock();
-        objects::create(&mut inner, &rt, &ns, pod, &mut ctx(manager))
-            .map_err(|e| anyhow::anyhow!("creating the pod of Job {ns}/{job_name}: {}", e.message))?
+        objects::create(&mut inner, &rt, &ns, pod, &mut ctx(manager)).map_err(|e| {
+            anyhow::anyhow!("creating the pod of Job {ns}/{job_name}: {}", e.message)
+        })?
     };
     let pname = name_of(&created);
     let status = running_status(&created);
@@ -176,7 +186,11 @@ pub fn ensure_pod(store: &Store, job: &Value, manager: &str) -> anyhow::Result<V
     let job_rt = rtype(store, "batch/v1", "Job").expect("Job served");
     let cur = store.lock().get("batch", "jobs", &ns, &job_name).cloned();
     if let Some(cur) = cur {
-        let mut st = if cur["status"].is_object() { cur["status"].clone() } else { json!({}) };
+        let mut st = if cur["status"].is_object() {
+            cur["status"].clone()
+        } else {
+            json!({})
+        };
         if st["startTime"].is_null() {
             st["startTime"] = json!(now());
         }
@@ -225,7 +239,11 @@ pub fn pod_finished(store: &Store, ns: &str, pod: &str, code: i32, reason: &str)
         return;
     };
     let t = now();
-    let mut st = if cur["status"].is_object() { cur["status"].clone() } else { running_status(&cur) };
+    let mut st = if cur["status"].is_object() {
+        cur["status"].clone()
+    } else {
+        running_status(&cur)
+    };
     st["phase"] = json!(if code == 0 { "Succeeded" } else { "Failed" });
     let started = st["startTime"].clone();
     if let Some(cs) = st["containerStatuses"].as_array_mut() {
@@ -237,7 +255,10 @@ pub fn pod_finished(store: &Store, ns: &str, pod: &str, code: i32, reason: &str)
     }
     if let Some(cs) = st["conditions"].as_array_mut() {
         for c in cs {
-            if c["type"] == "Ready" || c["type"] == "ContainersReady" || c["type"] == "PodReadyToStartContainers" {
+            if c["type"] == "Ready"
+                || c["type"] == "ContainersReady"
+                || c["type"] == "PodReadyToStartContainers"
+            {
                 c["status"] = json!("False");
                 c["reason"] = json!("PodCompleted");
                 c["lastTransitionTime"] = json!(t);
@@ -255,7 +276,11 @@ pub fn job_finished(store: &Store, job: &Value, success: bool, reason: &str) {
     let Some(cur) = store.lock().get("batch", "jobs", &ns, &name).cloned() else {
         return;
     };
-    let mut st = if cur["status"].is_object() { cur["status"].clone() } else { json!({}) };
+    let mut st = if cur["status"].is_object() {
+        cur["status"].clone()
+    } else {
+        json!({})
+    };
     let t = now();
     if st["startTime"].is_null() {
         st["startTime"] = json!(t);
@@ -288,7 +313,11 @@ pub fn pod_failed_retry(store: &Store, job: &Value) -> bool {
     let Some(cur) = store.lock().get("batch", "jobs", &ns, &name).cloned() else {
         return true;
     };
-    let mut st = if cur["status"].is_object() { cur["status"].clone() } else { json!({}) };
+    let mut st = if cur["status"].is_object() {
+        cur["status"].clone()
+    } else {
+        json!({})
+    };
     let failed = st["failed"].as_i64().unwrap_or(0) + 1;
     st["failed"] = json!(failed);
     st["active"] = json!(0);
@@ -308,12 +337,21 @@ pub async fn run(store: Arc<Store>, env: LabEnv) {
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();
     // Power loss: pods that were running when lab-k3s stopped are gone with their processes.
     let listed = store.lock().list("batch", "jobs", None);
-        for job in listed {
+    for job in listed {
         if !is_finished(&job) && job["metadata"]["labels"][super::helm::CHART_LABEL].is_null() {
-            let uid = job["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+            let uid = job["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             for p in pods_of(&store, &ns_of(&job), &uid) {
                 if matches!(pod_phase(&p), "Pending" | "Running") {
-                    pod_finished(&store, &ns_of(&job), &name_of(&p), 137, "ContainerStatusUnknown");
+                    pod_finished(
+                        &store,
+                        &ns_of(&job),
+                        &name_of(&p),
+                        137,
+                        "ContainerStatusUnknown",
+                    );
                     pod_failed_retry(&store, &job);
                 }
             }
@@ -333,14 +371,21 @@ pub async fn run(store: Arc<Store>, env: LabEnv) {
             {
                 continue;
             }
-            let uid = job["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+            let uid = job["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if !running.lock().unwrap().insert(uid.clone()) {
                 continue;
             }
             let (store, env, running) = (store.clone(), env.clone(), running.clone());
             tokio::spawn(async move {
                 if let Err(e) = run_job(&store, &env, &job).await {
-                    eprintln!("lab-k3s job-controller: {}/{}: {e:#}", ns_of(&job), name_of(&job));
+                    eprintln!(
+                        "lab-k3s job-controller: {}/{}: {e:#}",
+                        ns_of(&job),
+                        name_of(&job)
+                    );
                 }
                 running.lock().unwrap().remove(&uid);
             });
@@ -387,7 +432,11 @@ async fn run_job(store: &Store, env: &LabEnv, job: &Value) -> anyhow::Result<()>
                 pod_finished(store, &ns, &pod_name, code, "Error");
             }
             Err(e) => {
-                let _ = store.set_pod_log(&ns, &pod_name, &format!("lab: cannot start the container: {e:#}\n"));
+                let _ = store.set_pod_log(
+                    &ns,
+                    &pod_name,
+                    &format!("lab: cannot start the container: {e:#}\n"),
+                );
                 pod_finished(store, &ns, &pod_name, 128, "StartError");
             }
         }
@@ -395,7 +444,11 @@ async fn run_job(store: &Store, env: &LabEnv, job: &Value) -> anyhow::Result<()>
             return Ok(());
         }
         // Kubernetes backs off 10s, 20s, ...; the lab clock speeds this up too.
-        let failed = store.lock().get("batch", "jobs", &ns, &name).map(|j| j["status"]["failed"].as_u64().unwrap_or(1)).unwrap_or(1);
+        let failed = store
+            .lock()
+            .get("batch", "jobs", &ns, &name)
+            .map(|j| j["status"]["failed"].as_u64().unwrap_or(1))
+            .unwrap_or(1);
         tokio::time::sleep(Duration::from_secs(10 << failed.min(5)) / env.clock.speed).await;
     }
 }
@@ -407,11 +460,19 @@ fn sh_quote(s: &str) -> String {
 }
 
 fn b64(s: &str) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_default()
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_default()
 }
 
 /// Writes `key → bytes` as files under `dir` following `items`/`defaultMode`.
-fn write_keys(dir: &Path, data: &BTreeMap<String, Vec<u8>>, items: &Value, mode: u32, gid: Option<u32>) -> anyhow::Result<()> {
+fn write_keys(
+    dir: &Path,
+    data: &BTreeMap<String, Vec<u8>>,
+    items: &Value,
+    mode: u32,
+    gid: Option<u32>,
+) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
     let mut files: Vec<(String, Vec<u8>, u32)> = vec![];
@@ -421,7 +482,9 @@ fn write_keys(dir: &Path, data: &BTreeMap<String, Vec<u8>>, items: &Value, mode:
                 let key = it["key"].as_str().unwrap_or_default();
                 let path = it["path"].as_str().unwrap_or(key);
                 let m = it["mode"].as_u64().map(|m| m as u32).unwrap_or(mode);
-                let bytes = data.get(key).with_context(|| format!("couldn't find key {key} in the volume's source"))?;
+                let bytes = data
+                    .get(key)
+                    .with_context(|| format!("couldn't find key {key} in the volume's source"))?;
                 files.push((path.into(), bytes.clone(), m));
             }
         }
@@ -443,12 +506,29 @@ fn write_keys(dir: &Path, data: &BTreeMap<String, Vec<u8>>, items: &Value, mode:
 
 fn secret_data(store: &Store, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
     let s = store.lock().get("", "secrets", ns, name).cloned()?;
-    Some(s["data"].as_object().into_iter().flatten().map(|(k, v)| (k.clone(), b64(v.as_str().unwrap_or_default()))).collect())
+    Some(
+        s["data"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), b64(v.as_str().unwrap_or_default())))
+            .collect(),
+    )
 }
 
 fn configmap_data(store: &Store, ns: &str, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
     let c = store.lock().get("", "configmaps", ns, name).cloned()?;
-    let mut out: BTreeMap<String, Vec<u8>> = c["data"].as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().as_bytes().to_vec())).collect();
+    let mut out: BTreeMap<String, Vec<u8>> = c["data"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str().unwrap_or_default().as_bytes().to_vec(),
+            )
+        })
+        .collect();
     for (k, v) in c["binaryData"].as_object().into_iter().flatten() {
         out.insert(k.clone(), b64(v.as_str().unwrap_or_default()));
     }
@@ -456,14 +536,25 @@ fn configmap_data(store: &Store, ns: &str, name: &str) -> Option<BTreeMap<String
 }
 
 /// The container's environment (without the node's own).
-fn container_env(store: &Store, env: &LabEnv, pod: &Value, c: &Value) -> anyhow::Result<Vec<(String, String)>> {
+fn container_env(
+    store: &Store,
+    env: &LabEnv,
+    pod: &Value,
+    c: &Value,
+) -> anyhow::Result<Vec<(String, String)>> {
     let ns = ns_of(pod);
     let mut out = vec![
-        ("PATH".to_string(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
+        (
+            "PATH".to_string(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        ),
         ("HOSTNAME".into(), name_of(pod)),
         ("KUBERNETES_SERVICE_HOST".into(), env.api.ip().to_string()),
         ("KUBERNETES_SERVICE_PORT".into(), env.api.port().to_string()),
-        ("KUBERNETES_SERVICE_PORT_HTTPS".into(), env.api.port().to_string()),
+        (
+            "KUBERNETES_SERVICE_PORT_HTTPS".into(),
+            env.api.port().to_string(),
+        ),
         ("KUBERNETES_PORT".into(), format!("tcp://{}", env.api)),
     ];
     for e in c["env"].as_array().into_iter().flatten() {
@@ -478,15 +569,23 @@ fn container_env(store: &Store, env: &LabEnv, pod: &Value, c: &Value) -> anyhow:
             v
         } else if !vf["secretKeyRef"].is_null() {
             let r = &vf["secretKeyRef"];
-            let (sn, key) = (r["name"].as_str().unwrap_or_default(), r["key"].as_str().unwrap_or_default());
+            let (sn, key) = (
+                r["name"].as_str().unwrap_or_default(),
+                r["key"].as_str().unwrap_or_default(),
+            );
             match secret_data(store, &ns, sn).and_then(|d| d.get(key).cloned()) {
                 Some(b) => String::from_utf8_lossy(&b).into_owned(),
                 None if r["optional"] == true => continue,
-                None => anyhow::bail!("CreateContainerConfigError: secret \"{sn}\" not found or has no key \"{key}\""),
+                None => anyhow::bail!(
+                    "CreateContainerConfigError: secret \"{sn}\" not found or has no key \"{key}\""
+                ),
             }
         } else if !vf["configMapKeyRef"].is_null() {
             let r = &vf["configMapKeyRef"];
-            let (cn, key) = (r["name"].as_str().unwrap_or_default(), r["key"].as_str().unwrap_or_default());
+            let (cn, key) = (
+                r["name"].as_str().unwrap_or_default(),
+                r["key"].as_str().unwrap_or_default(),
+            );
             match configmap_data(store, &ns, cn).and_then(|d| d.get(key).cloned()) {
                 Some(b) => String::from_utf8_lossy(&b).into_owned(),
                 None if r["optional"] == true => continue,
@@ -497,7 +596,10 @@ fn container_env(store: &Store, env: &LabEnv, pod: &Value, c: &Value) -> anyhow:
                 "metadata.name" => name_of(pod),
                 "metadata.namespace" => ns.clone(),
                 "metadata.uid" => pod["metadata"]["uid"].as_str().unwrap_or_default().into(),
-                "spec.serviceAccountName" => pod["spec"]["serviceAccountName"].as_str().unwrap_or("default").into(),
+                "spec.serviceAccountName" => pod["spec"]["serviceAccountName"]
+                    .as_str()
+                    .unwrap_or("default")
+                    .into(),
                 "spec.nodeName" => pod["spec"]["nodeName"].as_str().unwrap_or_default().into(),
                 "status.podIP" | "status.hostIP" => "127.0.0.1".into(),
                 other => anyhow::bail!("fieldRef {other} is not supported by the lab"),
@@ -512,23 +614,39 @@ fn container_env(store: &Store, env: &LabEnv, pod: &Value, c: &Value) -> anyhow:
 }
 
 /// Materialises the pod's volumes under `dir/vol/<name>`; returns (dir, mountPath, readOnly).
-fn volumes(store: &Store, env: &LabEnv, pod: &Value, c: &Value, dir: &Path) -> anyhow::Result<Vec<(PathBuf, String, bool)>> {
+fn volumes(
+    store: &Store,
+    env: &LabEnv,
+    pod: &Value,
+    c: &Value,
+    dir: &Path,
+) -> anyhow::Result<Vec<(PathBuf, String, bool)>> {
     let ns = ns_of(pod);
-    let fs_group = pod["spec"]["securityContext"]["fsGroup"].as_u64().map(|g| g as u32);
+    let fs_group = pod["spec"]["securityContext"]["fsGroup"]
+        .as_u64()
+        .map(|g| g as u32);
     let mut mounts = vec![];
-    let vols = pod["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+    let vols = pod["spec"]["volumes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     for m in c["volumeMounts"].as_array().into_iter().flatten() {
         let vname = m["name"].as_str().unwrap_or_default();
         let mp = m["mountPath"].as_str().unwrap_or_default().to_string();
         let ro = m["readOnly"] == true;
-        let v = vols.iter().find(|v| v["name"] == vname).with_context(|| format!("volume {vname} is not defined in the pod"))?;
+        let v = vols
+            .iter()
+            .find(|v| v["name"] == vname)
+            .with_context(|| format!("volume {vname} is not defined in the pod"))?;
         let vdir = dir.join("vol").join(vname);
         if !v["secret"].is_null() {
             let sn = v["secret"]["secretName"].as_str().unwrap_or_default();
             let data = match secret_data(store, &ns, sn) {
                 Some(d) => d,
                 None if v["secret"]["optional"] == true => BTreeMap::new(),
-                None => anyhow::bail!("MountVolume.SetUp failed for volume \"{vname}\" : secret \"{sn}\" not found"),
+                None => anyhow::bail!(
+                    "MountVolume.SetUp failed for volume \"{vname}\" : secret \"{sn}\" not found"
+                ),
             };
             let mode = v["secret"]["defaultMode"].as_u64().unwrap_or(0o644) as u32;
             write_keys(&vdir, &data, &v["secret"]["items"], mode, fs_group)?;
@@ -546,18 +664,27 @@ fn volumes(store: &Store, env: &LabEnv, pod: &Value, c: &Value, dir: &Path) -> a
             std::fs::create_dir_all(&vdir)?;
             std::fs::set_permissions(&vdir, std::fs::Permissions::from_mode(0o1777))?;
         } else {
-            anyhow::bail!("volume {vname}: only secret, configMap and emptyDir volumes run in the lab");
+            anyhow::bail!(
+                "volume {vname}: only secret, configMap and emptyDir volumes run in the lab"
+            );
         }
         let _ = env;
         let sub = m["subPath"].as_str().filter(|s| !s.is_empty());
         mounts.push((sub.map(|s| vdir.join(s)).unwrap_or(vdir), mp, ro));
     }
     // The service-account token (kube-api-access), unless automounting is off.
-    let sa = pod["spec"]["serviceAccountName"].as_str().unwrap_or("default").to_string();
+    let sa = pod["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap_or("default")
+        .to_string();
     let sa_obj = store.lock().get("", "serviceaccounts", &ns, &sa).cloned();
     let automount = pod["spec"]["automountServiceAccountToken"]
         .as_bool()
-        .or_else(|| sa_obj.as_ref().and_then(|s| s["automountServiceAccountToken"].as_bool()))
+        .or_else(|| {
+            sa_obj
+                .as_ref()
+                .and_then(|s| s["automountServiceAccountToken"].as_bool())
+        })
         .unwrap_or(true);
     if automount {
         let tdir = dir.join("vol").join("kube-api-access");
@@ -566,17 +693,32 @@ fn volumes(store: &Store, env: &LabEnv, pod: &Value, c: &Value, dir: &Path) -> a
         data.insert("ca.crt".to_string(), env.ca_pem.clone().into_bytes());
         data.insert("namespace".to_string(), ns.clone().into_bytes());
         write_keys(&tdir, &data, &Value::Null, 0o644, fs_group)?;
-        mounts.push((tdir, "/var/run/secrets/kubernetes.io/serviceaccount".into(), true));
+        mounts.push((
+            tdir,
+            "/var/run/secrets/kubernetes.io/serviceaccount".into(),
+            true,
+        ));
     }
     Ok(mounts)
 }
 
 /// Runs the pod's first container; its exit code, or [`DEADLINE`] when killed at the deadline.
-async fn run_pod(store: &Store, env: &LabEnv, pod: &Value, deadline: Option<Duration>) -> anyhow::Result<i32> {
+async fn run_pod(
+    store: &Store,
+    env: &LabEnv,
+    pod: &Value,
+    deadline: Option<Duration>,
+) -> anyhow::Result<i32> {
     let ns = ns_of(pod);
     let pod_name = name_of(pod);
     let c = pod["spec"]["containers"][0].clone();
-    let mut argv: Vec<String> = c["command"].as_array().into_iter().flatten().chain(c["args"].as_array().into_iter().flatten()).filter_map(|v| v.as_str().map(String::from)).collect();
+    let mut argv: Vec<String> = c["command"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(c["args"].as_array().into_iter().flatten())
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
     if c["command"].as_array().is_none_or(|a| a.is_empty()) {
         anyhow::bail!("the lab runs a container's `command` (the image {} and its entrypoint are not available)", c["image"]);
     }
@@ -587,8 +729,14 @@ async fn run_pod(store: &Store, env: &LabEnv, pod: &Value, deadline: Option<Dura
     let mounts = volumes(store, env, pod, &c, &dir)?;
     let sc = &pod["spec"]["securityContext"];
     let csc = &c["securityContext"];
-    let uid = csc["runAsUser"].as_u64().or(sc["runAsUser"].as_u64()).unwrap_or(0);
-    let gid = csc["runAsGroup"].as_u64().or(sc["runAsGroup"].as_u64()).unwrap_or(0);
+    let uid = csc["runAsUser"]
+        .as_u64()
+        .or(sc["runAsUser"].as_u64())
+        .unwrap_or(0);
+    let gid = csc["runAsGroup"]
+        .as_u64()
+        .or(sc["runAsGroup"].as_u64())
+        .unwrap_or(0);
     let mut groups = vec![];
     if let Some(g) = sc["fsGroup"].as_u64() {
         groups.push(g.to_string());
@@ -606,25 +754,55 @@ async fn run_pod(store: &Store, env: &LabEnv, pod: &Value, deadline: Option<Dura
             inner.push_str(&format!("mount -o remount,bind,ro {q}\n"));
         }
     }
-    let groups_arg = if groups.is_empty() { "--clear-groups".to_string() } else { format!("--groups {}", groups.join(",")) };
-    inner.push_str(&format!("cd {}\nexec setpriv --reuid {uid} --regid {gid} {groups_arg} -- \"$@\"\n", sh_quote(workdir)));
+    let groups_arg = if groups.is_empty() {
+        "--clear-groups".to_string()
+    } else {
+        format!("--groups {}", groups.join(","))
+    };
+    inner.push_str(&format!(
+        "cd {}\nexec setpriv --reuid {uid} --regid {gid} {groups_arg} -- \"$@\"\n",
+        sh_quote(workdir)
+    ));
     // Outside (private mount namespace): the container root, then into it.
     let mut outer = String::from("set -e\nP=\"$LAB_POD_DIR\"\nunset LAB_POD_DIR\nmount -t tmpfs lab-pod \"$P/fs\"\nmkdir \"$P/fs/upper\" \"$P/fs/work\" \"$P/fs/root\"\nR=\"$P/fs/root\"\nmount -t overlay overlay -o \"lowerdir=/,upperdir=$P/fs/upper,workdir=$P/fs/work\" \"$R\"\nfor d in proc dev sys; do mount --rbind /$d \"$R/$d\"; done\nmount -t tmpfs tmpfs \"$R/run\"\nmkdir -p \"$R/.lab-pod\"\n");
     for (i, (src, _, _)) in mounts.iter().enumerate() {
-        outer.push_str(&format!("mkdir -p \"$R/.lab-pod/{i}\"\nmount --bind {} \"$R/.lab-pod/{i}\"\n", sh_quote(&src.to_string_lossy())));
+        outer.push_str(&format!(
+            "mkdir -p \"$R/.lab-pod/{i}\"\nmount --bind {} \"$R/.lab-pod/{i}\"\n",
+            sh_quote(&src.to_string_lossy())
+        ));
     }
-    outer.push_str(&format!("exec chroot \"$R\" /bin/sh -c {} sh \"$@\"\n", sh_quote(&inner)));
+    outer.push_str(&format!(
+        "exec chroot \"$R\" /bin/sh -c {} sh \"$@\"\n",
+        sh_quote(&inner)
+    ));
     let log_path = dir.join("log");
     let log = std::fs::File::create(&log_path)?;
     let mut cmd = tokio::process::Command::new("setpriv");
-    cmd.args(["--pdeathsig", "KILL", "--", "unshare", "-m", "--propagation", "private", "/bin/sh", "-c", &outer, "sh"]);
+    cmd.args([
+        "--pdeathsig",
+        "KILL",
+        "--",
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "/bin/sh",
+        "-c",
+        &outer,
+        "sh",
+    ]);
     cmd.args(argv.drain(..));
     cmd.env_clear().envs(envs).env("LAB_POD_DIR", &dir);
-    cmd.stdin(std::process::Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
     cmd.kill_on_drop(true);
-    let mut child = cmd.spawn().context("starting unshare (the lab runs pods as root)")?;
+    let mut child = cmd
+        .spawn()
+        .context("starting unshare (the lab runs pods as root)")?;
     let mut last = String::new();
-    let wait_deadline = tokio::time::sleep(deadline.unwrap_or(Duration::from_secs(u32::MAX as u64)));
+    let wait_deadline =
+        tokio::time::sleep(deadline.unwrap_or(Duration::from_secs(u32::MAX as u64)));
     tokio::pin!(wait_deadline);
     let code = loop {
         tokio::select! {
@@ -647,7 +825,9 @@ async fn run_pod(store: &Store, env: &LabEnv, pod: &Value, deadline: Option<Dura
 // ---------------------------------------------------------------- CronJobs
 
 fn parse_time(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
-    v.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&chrono::Utc))
+    v.as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 fn cronjobs(store: &Store, env: &LabEnv) -> anyhow::Result<()> {
@@ -655,16 +835,53 @@ fn cronjobs(store: &Store, env: &LabEnv) -> anyhow::Result<()> {
     let job_rt = rtype(store, "batch/v1", "Job").expect("Job served");
     let now_lab = env.clock.now();
     let listed = store.lock().list("batch", "cronjobs", None);
-        for cj in listed {
+    for cj in listed {
         let ns = ns_of(&cj);
         let name = name_of(&cj);
-        let uid = cj["metadata"]["uid"].as_str().unwrap_or_default().to_string();
-        let mut owned: Vec<Value> = store.lock().list("batch", "jobs", Some(&ns)).into_iter().filter(|j| owned_by(j, &uid)).collect();
-        owned.sort_by_key(|j| j["metadata"]["creationTimestamp"].as_str().unwrap_or_default().to_string());
-        let mut status = if cj["status"].is_object() { cj["status"].clone() } else { json!({}) };
+        let uid = cj["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut owned: Vec<Value> = store
+            .lock()
+            .list("batch", "jobs", Some(&ns))
+            .into_iter()
+            .filter(|j| owned_by(j, &uid))
+            .collect();
+        owned.sort_by_key(|j| {
+            j["metadata"]["creationTimestamp"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        });
+        let mut status = if cj["status"].is_object() {
+            cj["status"].clone()
+        } else {
+            json!({})
+        };
         // History: finished Jobs beyond the limits go, with their pods.
-        for (want_ok, limit) in [(true, cj["spec"]["successfulJobsHistoryLimit"].as_u64().unwrap_or(3)), (false, cj["spec"]["failedJobsHistoryLimit"].as_u64().unwrap_or(1))] {
-            let done: Vec<&Value> = owned.iter().filter(|j| if want_ok { cond_true(j, "Complete") } else { cond_true(j, "Failed") }).collect();
+        for (want_ok, limit) in [
+            (
+                true,
+                cj["spec"]["successfulJobsHistoryLimit"]
+                    .as_u64()
+                    .unwrap_or(3),
+            ),
+            (
+                false,
+                cj["spec"]["failedJobsHistoryLimit"].as_u64().unwrap_or(1),
+            ),
+        ] {
+            let done: Vec<&Value> = owned
+                .iter()
+                .filter(|j| {
+                    if want_ok {
+                        cond_true(j, "Complete")
+                    } else {
+                        cond_true(j, "Failed")
+                    }
+                })
+                .collect();
             if done.len() as u64 > limit {
                 for j in &done[..done.len() - limit as usize] {
                     super::delete(store, &job_rt, &ns, &name_of(j));
@@ -672,7 +889,12 @@ fn cronjobs(store: &Store, env: &LabEnv) -> anyhow::Result<()> {
                 }
             }
         }
-        if let Some(last_ok) = owned.iter().filter(|j| cond_true(j, "Complete")).filter_map(|j| j["status"]["completionTime"].as_str()).max() {
+        if let Some(last_ok) = owned
+            .iter()
+            .filter(|j| cond_true(j, "Complete"))
+            .filter_map(|j| j["status"]["completionTime"].as_str())
+            .max()
+        {
             status["lastSuccessfulTime"] = json!(last_ok);
         }
         let active: Vec<&Value> = owned.iter().filter(|j| !is_finished(j)).collect();
@@ -688,9 +910,14 @@ fn cronjobs(store: &Store, env: &LabEnv) -> anyhow::Result<()> {
         if cj["spec"]["suspend"] != true {
             let sched = cj["spec"]["schedule"].as_str().unwrap_or_default();
             match croner::Cron::from_str(sched) {
-                Err(e) => eprintln!("lab-k3s cronjob-controller: {ns}/{name}: schedule {sched:?}: {e}"),
+                Err(e) => {
+                    eprintln!("lab-k3s cronjob-controller: {ns}/{name}: schedule {sched:?}: {e}")
+                }
                 Ok(cron) => {
-                    let base = parse_time(&status["lastScheduleTime"]).or(parse_time(&cj["metadata"]["creationTimestamp"])).unwrap_or(now_lab).min(now_lab);
+                    let base = parse_time(&status["lastScheduleTime"])
+                        .or(parse_time(&cj["metadata"]["creationTimestamp"]))
+                        .unwrap_or(now_lab)
+                        .min(now_lab);
                     // The most recent schedule time in (base, now].
                     let mut due = None;
                     for t in cron.iter_after(base).take(1000) {
@@ -701,10 +928,13 @@ fn cronjobs(store: &Store, env: &LabEnv) -> anyhow::Result<()> {
                     }
                     if let Some(t) = due {
                         let late = (now_lab - t).num_seconds();
-                        let too_late = cj["spec"]["startingDeadlineSeconds"].as_i64().is_some_and(|d| late > d);
+                        let too_late = cj["spec"]["startingDeadlineSeconds"]
+                            .as_i64()
+                            .is_some_and(|d| late > d);
                         let policy = cj["spec"]["concurrencyPolicy"].as_str().unwrap_or("Allow");
                         if too_late {
-                            status["lastScheduleTime"] = json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                            status["lastScheduleTime"] =
+                                json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
                         } else if policy == "Forbid" && !active.is_empty() {
                             // Skipped; retried on the next pass until the window passes.
                         } else {
@@ -715,8 +945,13 @@ fn cronjobs(store: &Store, env: &LabEnv) -> anyhow::Result<()> {
                                 }
                             }
                             let jt = &cj["spec"]["jobTemplate"];
-                            let mut annotations = if jt["metadata"]["annotations"].is_object() { jt["metadata"]["annotations"].clone() } else { json!({}) };
-                            annotations["batch.kubernetes.io/cronjob-scheduled-timestamp"] = json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                            let mut annotations = if jt["metadata"]["annotations"].is_object() {
+                                jt["metadata"]["annotations"].clone()
+                            } else {
+                                json!({})
+                            };
+                            annotations["batch.kubernetes.io/cronjob-scheduled-timestamp"] =
+                                json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
                             let job = json!({"apiVersion": "batch/v1", "kind": "Job",
                                 "metadata": {"name": format!("{name}-{}", t.timestamp() / 60), "namespace": ns,
                                              "labels": jt["metadata"]["labels"].as_object().cloned().unwrap_or_default(),
@@ -725,14 +960,24 @@ fn cronjobs(store: &Store, env: &LabEnv) -> anyhow::Result<()> {
                                 "spec": jt["spec"]});
                             let res = {
                                 let mut inner = store.lock();
-                                objects::create(&mut inner, &job_rt, &ns, job, &mut ctx("cronjob-controller"))
+                                objects::create(
+                                    &mut inner,
+                                    &job_rt,
+                                    &ns,
+                                    job,
+                                    &mut ctx("cronjob-controller"),
+                                )
                             };
                             match res {
                                 Ok(_) => {}
                                 Err(e) if e.code == 409 => {}
-                                Err(e) => eprintln!("lab-k3s cronjob-controller: {ns}/{name}: creating its Job: {}", e.message),
+                                Err(e) => eprintln!(
+                                    "lab-k3s cronjob-controller: {ns}/{name}: creating its Job: {}",
+                                    e.message
+                                ),
                             }
-                            status["lastScheduleTime"] = json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                            status["lastScheduleTime"] =
+                                json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
                         }
                     }
                 }

@@ -124,7 +124,10 @@ impl LabEnv {
             .and_then(|s| s.parse().ok())
             .unwrap_or(1);
         let root = std::fs::read_to_string("/proc/self/status")
-            .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+            .map(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+            })
             .unwrap_or(false);
         LabEnv {
             data_dir: data_dir.to_path_buf(),
@@ -191,8 +194,14 @@ pub fn apply(store: &Store, obj: Value, manager: &str) -> anyhow::Result<Value> 
     let kind = obj["kind"].as_str().unwrap_or_default().to_string();
     let rt = rtype(store, &api_version, &kind)
         .ok_or_else(|| anyhow::anyhow!("{api_version} {kind} is not served"))?;
-    let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let ns = obj["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let mut inner = store.lock();
     let mut c = ctx(manager);
     match inner.get(&rt.group, &rt.plural, &ns, &name).cloned() {
@@ -213,8 +222,17 @@ pub fn apply(store: &Store, obj: Value, manager: &str) -> anyhow::Result<Value> 
             if new == old {
                 return Ok(old);
             }
-            objects::update(&mut inner, &rt, &ns, &name, new, &mut c, None, Managed::Update)
-                .map_err(|e| anyhow::anyhow!("updating {kind} {ns}/{name}: {}", e.message))
+            objects::update(
+                &mut inner,
+                &rt,
+                &ns,
+                &name,
+                new,
+                &mut c,
+                None,
+                Managed::Update,
+            )
+            .map_err(|e| anyhow::anyhow!("updating {kind} {ns}/{name}: {}", e.message))
         }
     }
 }
@@ -236,10 +254,22 @@ pub fn set_status(
     }
     obj["status"] = status;
     let sub = rt.status.then_some("status");
-    match objects::update(&mut inner, rt, ns, name, obj, &mut ctx(manager), sub, Managed::Update) {
+    match objects::update(
+        &mut inner,
+        rt,
+        ns,
+        name,
+        obj,
+        &mut ctx(manager),
+        sub,
+        Managed::Update,
+    ) {
         Ok(v) => Some(v),
         Err(e) => {
-            eprintln!("lab-k3s {manager}: status of {} {ns}/{name}: {}", rt.kind, e.message);
+            eprintln!(
+                "lab-k3s {manager}: status of {} {ns}/{name}: {}",
+                rt.kind, e.message
+            );
             None
         }
     }

@@ -64,29 +64,51 @@ struct State {
 pub async fn run(store: Arc<Store>, env: LabEnv) {
     let mut state = State::default();
     let mut rx = store.subscribe();
-    let http = HttpPoller::default();
+    let http = HttpPoller;
     loop {
-        for (plural, kind) in [("deployments", "Deployment"), ("statefulsets", "StatefulSet"), ("daemonsets", "DaemonSet")] {
+        for (plural, kind) in [
+            ("deployments", "Deployment"),
+            ("statefulsets", "StatefulSet"),
+            ("daemonsets", "DaemonSet"),
+        ] {
             let listed = store.lock().list("apps", plural, None);
-        for w in listed {
+            for w in listed {
                 if let Err(e) = reconcile(&store, &env, &mut state, &http, kind, &w).await {
-                    eprintln!("lab-k3s {kind} controller: {}/{}: {e:#}", w["metadata"]["namespace"].as_str().unwrap_or_default(), w["metadata"]["name"].as_str().unwrap_or_default());
+                    eprintln!(
+                        "lab-k3s {kind} controller: {}/{}: {e:#}",
+                        w["metadata"]["namespace"].as_str().unwrap_or_default(),
+                        w["metadata"]["name"].as_str().unwrap_or_default()
+                    );
                 }
             }
         }
         // Vault processes whose pod is gone.
-        let gone: Vec<String> = state.vaults.keys().filter(|k| {
-            let (ns, name) = k.split_once('/').unwrap_or_default();
-            store.lock().get("", "pods", ns, name).is_none()
-        }).cloned().collect();
+        let gone: Vec<String> = state
+            .vaults
+            .keys()
+            .filter(|k| {
+                let (ns, name) = k.split_once('/').unwrap_or_default();
+                store.lock().get("", "pods", ns, name).is_none()
+            })
+            .cloned()
+            .collect();
         for k in gone {
             if let Some(mut p) = state.vaults.remove(&k) {
                 let _ = p.child.start_kill();
             }
         }
-        let tick = if state.vaults.is_empty() { Duration::from_secs(2) } else { Duration::from_millis(200) };
+        let tick = if state.vaults.is_empty() {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_millis(200)
+        };
         let interesting = |ev: &crate::k3s::store::Event| {
-            ev.group == "apps" || (ev.group.is_empty() && matches!(ev.plural.as_str(), "pods" | "persistentvolumeclaims" | "persistentvolumes" | "services"))
+            ev.group == "apps"
+                || (ev.group.is_empty()
+                    && matches!(
+                        ev.plural.as_str(),
+                        "pods" | "persistentvolumeclaims" | "persistentvolumes" | "services"
+                    ))
         };
         if !super::next_pass(&mut rx, tick, interesting).await {
             return;
@@ -99,10 +121,26 @@ fn template_hash(w: &Value) -> String {
     hex::encode(h)[..10].to_string()
 }
 
-async fn reconcile(store: &Store, env: &LabEnv, state: &mut State, http: &HttpPoller, kind: &str, w: &Value) -> anyhow::Result<()> {
-    let ns = w["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
-    let name = w["metadata"]["name"].as_str().unwrap_or_default().to_string();
-    let uid = w["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+async fn reconcile(
+    store: &Store,
+    env: &LabEnv,
+    state: &mut State,
+    http: &HttpPoller,
+    kind: &str,
+    w: &Value,
+) -> anyhow::Result<()> {
+    let ns = w["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let name = w["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let uid = w["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if !w["metadata"]["deletionTimestamp"].is_null() {
         return Ok(());
     }
@@ -112,7 +150,12 @@ async fn reconcile(store: &Store, env: &LabEnv, state: &mut State, http: &HttpPo
         _ => w["spec"]["replicas"].as_i64().unwrap_or(1),
     };
     let pod_rt = rtype(store, "v1", "Pod").expect("Pod served");
-    let pods: Vec<Value> = store.lock().list("", "pods", Some(&ns)).into_iter().filter(|p| owned_by(p, &uid)).collect();
+    let pods: Vec<Value> = store
+        .lock()
+        .list("", "pods", Some(&ns))
+        .into_iter()
+        .filter(|p| owned_by(p, &uid))
+        .collect();
     let revision = format!("{name}-{hash}");
     let is_current = |p: &Value| match kind {
         "StatefulSet" => p["metadata"]["labels"]["controller-revision-hash"] == revision.as_str(),
@@ -123,9 +166,16 @@ async fn reconcile(store: &Store, env: &LabEnv, state: &mut State, http: &HttpPo
     // Old pods go (not for OnDelete StatefulSets); surplus pods go.
     let mut kept = vec![];
     for p in pods {
-        let pname = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let pname = p["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let surplus = kind == "StatefulSet"
-            && pname.rsplit('-').next().and_then(|o| o.parse::<i64>().ok()).is_none_or(|o| o >= replicas);
+            && pname
+                .rsplit('-')
+                .next()
+                .and_then(|o| o.parse::<i64>().ok())
+                .is_none_or(|o| o >= replicas);
         if surplus || (!on_delete && !is_current(&p)) {
             let mut inner = store.lock();
             let _ = objects::delete(&mut inner, &pod_rt, &ns, &pname, &Value::Null, false);
@@ -136,7 +186,14 @@ async fn reconcile(store: &Store, env: &LabEnv, state: &mut State, http: &HttpPo
     if kind != "StatefulSet" && kept.len() as i64 > replicas {
         for p in kept.split_off(replicas.max(0) as usize) {
             let mut inner = store.lock();
-            let _ = objects::delete(&mut inner, &pod_rt, &ns, p["metadata"]["name"].as_str().unwrap_or_default(), &Value::Null, false);
+            let _ = objects::delete(
+                &mut inner,
+                &pod_rt,
+                &ns,
+                p["metadata"]["name"].as_str().unwrap_or_default(),
+                &Value::Null,
+                false,
+            );
         }
     }
     // Missing pods.
@@ -145,8 +202,12 @@ async fn reconcile(store: &Store, env: &LabEnv, state: &mut State, http: &HttpPo
             .map(|i| format!("{name}-{i}"))
             .filter(|n| !kept.iter().any(|p| p["metadata"]["name"] == n.as_str()))
             .collect(),
-        "Deployment" => (kept.len() as i64..replicas).map(|_| format!("{name}-{hash}-{}", random_suffix())).collect(),
-        _ => (kept.len() as i64..replicas).map(|_| format!("{name}-{}", random_suffix())).collect(),
+        "Deployment" => (kept.len() as i64..replicas)
+            .map(|_| format!("{name}-{hash}-{}", random_suffix()))
+            .collect(),
+        _ => (kept.len() as i64..replicas)
+            .map(|_| format!("{name}-{}", random_suffix()))
+            .collect(),
     };
     for pname in missing {
         let mut labels = w["spec"]["template"]["metadata"]["labels"].clone();
@@ -157,11 +218,15 @@ async fn reconcile(store: &Store, env: &LabEnv, state: &mut State, http: &HttpPo
             "StatefulSet" => {
                 labels["controller-revision-hash"] = json!(revision);
                 labels["statefulset.kubernetes.io/pod-name"] = json!(pname);
-                labels["apps.kubernetes.io/pod-index"] = json!(pname.rsplit('-').next().unwrap_or("0"));
+                labels["apps.kubernetes.io/pod-index"] =
+                    json!(pname.rsplit('-').next().unwrap_or("0"));
             }
             "DaemonSet" => {
                 labels["controller-revision-hash"] = json!(hash);
-                labels["pod-template-generation"] = json!(w["metadata"]["generation"].as_i64().unwrap_or(1).to_string());
+                labels["pod-template-generation"] = json!(w["metadata"]["generation"]
+                    .as_i64()
+                    .unwrap_or(1)
+                    .to_string());
             }
             _ => labels["pod-template-hash"] = json!(hash),
         }
@@ -179,7 +244,13 @@ async fn reconcile(store: &Store, env: &LabEnv, state: &mut State, http: &HttpPo
         }
         pod["spec"]["nodeName"] = json!(node_name(store));
         let mut inner = store.lock();
-        match objects::create(&mut inner, &pod_rt, &ns, pod.clone(), &mut ctx(&format!("{}-controller", kind.to_lowercase()))) {
+        match objects::create(
+            &mut inner,
+            &pod_rt,
+            &ns,
+            pod.clone(),
+            &mut ctx(&format!("{}-controller", kind.to_lowercase())),
+        ) {
             Ok(p) => kept.push(p),
             Err(e) => anyhow::bail!("creating pod {pname}: {}", e.message),
         }
@@ -189,7 +260,10 @@ async fn reconcile(store: &Store, env: &LabEnv, state: &mut State, http: &HttpPo
     let mut ready = 0;
     let mut updated = 0;
     for p in &kept {
-        let pname = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let pname = p["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let (phase, is_ready, pending_msg) = if is_vault {
             vault_pod(store, env, state, http, w, p).await
         } else {
@@ -198,7 +272,9 @@ async fn reconcile(store: &Store, env: &LabEnv, state: &mut State, http: &HttpPo
         let status = pod_status(p, phase, is_ready, pending_msg.as_deref());
         let cur = store.lock().get("", "pods", &ns, &pname).cloned();
         if let Some(cur) = cur {
-            let same = cur["status"]["phase"] == phase && pod_ready(&cur) == is_ready && cur["status"]["conditions"][0]["message"] == status["conditions"][0]["message"];
+            let same = cur["status"]["phase"] == phase
+                && pod_ready(&cur) == is_ready
+                && cur["status"]["conditions"][0]["message"] == status["conditions"][0]["message"];
             if !same {
                 set_status(store, &pod_rt, &ns, &pname, status, "kubelet");
             }
@@ -227,19 +303,51 @@ async fn reconcile(store: &Store, env: &LabEnv, state: &mut State, http: &HttpPo
             let avail = ready >= replicas;
             let done = avail && updated >= replicas && total <= updated;
             let old = &w["status"]["conditions"];
-            let keep = |t: &str, st: &str, reason: &str, msg: &str| {
-                match old.as_array().and_then(|a| a.iter().find(|c| c["type"] == t)) {
-                    Some(c) if c["status"] == st && c["reason"] == reason => c.clone(),
-                    _ => condition(t, st, reason, msg),
-                }
+            let keep = |t: &str, st: &str, reason: &str, msg: &str| match old
+                .as_array()
+                .and_then(|a| a.iter().find(|c| c["type"] == t))
+            {
+                Some(c) if c["status"] == st && c["reason"] == reason => c.clone(),
+                _ => condition(t, st, reason, msg),
             };
             status["conditions"] = json!([
-                if avail { keep("Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.") }
-                else { keep("Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.") },
-                if done { keep("Progressing", "True", "NewReplicaSetAvailable", &format!("ReplicaSet \"{name}-{hash}\" has successfully progressed.")) }
-                else { keep("Progressing", "True", "ReplicaSetUpdated", &format!("ReplicaSet \"{name}-{hash}\" is progressing.")) },
+                if avail {
+                    keep(
+                        "Available",
+                        "True",
+                        "MinimumReplicasAvailable",
+                        "Deployment has minimum availability.",
+                    )
+                } else {
+                    keep(
+                        "Available",
+                        "False",
+                        "MinimumReplicasUnavailable",
+                        "Deployment does not have minimum availability.",
+                    )
+                },
+                if done {
+                    keep(
+                        "Progressing",
+                        "True",
+                        "NewReplicaSetAvailable",
+                        &format!("ReplicaSet \"{name}-{hash}\" has successfully progressed."),
+                    )
+                } else {
+                    keep(
+                        "Progressing",
+                        "True",
+                        "ReplicaSetUpdated",
+                        &format!("ReplicaSet \"{name}-{hash}\" is progressing."),
+                    )
+                },
             ]);
-            for k in ["readyReplicas", "availableReplicas", "unavailableReplicas", "updatedReplicas"] {
+            for k in [
+                "readyReplicas",
+                "availableReplicas",
+                "unavailableReplicas",
+                "updatedReplicas",
+            ] {
                 if status[k] == 0 {
                     status.as_object_mut().expect("status").remove(k);
                 }
@@ -252,7 +360,14 @@ async fn reconcile(store: &Store, env: &LabEnv, state: &mut State, http: &HttpPo
             status["currentReplicas"] = json!(updated);
             status["updatedReplicas"] = json!(updated);
             status["updateRevision"] = json!(revision);
-            status["currentRevision"] = json!(if updated >= total { revision.clone() } else { w["status"]["currentRevision"].as_str().unwrap_or(&revision).to_string() });
+            status["currentRevision"] = json!(if updated >= total {
+                revision.clone()
+            } else {
+                w["status"]["currentRevision"]
+                    .as_str()
+                    .unwrap_or(&revision)
+                    .to_string()
+            });
             status["collisionCount"] = json!(0);
             if ready == 0 {
                 let m = status.as_object_mut().expect("status");
@@ -275,20 +390,38 @@ async fn reconcile(store: &Store, env: &LabEnv, state: &mut State, http: &HttpPo
         }
     }
     let rt = rtype(store, "apps/v1", kind).expect("workload served");
-    set_status(store, &rt, &ns, &name, status, &format!("{}-controller", kind.to_lowercase()));
+    set_status(
+        store,
+        &rt,
+        &ns,
+        &name,
+        status,
+        &format!("{}-controller", kind.to_lowercase()),
+    );
     Ok(())
 }
 
 fn node_name(store: &Store) -> String {
-    store.lock().list("", "nodes", None).first().and_then(|n| n["metadata"]["name"].as_str().map(String::from)).unwrap_or_else(|| "lab".into())
+    store
+        .lock()
+        .list("", "nodes", None)
+        .first()
+        .and_then(|n| n["metadata"]["name"].as_str().map(String::from))
+        .unwrap_or_else(|| "lab".into())
 }
 
 fn pod_ready(p: &Value) -> bool {
-    p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    p["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
 }
 
 fn pod_status(p: &Value, phase: &str, ready: bool, pending: Option<&str>) -> Value {
-    let t = p["status"]["startTime"].as_str().map(String::from).unwrap_or_else(now);
+    let t = p["status"]["startTime"]
+        .as_str()
+        .map(String::from)
+        .unwrap_or_else(now);
     if phase == "Pending" {
         return json!({"phase": "Pending", "qosClass": "BestEffort", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
             "message": pending.unwrap_or(""), "lastTransitionTime": t}]});
@@ -300,9 +433,17 @@ fn pod_status(p: &Value, phase: &str, ready: bool, pending: Option<&str>) -> Val
     let mut ready_cond = json!({"type": "Ready", "status": r, "lastTransitionTime": t});
     let mut cready = json!({"type": "ContainersReady", "status": r, "lastTransitionTime": t});
     if !ready {
-        let names: Vec<&str> = p["spec"]["containers"].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
+        let names: Vec<&str> = p["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
         ready_cond["reason"] = json!("ContainersNotReady");
-        ready_cond["message"] = json!(format!("containers with unready status: [{}]", names.join(" ")));
+        ready_cond["message"] = json!(format!(
+            "containers with unready status: [{}]",
+            names.join(" ")
+        ));
         cready["reason"] = ready_cond["reason"].clone();
         cready["message"] = ready_cond["message"].clone();
     }
@@ -327,7 +468,14 @@ impl HttpPoller {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let fut = async {
             let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-            s.write_all(format!("GET /v1/sys/seal-status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+            s.write_all(
+                format!(
+                    "GET /v1/sys/seal-status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .ok()?;
             let mut buf = vec![];
             s.read_to_end(&mut buf).await.ok()?;
             let text = String::from_utf8_lossy(&buf);
@@ -335,48 +483,114 @@ impl HttpPoller {
             let v: Value = serde_json::from_str(body.trim()).ok()?;
             v["sealed"].as_bool()
         };
-        tokio::time::timeout(Duration::from_secs(1), fut).await.ok().flatten()
+        tokio::time::timeout(Duration::from_secs(1), fut)
+            .await
+            .ok()
+            .flatten()
     }
 }
 
 /// Where the Service `ns/name` is reachable from the node, making it so if needed.
-fn service_address(store: &Store, env: &LabEnv, ns: &str, name: &str, port: u16) -> anyhow::Result<SocketAddr> {
-    let svc = store.lock().get("", "services", ns, name).cloned().ok_or_else(|| anyhow::anyhow!("Service {ns}/{name} not found"))?;
+fn service_address(
+    store: &Store,
+    env: &LabEnv,
+    ns: &str,
+    name: &str,
+    port: u16,
+) -> anyhow::Result<SocketAddr> {
+    let svc = store
+        .lock()
+        .get("", "services", ns, name)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("Service {ns}/{name} not found"))?;
     if env.node {
-        let ip = svc["spec"]["clusterIP"].as_str().filter(|ip| *ip != "None").ok_or_else(|| anyhow::anyhow!("Service {ns}/{name} has no ClusterIP"))?;
-        let out = std::process::Command::new("ip").args(["addr", "replace", &format!("{ip}/32"), "dev", "lo"]).output()?;
+        let ip = svc["spec"]["clusterIP"]
+            .as_str()
+            .filter(|ip| *ip != "None")
+            .ok_or_else(|| anyhow::anyhow!("Service {ns}/{name} has no ClusterIP"))?;
+        let out = std::process::Command::new("ip")
+            .args(["addr", "replace", &format!("{ip}/32"), "dev", "lo"])
+            .output()?;
         if !out.status.success() {
-            anyhow::bail!("ip addr replace {ip}/32 dev lo: {}", String::from_utf8_lossy(&out.stderr));
+            anyhow::bail!(
+                "ip addr replace {ip}/32 dev lo: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         return Ok(format!("{ip}:{port}").parse()?);
     }
-    if let Some(a) = svc["metadata"]["annotations"][NODE_ADDRESS_ANNOTATION].as_str().and_then(|a| a.parse().ok()) {
+    if let Some(a) = svc["metadata"]["annotations"][NODE_ADDRESS_ANNOTATION]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+    {
         return Ok(a);
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let rt = rtype(store, "v1", "Service").expect("Service served");
     let mut inner = store.lock();
     let mut obj = svc.clone();
     obj["metadata"]["annotations"][NODE_ADDRESS_ANNOTATION] = json!(addr.to_string());
-    objects::update(&mut inner, &rt, ns, name, obj, &mut ctx("lab-kube-proxy"), None, objects::Managed::Update)
-        .map_err(|e| anyhow::anyhow!("annotating Service {ns}/{name}: {}", e.message))?;
+    objects::update(
+        &mut inner,
+        &rt,
+        ns,
+        name,
+        obj,
+        &mut ctx("lab-kube-proxy"),
+        None,
+        objects::Managed::Update,
+    )
+    .map_err(|e| anyhow::anyhow!("annotating Service {ns}/{name}: {}", e.message))?;
     Ok(addr)
 }
 
 /// (phase, ready, pending message) of a Vault pod, starting its lab-vault when it can run.
-async fn vault_pod(store: &Store, env: &LabEnv, state: &mut State, http: &HttpPoller, w: &Value, p: &Value) -> (&'static str, bool, Option<String>) {
-    let ns = p["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
-    let pname = p["metadata"]["name"].as_str().unwrap_or_default().to_string();
+async fn vault_pod(
+    store: &Store,
+    env: &LabEnv,
+    state: &mut State,
+    http: &HttpPoller,
+    w: &Value,
+    p: &Value,
+) -> (&'static str, bool, Option<String>) {
+    let ns = p["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let pname = p["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let key = format!("{ns}/{pname}");
     // The claim it mounts must be bound.
-    let claim = p["spec"]["volumes"].as_array().into_iter().flatten().find_map(|v| v["persistentVolumeClaim"]["claimName"].as_str().map(String::from));
+    let claim = p["spec"]["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|v| {
+            v["persistentVolumeClaim"]["claimName"]
+                .as_str()
+                .map(String::from)
+        });
     let data_dir = match claim {
         None => env.lab_dir("vault").join(&ns).join(&pname),
         Some(c) => {
-            let pvc = store.lock().get("", "persistentvolumeclaims", &ns, &c).cloned();
-            let pv_name = pvc.as_ref().and_then(|pvc| pvc["spec"]["volumeName"].as_str().filter(|s| !s.is_empty()).map(String::from));
-            let handle = pv_name.as_ref().and_then(|pv| store.lock().get("", "persistentvolumes", "", pv).cloned())
+            let pvc = store
+                .lock()
+                .get("", "persistentvolumeclaims", &ns, &c)
+                .cloned();
+            let pv_name = pvc.as_ref().and_then(|pvc| {
+                pvc["spec"]["volumeName"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+            });
+            let handle = pv_name
+                .as_ref()
+                .and_then(|pv| store.lock().get("", "persistentvolumes", "", pv).cloned())
                 .and_then(|pv| pv["spec"]["csi"]["volumeHandle"].as_str().map(String::from));
             match (pvc, handle) {
                 (None, _) => return ("Pending", false, Some(format!("0/1 nodes are available: persistentvolumeclaim \"{c}\" not found."))),
@@ -385,7 +599,10 @@ async fn vault_pod(store: &Store, env: &LabEnv, state: &mut State, http: &HttpPo
             }
         }
     };
-    let svc_name = w["metadata"]["name"].as_str().unwrap_or("vault").to_string();
+    let svc_name = w["metadata"]["name"]
+        .as_str()
+        .unwrap_or("vault")
+        .to_string();
     // (Re)start lab-vault when missing, exited or pointed at another volume.
     let restart = match state.vaults.get_mut(&key) {
         None => true,
@@ -411,25 +628,44 @@ async fn vault_pod(store: &Store, env: &LabEnv, state: &mut State, http: &HttpPo
     ("Running", unsealed, None)
 }
 
-fn start_vault(store: &Store, env: &LabEnv, ns: &str, svc: &str, data_dir: &Path) -> anyhow::Result<VaultProc> {
+fn start_vault(
+    store: &Store,
+    env: &LabEnv,
+    ns: &str,
+    svc: &str,
+    data_dir: &Path,
+) -> anyhow::Result<VaultProc> {
     let bin = env.bin_dir.as_ref().map(|d| d.join("lab-vault")).filter(|p| p.exists())
         .ok_or_else(|| anyhow::anyhow!("lab-vault not found (set LAB_BIN_DIR, or install it next to lab-k3s or in /usr/local/lib/rebox-lab)"))?;
     let addr = service_address(store, env, ns, svc, 8200)?;
     std::fs::create_dir_all(data_dir)?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(env.lab_dir("vault").join("lab-vault.log")).or_else(|_| {
-        std::fs::create_dir_all(env.lab_dir("vault"))?;
-        std::fs::OpenOptions::new().create(true).append(true).open(env.lab_dir("vault").join("lab-vault.log"))
-    })?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(env.lab_dir("vault").join("lab-vault.log"))
+        .or_else(|_| {
+            std::fs::create_dir_all(env.lab_dir("vault"))?;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(env.lab_dir("vault").join("lab-vault.log"))
+        })?;
     // --pdeathsig: lab-vault dies with lab-k3s (power loss), as a pod's process would.
     let child = tokio::process::Command::new("setpriv")
         .args(["--pdeathsig", "KILL", "--"])
         .arg(bin)
-        .arg("--listen").arg(addr.to_string())
-        .arg("--data-dir").arg(data_dir)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--data-dir")
+        .arg(data_dir)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true)
         .spawn()?;
-    Ok(VaultProc { child, addr, data_dir: data_dir.to_path_buf() })
+    Ok(VaultProc {
+        child,
+        addr,
+        data_dir: data_dir.to_path_buf(),
+    })
 }
