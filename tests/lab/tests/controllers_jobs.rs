@@ -56,6 +56,7 @@ spec:
                   code=$(curl -sS -o /dev/null -w '%{{http_code}}' --cacert $T/ca.crt -H "Authorization: Bearer $(cat $T/token)" "https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api/v1/namespaces/$(cat $T/namespace)/secrets")
                   echo "curl $code"
                   echo "kubectl $(kubectl get secret unseal -o jsonpath='{{.metadata.name}}')"
+                  echo "dns $(getent hosts kubernetes.default.svc | cut -d' ' -f1) $(getent hosts probe-svc | cut -d' ' -f1)"
                   echo "nobody writes: $(touch /etc/vault-unseal/x 2>/dev/null && echo yes || echo no)"
               env:
                 - name: KEY_FILE
@@ -95,6 +96,18 @@ fn setup(lab: &Lab, schedule: &str) {
     lab.ok(&["create", "namespace", "jobs"], None);
     lab.ok(&["-n", "jobs", "create", "serviceaccount", "probe"], None);
     lab.ok(&["apply", "-f", "-"], Some(SECRET));
+    lab.ok(
+        &[
+            "-n",
+            "jobs",
+            "create",
+            "service",
+            "clusterip",
+            "probe-svc",
+            "--tcp=80:80",
+        ],
+        None,
+    );
     lab.ok(&["apply", "-f", "-"], Some(&cronjob(schedule)));
 }
 
@@ -140,6 +153,17 @@ fn controllers_job_from_cronjob_runs_with_secret_token_and_logs() {
         "in-cluster kubectl works: {log}"
     );
     assert!(log.contains("nobody writes: no"), "{log}");
+    // Cluster DNS stand-in: Service names resolve to their ClusterIPs inside the pod only.
+    let svc_ip = lab.json(&["-n", "jobs", "get", "service", "probe-svc"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(log.contains(&format!("dns 10.43.0.1 {svc_ip}")), "{log}");
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    assert!(
+        !hosts.contains("probe-svc"),
+        "the node's /etc/hosts is untouched"
+    );
     let pods = lab.json(&["-n", "jobs", "get", "pods", "-l", "job-name=manual"]);
     assert_eq!(pods["items"][0]["status"]["phase"], "Succeeded", "{pods}");
     // The mount never touched the host.

@@ -361,7 +361,9 @@ fn k3s_patch_merge_and_strategic() {
         None,
     );
     // (collisionCount: a status field the lab's Deployment controller leaves alone.)
-    assert!(lab.json(&["get", "deploy", "web", "-n", "demo"])["status"]["collisionCount"].is_null());
+    assert!(
+        lab.json(&["get", "deploy", "web", "-n", "demo"])["status"]["collisionCount"].is_null()
+    );
     lab.ok(
         &[
             "patch",

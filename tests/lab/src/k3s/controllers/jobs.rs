@@ -455,6 +455,28 @@ async fn run_job(store: &Store, env: &LabEnv, job: &Value) -> anyhow::Result<()>
 
 const DEADLINE: i32 = -9999;
 
+/// `/etc/hosts` lines for the Services: `<ip> <svc>.<ns>.svc <svc>.<ns>.svc.cluster.local`,
+/// plus the bare `<svc>` for the pod's own namespace (its DNS search path).
+fn service_hosts(store: &Store, pod_ns: &str) -> Vec<String> {
+    let services = store.lock().list("", "services", None);
+    let mut lines = vec![];
+    for svc in services {
+        let Some(ip) = svc["spec"]["clusterIP"]
+            .as_str()
+            .filter(|ip| !ip.is_empty() && *ip != "None")
+        else {
+            continue;
+        };
+        let (name, ns) = (name_of(&svc), ns_of(&svc));
+        let mut line = format!("{ip} {name}.{ns}.svc {name}.{ns}.svc.cluster.local");
+        if ns == pod_ns {
+            line.push_str(&format!(" {name}"));
+        }
+        lines.push(line);
+    }
+    lines
+}
+
 fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
@@ -747,6 +769,16 @@ async fn run_pod(
     let workdir = c["workingDir"].as_str().unwrap_or("/");
     // Inside the chroot: mount points, bind mounts, then drop to the pod's user.
     let mut inner = String::from("set -e\n");
+    // Cluster DNS stand-in: every Service's name resolves to its ClusterIP through the
+    // container's own /etc/hosts (in the overlay, so the node's file is untouched).
+    inner.push_str(&format!(
+        "printf '%s\\n' {} >> /etc/hosts\n",
+        service_hosts(store, &ns)
+            .iter()
+            .map(|l| sh_quote(l))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
     for (i, (_, mp, ro)) in mounts.iter().enumerate() {
         let q = sh_quote(mp);
         inner.push_str(&format!("mkdir -p {q}\nmount --bind /.lab-pod/{i} {q}\n"));
