@@ -133,6 +133,18 @@ pub struct RebuildArgs {
     /// Restore every Longhorn volume from the NAS backups (the node-destruction path)
     #[arg(long)]
     pub restore_from_nas: bool,
+    /// Where the new Vault unseal key's offline backup is written (never over an existing file)
+    #[arg(long, value_name = "FILE")]
+    pub key_out: Option<PathBuf>,
+    /// Encrypt the offline backup to this age or SSH public key (repeatable)
+    #[arg(long = "key-recipient", value_name = "RECIPIENT")]
+    pub key_recipients: Vec<String>,
+    /// Encrypt the offline backup to the recipients listed in FILE (repeatable)
+    #[arg(long = "key-recipients-file", value_name = "FILE")]
+    pub key_recipients_files: Vec<PathBuf>,
+    /// Private key (age identity or SSH key) that proves the backup decrypts (repeatable)
+    #[arg(long = "key-identity", value_name = "FILE")]
+    pub key_identities: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

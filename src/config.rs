@@ -75,6 +75,9 @@ pub struct Vault {
     /// Size and StorageClass of the PVC created on the fresh path (a restore recreates it).
     pub pvc_size: String,
     pub pvc_storage_class: String,
+    /// Unseal key shares and threshold for a fresh `vault operator init` (the homelab: 1 of 1).
+    pub key_shares: u32,
+    pub key_threshold: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -225,6 +228,8 @@ impl Default for Vault {
             unseal_cronjob: "vault-auto-unseal".into(),
             pvc_size: "10Gi".into(),
             pvc_storage_class: "longhorn".into(),
+            key_shares: 1,
+            key_threshold: 1,
         }
     }
 }

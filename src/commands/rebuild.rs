@@ -9,7 +9,7 @@ use crate::cli::{GlobalArgs, RebuildArgs};
 use crate::flow::journal::{LocalStore, ServerStore};
 use crate::flow::{self, PlanEntry, RunOptions};
 use crate::manifests::{Artifacts, RenderInputs};
-use crate::rebuild::{self, source, Ctx};
+use crate::rebuild::{self, source, Ctx, KeyBackup};
 use crate::remote::Remote;
 
 async fn prepare(global: &GlobalArgs, args: &RebuildArgs) -> Result<Ctx> {
@@ -30,7 +30,27 @@ async fn prepare(global: &GlobalArgs, args: &RebuildArgs) -> Result<Ctx> {
         .to_string();
     let k3s = source::from_bundle(bundle, &artifacts, &machine).await?;
     let inputs = RenderInputs::from_bundle(bundle, &artifacts)?;
-    Ok(Ctx::new(config, remote, artifacts, inputs, k3s, args.force))
+    let mut ctx = Ctx::new(config, remote, artifacts, inputs, k3s, args.force);
+    ctx.key_backup = key_backup(args)?;
+    Ok(ctx)
+}
+
+/// The offline backup settings from the flags; all checked before the server is touched.
+fn key_backup(args: &RebuildArgs) -> Result<Option<KeyBackup>> {
+    let Some(path) = args.key_out.clone() else {
+        return Ok(None);
+    };
+    let backup = KeyBackup {
+        path,
+        recipients: args.key_recipients.clone(),
+        recipients_files: args.key_recipients_files.clone(),
+        identity_files: args.key_identities.clone(),
+    };
+    // Everything readable and parseable now, not after Vault is initialised.
+    if backup.recipients()?.is_empty() || backup.identities()?.is_empty() {
+        anyhow::bail!("--key-out needs --key-recipient (or --key-recipients-file) and --key-identity, so the backup can be proven to decrypt");
+    }
+    Ok(Some(backup))
 }
 
 pub async fn plan(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {

@@ -8,6 +8,7 @@
 //! - [`source`]: where the key comes from (standard input, or the cluster's Secret over SSH).
 //! - [`secret`]: `SecretText`, the zeroizing, redacting string every secret lives in.
 
+pub mod backup;
 pub mod crypt;
 pub mod document;
 pub mod output;

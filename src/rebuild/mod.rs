@@ -6,15 +6,50 @@ mod addons;
 mod host;
 mod k3s;
 pub mod source;
+mod vault;
 
 use anyhow::Result;
 
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::flow::Phase;
+use crate::keys::crypt::NamedRecipient;
+use crate::keys::SecretText;
 use crate::manifests::{Artifacts, Group, RenderInputs};
-use crate::remote::Remote;
+use crate::remote::{Remote, Tunnel};
+use crate::vault::VaultClient;
 use source::K3sBinary;
+
+/// Where the new unseal key's offline backup goes, and how to prove it decrypts.
+pub struct KeyBackup {
+    pub path: std::path::PathBuf,
+    /// Recipients as given (`age1…`, SSH public key lines) and recipients files; parsed when
+    /// needed, like the identity files (age's recipient and identity objects are not `Sync`).
+    pub recipients: Vec<String>,
+    pub recipients_files: Vec<std::path::PathBuf>,
+    pub identity_files: Vec<std::path::PathBuf>,
+}
+
+impl KeyBackup {
+    pub fn recipients(&self) -> Result<Vec<NamedRecipient>> {
+        let mut out = Vec::new();
+        for r in &self.recipients {
+            out.push(crate::keys::crypt::parse_recipient(r)?);
+        }
+        for f in &self.recipients_files {
+            out.extend(crate::keys::crypt::read_recipients_file(f)?);
+        }
+        Ok(out)
+    }
+
+    pub fn identities(&self) -> Result<Vec<Box<dyn age::Identity>>> {
+        let mut out = Vec::new();
+        for f in &self.identity_files {
+            out.extend(crate::keys::crypt::load_identity_file(f)?);
+        }
+        Ok(out)
+    }
+}
 
 /// Everything the rebuild phases share.
 pub struct Ctx {
@@ -26,7 +61,12 @@ pub struct Ctx {
     pub k3s: K3sBinary,
     /// Overwrite an existing k3s install that rebox did not make.
     pub force: bool,
+    /// The offline backup settings; `None` when not given (then the Vault phases refuse).
+    pub key_backup: Option<KeyBackup>,
+    /// The unseal key shares, held in memory from Vault's init answer or the decrypted backup.
+    pub unseal_shares: Option<Vec<SecretText>>,
     cluster: Option<Cluster>,
+    vault: Option<(VaultClient, Tunnel)>,
 }
 
 impl Ctx {
@@ -45,8 +85,61 @@ impl Ctx {
             inputs,
             k3s,
             force,
+            key_backup: None,
+            unseal_shares: None,
             cluster: None,
+            vault: None,
         }
+    }
+
+    pub fn key_backup(&self) -> Result<&KeyBackup> {
+        self.key_backup.as_ref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "no offline backup given for the new Vault unseal key\n  next: pass --key-out FILE (on the USB stick), --key-recipient age1… (or --key-recipients-file) and --key-identity FILE so rebox can prove the backup decrypts"
+            )
+        })
+    }
+
+    /// The unseal shares: from memory, else from the decrypted offline backup.
+    pub fn shares_from_backup(&mut self) -> Result<Vec<SecretText>> {
+        if let Some(shares) = &self.unseal_shares {
+            return Ok(shares.clone());
+        }
+        let doc = vault::open_backup(self)?;
+        let shares = vault::shares_of(&doc);
+        self.unseal_shares = Some(shares.clone());
+        Ok(shares)
+    }
+
+    /// A Vault client through a tunnel to the Vault Service's address as the node sees it.
+    pub async fn vault(&mut self) -> Result<&VaultClient> {
+        if self.vault.is_none() {
+            let (ns, name) = (
+                self.config.vault.namespace.clone(),
+                self.config.vault.service.clone(),
+            );
+            let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+                kube::Api::namespaced(self.cluster().await?.client.clone(), &ns);
+            let svc = api
+                .get_opt(&name)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("Service {ns}/{name} does not exist yet"))?;
+            let ip = svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.cluster_ip.clone())
+                .filter(|ip| !ip.is_empty() && ip != "None")
+                .ok_or_else(|| anyhow::anyhow!("Service {ns}/{name} has no cluster IP"))?;
+            let tunnel = self.remote.tunnel(&ip, self.config.vault.port).await?;
+            let client = VaultClient::new(format!("http://{}", tunnel.local_addr))?;
+            self.vault = Some((client, tunnel));
+        }
+        Ok(&self.vault.as_ref().expect("just connected").0)
+    }
+
+    /// Forgets the Vault connection (its pod may have moved).
+    pub fn drop_vault(&mut self) {
+        self.vault = None;
     }
 
     /// The cluster client, connected on first use (k3s must be running).
@@ -101,5 +194,8 @@ pub fn fresh_phases() -> Vec<Box<dyn Phase<Ctx>>> {
             group: Group::Vault,
             title: "Install Vault",
         }),
+        Box::new(vault::Init),
+        Box::new(vault::KeySecret),
+        Box::new(vault::Unseal),
     ]
 }

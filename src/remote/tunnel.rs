@@ -50,7 +50,8 @@ impl Remote {
                     {
                         Ok(c) => c,
                         Err(e) => {
-                            tracing::warn!("tunnel to {host}:{port} refused by the server: {e}");
+                            // The client sees a closed connection; callers retrying a wait make this frequent.
+                            tracing::debug!("tunnel to {host}:{port} refused by the server: {e}");
                             return;
                         }
                     };

@@ -55,6 +55,7 @@ chmod 755 /usr/bin/systemctl /usr/bin/timedatectl
 # The k3s unit reads /etc/default/k3s (EnvironmentFile=-/etc/default/%N): tell the k3s
 # stand-in it runs on a lab node (it may add Service addresses to lo) and where lab-vault is.
 printf 'LAB_NODE=1\nLAB_BIN_DIR=%s\n' "$LAB_BIN_DIR" >/etc/default/k3s
+mkdir -p /etc/rebox-lab && echo "this overlay is a rebox lab node" >/etc/rebox-lab/node
 
 # Packages: a local mirror with stand-ins for what a rebuild installs.
 printf '%s\n' "$LAB_APT_MIRROR" >/tmp/lab-apt-mirror.sh

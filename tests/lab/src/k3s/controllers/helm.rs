@@ -307,7 +307,7 @@ pub fn chart_objects(
                 "volumeBindingMode": "Immediate",
                 "parameters": {"numberOfReplicas": replicas.to_string(), "staleReplicaTimeout": "30", "fromBackup": "", "fsType": "ext4", "dataLocality": "disabled"}});
             (
-                vec![],
+                super::longhorn::longhorn_crds(),
                 vec![
                     daemonset(
                         ns,

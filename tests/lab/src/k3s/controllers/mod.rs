@@ -24,7 +24,8 @@
 //! - `node`: whether this lab-k3s may change the node's network (add Service ClusterIPs as
 //!   /32 on `lo`, like kube-proxy makes them reachable). True only when `LAB_NODE=1` is set (the
 //!   lab server's k3s environment) AND the process is root AND it is not in the initial
-//!   network namespace (its netns differs from PID 1's). Tests on the host therefore never
+//!   network namespace (its netns differs from PID 1's, or, inside a lab server's own PID
+//!   namespace, the lab's marker file [`LAB_NODE_MARKER`] exists). Tests on the host therefore never
 //!   touch the host's network: Services there get a 127.0.0.1 port instead, recorded in the
 //!   Service annotation [`workloads::NODE_ADDRESS_ANNOTATION`].
 //! - `api`: the API address pods reach (`KUBERNETES_SERVICE_HOST/PORT`) and the CA they trust.
@@ -90,6 +91,11 @@ pub struct LabEnv {
 }
 
 /// Whether this process runs in a network namespace other than PID 1's (a lab server).
+/// Written by the lab server's setup inside its overlay only. Inside a lab server, PID 1 is the
+/// lab's own holder process in the lab's network namespace, so the netns comparison below
+/// cannot tell; this marker can (the host never has it).
+pub const LAB_NODE_MARKER: &str = "/etc/rebox-lab/node";
+
 fn in_private_netns() -> bool {
     match (
         std::fs::read_link("/proc/self/ns/net"),
@@ -133,7 +139,9 @@ impl LabEnv {
             data_dir: data_dir.to_path_buf(),
             clock: Clock::new(speed),
             bin_dir: find_bin_dir(),
-            node: std::env::var("LAB_NODE").as_deref() == Ok("1") && root && in_private_netns(),
+            node: std::env::var("LAB_NODE").as_deref() == Ok("1")
+                && root
+                && (in_private_netns() || Path::new(LAB_NODE_MARKER).exists()),
             api,
             ca_pem,
         }

@@ -1,0 +1,249 @@
+//! Vault on the fresh path: initialise it, put the new unseal key in the offline backup and
+//! prove the backup decrypts BEFORE anything else relies on the key, then store the key in
+//! the Secret the auto-unseal CronJob reads, and unseal.
+//!
+//! Never initialise a Vault that has data: an initialised Vault without our backup file is
+//! refused. The only window in which the key exists solely in memory is between Vault's init
+//! answer and the verified write of the backup, a few milliseconds on the laptop.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+
+use super::Ctx;
+use crate::flow::Phase;
+use crate::keys::backup;
+use crate::keys::{BackupDocument, SecretText};
+
+/// How long Vault's pod may take to answer once installed.
+const VAULT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Waits until Vault answers seal-status (its pod started), up to the deadline.
+async fn vault_answering(ctx: &mut Ctx) -> Result<crate::vault::SealStatus> {
+    let deadline = tokio::time::Instant::now() + VAULT_DEADLINE;
+    loop {
+        let attempt = async {
+            ctx.vault()
+                .await?
+                .seal_status()
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        .await;
+        match attempt {
+            Ok(status) => return Ok(status),
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                return Err(e.context(format!(
+                    "Vault did not answer within {}s\n  next: `kubectl -n {} describe pod {}` on the server",
+                    VAULT_DEADLINE.as_secs(),
+                    ctx.config.vault.namespace,
+                    ctx.config.vault.pod
+                )))
+            }
+            Err(e) => {
+                tracing::debug!("Vault not answering yet: {e:#}");
+                ctx.drop_vault();
+                // Polling an external service's readiness; the pod watch cannot see Vault's API.
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// Vault initialised, its key in the verified offline backup.
+pub struct Init;
+
+#[async_trait]
+impl Phase<Ctx> for Init {
+    fn id(&self) -> &'static str {
+        "vault-init"
+    }
+    fn title(&self) -> String {
+        "Initialise Vault; write the unseal key to the offline backup and verify it".into()
+    }
+    async fn pending(&self, ctx: &mut Ctx) -> Result<bool> {
+        let initialised = match ctx.vault().await {
+            Ok(v) => v
+                .seal_status()
+                .await
+                .map(|s| s.initialized)
+                .unwrap_or(false),
+            Err(_) => false,
+        };
+        Ok(!initialised || !ctx.key_backup()?.path.exists())
+    }
+    fn describe(&self, ctx: &Ctx) -> Vec<String> {
+        let out = ctx
+            .key_backup()
+            .map(|b| b.path.display().to_string())
+            .unwrap_or_else(|e| format!("(not set: {e})"));
+        vec![
+            format!(
+                "wait for Vault ({}/{}) to answer",
+                ctx.config.vault.namespace, ctx.config.vault.service
+            ),
+            "refuse if it is already initialised (a fresh rebuild never touches a Vault with data)"
+                .into(),
+            format!(
+                "initialise it: {} share(s), threshold {}",
+                ctx.config.vault.key_shares, ctx.config.vault.key_threshold
+            ),
+            format!("write the key to {out}, read it back and decrypt it, before anything else"),
+        ]
+    }
+    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let status = vault_answering(ctx).await?;
+        let settings = ctx.key_backup()?;
+        let path = settings.path.clone();
+        if status.initialized {
+            anyhow::bail!(
+                "Vault is already initialised, and {} (where this rebuild would have written its key) does not exist: this Vault holds data rebox did not create; refusing to go on\n  next: for a node restored from backups use `rebox rebuild --restore-from-nas`; otherwise point --key-out at the backup of this Vault",
+                path.display()
+            );
+        }
+        if path.exists() {
+            anyhow::bail!("{} already exists and belongs to another Vault; a new key needs a new file\n  next: pass --key-out NEW-FILE (keep the old backup)", path.display());
+        }
+        let (shares, threshold) = (ctx.config.vault.key_shares, ctx.config.vault.key_threshold);
+        let init = ctx.vault().await?.init(shares, threshold).await?;
+        let doc = BackupDocument::new(
+            &ctx.config.cluster_name,
+            threshold,
+            shares,
+            init.keys.clone(),
+            vec![("vault-root-token".to_string(), init.root_token.clone())],
+        )?;
+        let settings = ctx.key_backup()?;
+        let identities = settings.identities()?;
+        let recipients = settings.recipients()?;
+        if let Err(e) = backup::write_verified(&doc, &recipients, &identities, &path) {
+            // The key exists only in this process now: say so loudly, and keep it for the Secret.
+            ctx.unseal_shares = Some(init.keys);
+            return Err(e.context("Vault WAS initialised but its key could not be saved to the offline backup; do not close rebox: fix the destination and rerun NOW, or copy the key from the Secret once it exists"));
+        }
+        eprintln!(
+            "wrote the offline backup {} and verified that it decrypts",
+            path.display()
+        );
+        ctx.unseal_shares = Some(init.keys);
+        Ok(())
+    }
+    async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
+        let shares = ctx.shares_from_backup()?;
+        anyhow::ensure!(!shares.is_empty(), "the offline backup holds no share");
+        anyhow::ensure!(
+            ctx.vault().await?.seal_status().await?.initialized,
+            "Vault reports uninitialised after init"
+        );
+        Ok(())
+    }
+}
+
+/// The unseal key in Secret `vault-unseal-key`, for the auto-unseal CronJob.
+pub struct KeySecret;
+
+impl KeySecret {
+    async fn current(ctx: &mut Ctx) -> Result<Option<Secret>> {
+        let (ns, name) = (
+            ctx.config.vault.namespace.clone(),
+            ctx.config.vault.unseal_secret.clone(),
+        );
+        let api: Api<Secret> = Api::namespaced(ctx.cluster().await?.client.clone(), &ns);
+        Ok(api.get_opt(&name).await?)
+    }
+}
+
+#[async_trait]
+impl Phase<Ctx> for KeySecret {
+    fn id(&self) -> &'static str {
+        "vault-key-secret"
+    }
+    fn title(&self) -> String {
+        "Store the unseal key in the Secret the auto-unseal CronJob reads".into()
+    }
+    async fn pending(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(Self::current(ctx)
+            .await
+            .map(|s| s.is_none())
+            .unwrap_or(true))
+    }
+    fn describe(&self, ctx: &Ctx) -> Vec<String> {
+        vec![format!(
+            "create Secret {}/{} (key `{}`) from the verified offline backup",
+            ctx.config.vault.namespace,
+            ctx.config.vault.unseal_secret,
+            ctx.config.vault.unseal_secret_key
+        )]
+    }
+    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let shares = ctx.shares_from_backup()?;
+        let texts: Vec<&str> = shares.iter().map(|s| s.expose()).collect();
+        let secret = crate::manifests::unseal_key_secret(&ctx.config, &texts);
+        ctx.cluster().await?.apply_all(&[secret]).await
+    }
+    async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
+        anyhow::ensure!(
+            Self::current(ctx).await?.is_some(),
+            "the unseal key Secret is missing after it was created"
+        );
+        Ok(())
+    }
+}
+
+/// Vault unsealed now, not a CronJob minute later.
+pub struct Unseal;
+
+#[async_trait]
+impl Phase<Ctx> for Unseal {
+    fn id(&self) -> &'static str {
+        "vault-unseal"
+    }
+    fn title(&self) -> String {
+        "Unseal Vault".into()
+    }
+    async fn pending(&self, ctx: &mut Ctx) -> Result<bool> {
+        Ok(match ctx.vault().await {
+            Ok(v) => v.seal_status().await.map(|s| s.sealed).unwrap_or(true),
+            Err(_) => true,
+        })
+    }
+    fn describe(&self, _: &Ctx) -> Vec<String> {
+        vec!["submit the key share(s) from the offline backup to Vault's unseal API, through the SSH tunnel".into()]
+    }
+    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let shares = ctx.shares_from_backup()?;
+        vault_answering(ctx).await?;
+        let status = ctx
+            .vault()
+            .await?
+            .unseal_all(&shares, |p| {
+                eprintln!("    unseal progress {}/{}", p.progress, p.threshold)
+            })
+            .await?;
+        anyhow::ensure!(
+            !status.sealed,
+            "Vault is still sealed after every share was given"
+        );
+        Ok(())
+    }
+    async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
+        let status = ctx.vault().await?.seal_status().await?;
+        anyhow::ensure!(!status.sealed, "Vault reports sealed after unsealing");
+        Ok(())
+    }
+}
+
+/// The shares as the backup holds them (from memory right after init, else decrypted).
+pub fn shares_of(doc: &BackupDocument) -> Vec<SecretText> {
+    doc.unseal.shares.iter().map(|s| s.key.clone()).collect()
+}
+
+/// Opens the offline backup with the configured identities.
+pub fn open_backup(ctx: &Ctx) -> Result<BackupDocument> {
+    let settings = ctx.key_backup()?;
+    backup::open_with_identities(&settings.path, &settings.identities()?)
+        .with_context(|| format!("opening the offline backup {}", settings.path.display()))
+}
