@@ -9,15 +9,66 @@ use std::time::{Duration, Instant};
 use common::{lab_bundle, sha256_hex, Lab};
 use rebox_lab::server::LabOptions;
 
-fn rebuild(lab: &Lab, bundle: &std::path::Path, extra: &[&str]) -> assert_cmd::assert::Assert {
-    lab.rebox()
-        .arg("--yes")
-        .arg("rebuild")
+/// The operator's age identity on the laptop (made once per lab) and its public key.
+fn age_identity(lab: &Lab) -> (std::path::PathBuf, String) {
+    let id = lab.dir.path().join("id.age");
+    if !id.exists() {
+        let out = std::process::Command::new("age-keygen")
+            .arg("-o")
+            .arg(&id)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "age-keygen: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = std::process::Command::new("age-keygen")
+        .arg("-y")
+        .arg(&id)
+        .output()
+        .unwrap();
+    (
+        id,
+        String::from_utf8(out.stdout).unwrap().trim().to_string(),
+    )
+}
+
+fn backup_path(lab: &Lab) -> std::path::PathBuf {
+    lab.dir.path().join("vault-key.age")
+}
+
+fn rebuild_cmd(lab: &Lab, bundle: &std::path::Path, extra: &[&str]) -> std::process::Command {
+    let (id, public) = age_identity(lab);
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("rebox"));
+    cmd.env("HOME", lab.dir.path())
+        .env_remove("SSH_AUTH_SOCK")
+        .arg("--config")
+        .arg(lab.dir.path().join("rebox.toml"))
+        .args(["--yes", "rebuild"])
         .args(lab.conn_args())
         .arg("--bundle")
         .arg(bundle)
-        .args(extra)
-        .assert()
+        .arg("--key-out")
+        .arg(backup_path(lab))
+        .args(["--key-recipient", &public])
+        .arg("--key-identity")
+        .arg(id)
+        .args(extra);
+    cmd
+}
+
+fn rebuild(lab: &Lab, bundle: &std::path::Path, extra: &[&str]) -> assert_cmd::assert::Assert {
+    assert_cmd::assert::OutputAssertExt::assert(&mut rebuild_cmd(lab, bundle, extra))
+}
+
+fn kubectl(lab: &Lab, args: &str) -> String {
+    lab.server
+        .run_as_root_ok(&format!(
+            "KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl {args}"
+        ))
+        .unwrap()
 }
 
 #[test]
@@ -89,10 +140,57 @@ fn rebuild_installs_k3s_and_a_rerun_has_nothing_left_to_do() {
         .unwrap();
     assert_eq!(pvc.trim(), "persistentvolumeclaim/vault-data-lh");
 
-    // A second run finds everything done.
+    // Vault: initialised, its key in the offline backup (0600, opened by the stock age CLI),
+    // the same key in the Secret the CronJob reads, and unsealed (vault-0 Ready).
+    let backup = backup_path(&lab);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (id, _) = age_identity(&lab);
+    let plain = std::process::Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(&id)
+        .arg(&backup)
+        .output()
+        .unwrap();
+    assert!(
+        plain.status.success(),
+        "age -d failed: {}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    let doc = String::from_utf8(plain.stdout).unwrap();
+    let share = doc
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("key = \"")
+                .and_then(|r| r.strip_suffix('"'))
+        })
+        .expect("a share in the backup")
+        .to_string();
+    let in_secret = kubectl(
+        &lab,
+        "-n security get secret vault-unseal-key -o jsonpath='{.data.key}'",
+    );
+    use base64::Engine;
+    let in_secret = base64::engine::general_purpose::STANDARD
+        .decode(in_secret.trim())
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(in_secret).unwrap().trim(),
+        share,
+        "the Secret and the backup hold different keys"
+    );
+    let ready = kubectl(&lab, "-n security get pod vault-0 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'");
+    assert_eq!(ready.trim(), "True", "Vault is not unsealed");
+
+    // A second run finds everything done (the guard always checks).
     let out = rebuild(&lab, &bundle, &[]).success();
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
-    assert_eq!(stdout.matches("already done").count(), 8, "{stdout}");
+    assert_eq!(stdout.matches("already done").count(), 11, "{stdout}");
 }
 
 #[test]
@@ -145,15 +243,7 @@ fn rebuild_killed_mid_upload_resumes_and_completes() {
     lab.trust();
     let bundle = lab_bundle(lab.dir.path());
     let staging = lab.server.path("/home/homelab/.cache/rebox/uploads");
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rebox"))
-        .env("HOME", lab.dir.path())
-        .env_remove("SSH_AUTH_SOCK")
-        .arg("--config")
-        .arg(lab.dir.path().join("rebox.toml"))
-        .args(["--yes", "rebuild"])
-        .args(lab.conn_args())
-        .arg("--bundle")
-        .arg(&bundle)
+    let mut child = rebuild_cmd(&lab, &bundle, &[])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -199,4 +289,28 @@ fn rebuild_killed_mid_upload_resumes_and_completes() {
             .trim(),
         "active"
     );
+}
+
+#[test]
+fn rebuild_never_initialises_a_vault_that_already_holds_data() {
+    let lab = Lab::start(LabOptions::default());
+    lab.trust();
+    let bundle = lab_bundle(lab.dir.path());
+    rebuild(&lab, &bundle, &[]).success();
+    // Without its backup file, the initialised Vault is someone else's as far as rebox knows.
+    let moved = lab.dir.path().join("elsewhere.age");
+    std::fs::rename(backup_path(&lab), &moved).unwrap();
+    let out = rebuild(&lab, &bundle, &[]).failure();
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains("already initialised") && stderr.contains("refusing"),
+        "{stderr}"
+    );
+    assert!(
+        !backup_path(&lab).exists(),
+        "a new backup was written for an old Vault"
+    );
+    // Vault itself was left alone: still unsealed with the original key.
+    let ready = kubectl(&lab, "-n security get pod vault-0 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'");
+    assert_eq!(ready.trim(), "True");
 }
