@@ -116,6 +116,7 @@ fn preflight_authenticates_with_the_ssh_agent() {
         &[("SSH_AUTH_SOCK", sock.to_str().unwrap())],
     );
     let _ = agent.kill();
+    let _ = agent.wait();
     assert_eq!(status(&report, "auth"), "pass", "{report:#}");
     assert!(check(&report, "auth")["detail"]
         .as_str()

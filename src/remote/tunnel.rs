@@ -63,14 +63,9 @@ impl Remote {
             }
         });
         tracing::debug!(
-            "tunnel {local_addr} -> {}:{port} via {}",
-            &self_host(self),
+            "tunnel {local_addr} -> {host_for_log}:{port} via {}",
             self.target.addr()
         );
         Ok(Tunnel { local_addr, task })
     }
-}
-
-fn self_host(r: &Remote) -> String {
-    r.target.host.clone()
 }
