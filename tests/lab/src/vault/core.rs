@@ -344,6 +344,13 @@ impl Core {
         }
         // getUnsealKey: the attempt is over whatever happens next.
         let parts = self.unlock.take().map(|u| u.parts).unwrap_or_default();
+        if refuse_unseal_switch() {
+            // Lab fault switch: answer as Vault answers a wrong key.
+            return Err(ApiError::new(
+                400,
+                format!("unable to retrieve stored keys: {}", state::AUTH_FAILED),
+            ));
+        }
         let unseal_key = if stored.seal_config.secret_threshold == 1 {
             parts[0].clone()
         } else {
@@ -706,4 +713,17 @@ fn check_key_length(key: &[u8], prefix: &str) -> ApiResult<()> {
 fn b64(bytes: &Vec<u8>) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The lab's "Vault refuses keys" fault switch: `"vaultRefuseUnseal": true` in the JSON file
+/// named by `LAB_FAULTS` (lab-k3s passes `<data dir>/lab-faults.json`; see `k3s::faults`).
+/// Read on every attempt so a test can flip it while Vault runs. Not part of Vault's API.
+fn refuse_unseal_switch() -> bool {
+    let Some(path) = std::env::var_os("LAB_FAULTS") else {
+        return false;
+    };
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .is_some_and(|v| v["vaultRefuseUnseal"] == Value::Bool(true))
 }

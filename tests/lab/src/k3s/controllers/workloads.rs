@@ -658,6 +658,8 @@ fn start_vault(
         .arg(addr.to_string())
         .arg("--data-dir")
         .arg(data_dir)
+        // The lab's fault switches (vaultRefuseUnseal) live in lab-k3s's data dir.
+        .env("LAB_FAULTS", env.data_dir.join("lab-faults.json"))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
