@@ -39,9 +39,20 @@ impl Apply {
                 );
             }
             if !m.secret_inputs.is_empty() {
+                let sources: Vec<String> = m
+                    .secret_inputs
+                    .iter()
+                    .map(|i| {
+                        format!(
+                            "{} (for Secret {}/{} key {})",
+                            i.source, i.namespace, i.secret, i.key
+                        )
+                    })
+                    .collect();
                 anyhow::bail!(
-                    "{} needs secret values, which this phase does not supply (a rebox defect)",
-                    m.name
+                    "{} needs secret values ({}); rebox cannot supply them yet\n  next: for a public repository set argocd.repo_auth = \"none\" in rebox.toml; private repositories are not supported by `rebox rebuild` yet",
+                    m.name,
+                    sources.join(", ")
                 );
             }
             objects.extend(m.objects);

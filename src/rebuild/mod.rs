@@ -3,6 +3,7 @@
 //! its own file.
 
 mod addons;
+mod gitops;
 mod host;
 mod k3s;
 pub mod source;
@@ -197,5 +198,27 @@ pub fn fresh_phases() -> Vec<Box<dyn Phase<Ctx>>> {
         Box::new(vault::Init),
         Box::new(vault::KeySecret),
         Box::new(vault::Unseal),
+        Box::new(addons::Apply {
+            group: Group::ExternalSecrets,
+            title: "Install External Secrets Operator",
+        }),
+        Box::new(addons::Apply {
+            group: Group::SecretStore,
+            title: "Create the ClusterSecretStore",
+        }),
+        Box::new(gitops::StoreReady),
+        Box::new(addons::Apply {
+            group: Group::ArgoCd,
+            title: "Install Argo CD",
+        }),
+        Box::new(addons::Apply {
+            group: Group::GitOps,
+            title: "Create the repository Secret and the root Application",
+        }),
+        Box::new(gitops::AppsSynced),
+        Box::new(addons::Apply {
+            group: Group::CronJobs,
+            title: "Install the CronJobs (Vault auto-unseal, ESO recovery)",
+        }),
     ]
 }

@@ -22,7 +22,7 @@ impl Lab {
         let nas =
             TcpListener::bind((server.host_addr(), 2049)).expect("binding the NAS stand-in port");
         let config = format!(
-            "[server]\nhost = \"{}\"\nuser = \"{}\"\n\n[nas]\nbackup_target = \"nfs://{}:/backups\"\n",
+            "[server]\nhost = \"{}\"\nuser = \"{}\"\n\n[nas]\nbackup_target = \"nfs://{}:/backups\"\n\n[argocd]\nrepo_url = \"https://git.example.invalid/homelab.git\"\n",
             server.addr(),
             server.user(),
             server.host_addr()
