@@ -187,10 +187,107 @@ fn rebuild_installs_k3s_and_a_rerun_has_nothing_left_to_do() {
     let ready = kubectl(&lab, "-n security get pod vault-0 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'");
     assert_eq!(ready.trim(), "True", "Vault is not unsealed");
 
+    // ESO's store Ready, Argo CD's root Application synced, both CronJobs in place.
+    let store = kubectl(&lab, "get clustersecretstore k8s-secrets -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'");
+    assert_eq!(store.trim(), "True", "the ClusterSecretStore is not Ready");
+    let app = kubectl(
+        &lab,
+        "-n argocd get application root -o jsonpath='{.status.sync.status}/{.status.health.status}'",
+    );
+    assert_eq!(app.trim(), "Synced/Healthy");
+    let cronjobs = kubectl(&lab, "-n security get cronjobs -o name");
+    for cj in [
+        "cronjob.batch/vault-auto-unseal",
+        "cronjob.batch/eso-recovery",
+    ] {
+        assert!(
+            cronjobs.lines().any(|l| l.trim() == cj),
+            "{cj} missing: {cronjobs}"
+        );
+    }
+    assert!(stdout.contains("What to do next"), "{stdout}");
+    assert!(stdout.contains("store the offline backup"), "{stdout}");
+
     // A second run finds everything done (the guard always checks).
     let out = rebuild(&lab, &bundle, &[]).success();
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
-    assert_eq!(stdout.matches("already done").count(), 11, "{stdout}");
+    assert_eq!(stdout.matches("already done").count(), 18, "{stdout}");
+
+    // The CronJobs do their work on the node. Suspended first, so that only the Jobs made here
+    // from them act (their schedules would otherwise race the test).
+    for cj in ["vault-auto-unseal", "eso-recovery"] {
+        kubectl(
+            &lab,
+            &format!("-n security patch cronjob {cj} --type=merge -p '{{\"spec\":{{\"suspend\":true}}}}'"),
+        );
+    }
+    // Vault sealed (lab-vault's lab-only switch): vault-0 goes unready, the store degraded.
+    lab.server
+        .run_as_root_ok("curl -fsS -X POST http://$(KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl -n security get svc vault -o jsonpath='{.spec.clusterIP}'):8200/lab/seal")
+        .unwrap();
+    kubectl(
+        &lab,
+        "-n security wait --for=condition=Ready=false pod/vault-0 --timeout=60s",
+    );
+    kubectl(
+        &lab,
+        "wait --for=condition=Ready=false clustersecretstore/k8s-secrets --timeout=60s",
+    );
+
+    // auto-unseal, from its CronJob: Vault unsealed with the key from the Secret.
+    run_job(&lab, "unseal-now", "vault-auto-unseal");
+    kubectl(
+        &lab,
+        "-n security wait --for=condition=Ready pod/vault-0 --timeout=60s",
+    );
+
+    // The store stays degraded with Vault back (as ESO does until it re-validates).
+    std::thread::sleep(Duration::from_secs(2));
+    let store = kubectl(&lab, "get clustersecretstore k8s-secrets -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'");
+    assert_eq!(
+        store.trim(),
+        "False",
+        "the store recovered without ESO restarting"
+    );
+    // eso-recovery, from its CronJob: ESO restarted, the store Ready again.
+    run_job(&lab, "recover-now", "eso-recovery");
+    kubectl(
+        &lab,
+        "wait --for=condition=Ready clustersecretstore/k8s-secrets --timeout=60s",
+    );
+    for d in [
+        "external-secrets",
+        "external-secrets-webhook",
+        "external-secrets-cert-controller",
+    ] {
+        let at = kubectl(
+            &lab,
+            &format!("-n security get deployment {d} -o jsonpath='{{.spec.template.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}}'"),
+        );
+        assert!(!at.trim().is_empty(), "{d} was not restarted");
+    }
+}
+
+/// `kubectl create job NAME --from=cronjob/CRONJOB` in `security`, waited for; its log on failure.
+fn run_job(lab: &Lab, name: &str, cronjob: &str) {
+    kubectl(
+        lab,
+        &format!("-n security create job {name} --from=cronjob/{cronjob}"),
+    );
+    let waited = lab.server.run_as_root_ok(&format!(
+        "KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl -n security wait --for=condition=complete --timeout=60s job/{name}"
+    ));
+    if let Err(e) = waited {
+        let logs = lab
+            .server
+            .run_as_root_ok(&format!(
+                "KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl -n security logs job/{name} 2>&1; KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl -n security get job {name} -o yaml"
+            ))
+            .unwrap_or_else(|e| format!("(no logs: {e:#})"));
+        panic!("Job {name} from {cronjob} did not complete: {e:#}\n{logs}");
+    }
+    let log = kubectl(lab, &format!("-n security logs job/{name}"));
+    eprintln!("{name}: {log}");
 }
 
 #[test]
