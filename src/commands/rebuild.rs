@@ -141,17 +141,15 @@ fn next_steps(ctx: &Ctx) -> Vec<String> {
             "store the offline backup {} safely (off the server, e.g. the USB stick in a drawer); without it a sealed Vault cannot be opened",
             b.path.display()
         ));
-    }
-    out.push(format!(
-        "watch Argo CD bring up the rest: `kubectl -n {} get applications` on the server",
-        ctx.config.argocd.namespace
-    ));
-    if let Some(b) = &ctx.key_backup {
         out.push(format!(
             "check it again later with `rebox key verify -i IDENTITY {}`",
             b.path.display()
         ));
     }
+    out.push(format!(
+        "watch Argo CD bring up the rest: `kubectl -n {} get applications` on the server",
+        ctx.config.argocd.namespace
+    ));
     out.push(
         "keep rebox.toml and the bundle with the backup: a rerun of `rebox rebuild` resumes or confirms every phase"
             .into(),
