@@ -82,7 +82,7 @@ impl Remote {
                 spec.local.display()
             );
         }
-        self.install_staged(&staged, spec, &sha256).await?;
+        self.install_staged(&staged, spec).await?;
         Ok(UploadReport {
             sha256,
             size,
@@ -102,7 +102,14 @@ impl Remote {
             .request_subsystem(true, "sftp")
             .await
             .map_err(|e| self.link_error(e, "starting SFTP"))?;
-        let sftp = SftpSession::new(channel.into_stream())
+        // Large writes with many in flight: OpenSSH's sftp-server takes up to 256 KiB per write,
+        // and a deep pipeline keeps the link busy while acknowledgements travel back.
+        let config = russh_sftp::client::Config {
+            max_write_packet_len: 255 * 1024,
+            max_concurrent_writes: 64,
+            ..Default::default()
+        };
+        let sftp = SftpSession::new_with_config(channel.into_stream(), config)
             .await
             .map_err(|e| self.link_error(e, "starting SFTP"))?;
 
@@ -163,30 +170,27 @@ impl Remote {
         Ok(offset)
     }
 
-    /// Installs the staged file with mode and owner under a temporary name next to the
-    /// destination, checks it again, and renames it into place.
-    async fn install_staged(
-        &self,
-        staged: &str,
-        spec: &UploadSpec<'_>,
-        sha256: &str,
-    ) -> Result<()> {
+    /// Installs the verified staged file: owner and mode set on it, moved next to the
+    /// destination under a temporary name, synced, then renamed into place (atomic). Moving,
+    /// not copying, keeps the bytes whose sha256 was just checked.
+    async fn install_staged(&self, staged: &str, spec: &UploadSpec<'_>) -> Result<()> {
         let home = self.exec("printf %s \"$HOME\"").await?.stdout_str();
         let src = format!("{home}/{staged}");
         let dest = spec.remote;
         let tmp = format!("{dest}.rebox-new");
+        let (owner, group) = spec
+            .owner
+            .split_once(':')
+            .unwrap_or((spec.owner, spec.owner));
         let script = format!(
-            "set -e; mkdir -p \"$(dirname {d})\"; install -m {mode:o} -o {own} -g {grp} {s} {t}; \
-             sum=$(sha256sum {t} | cut -d' ' -f1); \
-             if [ \"$sum\" != {sha} ]; then rm -f {t}; echo 'sha256 mismatch after install' >&2; exit 3; fi; \
-             sync {t} 2>/dev/null || sync; mv -f {t} {d}; rm -f {s}",
+            "set -e; mkdir -p \"$(dirname {d})\"; chown {own}:{grp} {s}; chmod {mode:o} {s}; mv -f {s} {t}; \
+             sync {t} 2>/dev/null || sync; mv -f {t} {d}",
             d = shell_quote(dest),
             t = shell_quote(&tmp),
             s = shell_quote(&src),
             mode = spec.mode,
-            own = shell_quote(spec.owner.split(':').next().unwrap_or("root")),
-            grp = shell_quote(spec.owner.split(':').nth(1).unwrap_or("root")),
-            sha = shell_quote(sha256),
+            own = shell_quote(owner),
+            grp = shell_quote(group),
         );
         let out = self.sudo(&script).await?;
         if !out.success() {
