@@ -122,6 +122,7 @@ pub struct RebuildArgs {
     #[command(flatten)]
     pub conn: ConnArgs,
     /// Bundle directory on the USB stick: the k3s binary, charts/, and SHA256SUMS
+    /// [default: download k3s from its release, checked against the release's sha256 file]
     #[arg(long, value_name = "DIR")]
     pub bundle: Option<PathBuf>,
     /// Print the phases and what each would do; change nothing

@@ -135,6 +135,9 @@ pub struct K3s {
     pub tls_san: Vec<String>,
     /// Packaged components to disable, e.g. ["traefik", "servicelb", "local-storage"].
     pub disable: Vec<String>,
+    /// Where to download k3s releases from when no `--bundle` is given; empty means the
+    /// upstream GitHub releases. `{tag}` and `{file}` are filled in (a local mirror works).
+    pub release_url: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -18,9 +18,6 @@ async fn prepare(global: &GlobalArgs, args: &RebuildArgs) -> Result<Ctx> {
     }
     let (config, target, policy) = super::connection_settings(global, &args.conn)?;
     let artifacts = Artifacts::embedded()?;
-    let bundle = args.bundle.as_deref().context(
-        "--bundle DIR is required: the directory on the USB stick with the k3s binary and SHA256SUMS\n  next: pass --bundle /media/usb/rebox-bundle",
-    )?;
     let remote = Remote::connect(target, policy).await?;
     let machine = remote
         .exec("uname -m")
@@ -28,8 +25,21 @@ async fn prepare(global: &GlobalArgs, args: &RebuildArgs) -> Result<Ctx> {
         .stdout_str()
         .trim()
         .to_string();
-    let k3s = source::from_bundle(bundle, &artifacts, &machine).await?;
-    let inputs = RenderInputs::from_bundle(bundle, &artifacts)?;
+    let (k3s, inputs) = match args.bundle.as_deref() {
+        Some(bundle) => (
+            source::from_bundle(bundle, &artifacts, &machine).await?,
+            RenderInputs::from_bundle(bundle, &artifacts)?,
+        ),
+        None => {
+            let cache = dirs::cache_dir()
+                .or_else(|| dirs::home_dir().map(|h| h.join(".cache")))
+                .context("no cache directory for the k3s download; pass --bundle DIR")?
+                .join("rebox");
+            let k3s =
+                source::download(&artifacts, &machine, &config.k3s.release_url, &cache).await?;
+            (k3s, RenderInputs::online())
+        }
+    };
     let mut ctx = Ctx::new(config, remote, artifacts, inputs, k3s, args.force);
     ctx.key_backup = key_backup(args)?;
     Ok(ctx)
