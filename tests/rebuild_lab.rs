@@ -9,66 +9,14 @@ use std::time::{Duration, Instant};
 use common::{lab_bundle, sha256_hex, Lab};
 use rebox_lab::server::LabOptions;
 
-/// The operator's age identity on the laptop (made once per lab) and its public key.
-fn age_identity(lab: &Lab) -> (std::path::PathBuf, String) {
-    let id = lab.dir.path().join("id.age");
-    if !id.exists() {
-        let out = std::process::Command::new("age-keygen")
-            .arg("-o")
-            .arg(&id)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "age-keygen: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let out = std::process::Command::new("age-keygen")
-        .arg("-y")
-        .arg(&id)
-        .output()
-        .unwrap();
-    (
-        id,
-        String::from_utf8(out.stdout).unwrap().trim().to_string(),
-    )
-}
-
-fn backup_path(lab: &Lab) -> std::path::PathBuf {
-    lab.dir.path().join("vault-key.age")
-}
-
 fn rebuild_cmd(lab: &Lab, bundle: &std::path::Path, extra: &[&str]) -> std::process::Command {
-    let (id, public) = age_identity(lab);
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("rebox"));
-    cmd.env("HOME", lab.dir.path())
-        .env_remove("SSH_AUTH_SOCK")
-        .arg("--config")
-        .arg(lab.dir.path().join("rebox.toml"))
-        .args(["--yes", "rebuild"])
-        .args(lab.conn_args())
-        .arg("--bundle")
-        .arg(bundle)
-        .arg("--key-out")
-        .arg(backup_path(lab))
-        .args(["--key-recipient", &public])
-        .arg("--key-identity")
-        .arg(id)
-        .args(extra);
+    let mut cmd = lab.rebox_with_keys(&["--yes", "rebuild"], bundle);
+    cmd.args(extra);
     cmd
 }
 
 fn rebuild(lab: &Lab, bundle: &std::path::Path, extra: &[&str]) -> assert_cmd::assert::Assert {
     assert_cmd::assert::OutputAssertExt::assert(&mut rebuild_cmd(lab, bundle, extra))
-}
-
-fn kubectl(lab: &Lab, args: &str) -> String {
-    lab.server
-        .run_as_root_ok(&format!(
-            "KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl {args}"
-        ))
-        .unwrap()
 }
 
 #[test]
@@ -142,13 +90,13 @@ fn rebuild_installs_k3s_and_a_rerun_has_nothing_left_to_do() {
 
     // Vault: initialised, its key in the offline backup (0600, opened by the stock age CLI),
     // the same key in the Secret the CronJob reads, and unsealed (vault-0 Ready).
-    let backup = backup_path(&lab);
+    let backup = lab.backup_path();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    let (id, _) = age_identity(&lab);
+    let (id, _) = lab.age_identity();
     let plain = std::process::Command::new("age")
         .arg("-d")
         .arg("-i")
@@ -171,10 +119,8 @@ fn rebuild_installs_k3s_and_a_rerun_has_nothing_left_to_do() {
         })
         .expect("a share in the backup")
         .to_string();
-    let in_secret = kubectl(
-        &lab,
-        "-n security get secret vault-unseal-key -o jsonpath='{.data.key}'",
-    );
+    let in_secret =
+        lab.kubectl("-n security get secret vault-unseal-key -o jsonpath='{.data.key}'");
     use base64::Engine;
     let in_secret = base64::engine::general_purpose::STANDARD
         .decode(in_secret.trim())
@@ -184,18 +130,16 @@ fn rebuild_installs_k3s_and_a_rerun_has_nothing_left_to_do() {
         share,
         "the Secret and the backup hold different keys"
     );
-    let ready = kubectl(&lab, "-n security get pod vault-0 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'");
+    let ready = lab.kubectl("-n security get pod vault-0 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'");
     assert_eq!(ready.trim(), "True", "Vault is not unsealed");
 
     // ESO's store Ready, Argo CD's root Application synced, both CronJobs in place.
-    let store = kubectl(&lab, "get clustersecretstore k8s-secrets -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'");
+    let store = lab.kubectl("get clustersecretstore k8s-secrets -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'");
     assert_eq!(store.trim(), "True", "the ClusterSecretStore is not Ready");
-    let app = kubectl(
-        &lab,
-        "-n argocd get application root -o jsonpath='{.status.sync.status}/{.status.health.status}'",
+    let app = lab.kubectl("-n argocd get application root -o jsonpath='{.status.sync.status}/{.status.health.status}'",
     );
     assert_eq!(app.trim(), "Synced/Healthy");
-    let cronjobs = kubectl(&lab, "-n security get cronjobs -o name");
+    let cronjobs = lab.kubectl("-n security get cronjobs -o name");
     for cj in [
         "cronjob.batch/vault-auto-unseal",
         "cronjob.batch/eso-recovery",
@@ -216,34 +160,24 @@ fn rebuild_installs_k3s_and_a_rerun_has_nothing_left_to_do() {
     // The CronJobs do their work on the node. Suspended first, so that only the Jobs made here
     // from them act (their schedules would otherwise race the test).
     for cj in ["vault-auto-unseal", "eso-recovery"] {
-        kubectl(
-            &lab,
-            &format!("-n security patch cronjob {cj} --type=merge -p '{{\"spec\":{{\"suspend\":true}}}}'"),
-        );
+        lab.kubectl(&format!(
+            "-n security patch cronjob {cj} --type=merge -p '{{\"spec\":{{\"suspend\":true}}}}'"
+        ));
     }
     // Vault sealed (lab-vault's lab-only switch): vault-0 goes unready, the store degraded.
     lab.server
         .run_as_root_ok("curl -fsS -X POST http://$(KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl -n security get svc vault -o jsonpath='{.spec.clusterIP}'):8200/lab/seal")
         .unwrap();
-    kubectl(
-        &lab,
-        "-n security wait --for=condition=Ready=false pod/vault-0 --timeout=60s",
-    );
-    kubectl(
-        &lab,
-        "wait --for=condition=Ready=false clustersecretstore/k8s-secrets --timeout=60s",
-    );
+    lab.kubectl("-n security wait --for=condition=Ready=false pod/vault-0 --timeout=60s");
+    lab.kubectl("wait --for=condition=Ready=false clustersecretstore/k8s-secrets --timeout=60s");
 
     // auto-unseal, from its CronJob: Vault unsealed with the key from the Secret.
     run_job(&lab, "unseal-now", "vault-auto-unseal");
-    kubectl(
-        &lab,
-        "-n security wait --for=condition=Ready pod/vault-0 --timeout=60s",
-    );
+    lab.kubectl("-n security wait --for=condition=Ready pod/vault-0 --timeout=60s");
 
     // The store stays degraded with Vault back (as ESO does until it re-validates).
     std::thread::sleep(Duration::from_secs(2));
-    let store = kubectl(&lab, "get clustersecretstore k8s-secrets -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'");
+    let store = lab.kubectl("get clustersecretstore k8s-secrets -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'");
     assert_eq!(
         store.trim(),
         "False",
@@ -251,18 +185,13 @@ fn rebuild_installs_k3s_and_a_rerun_has_nothing_left_to_do() {
     );
     // eso-recovery, from its CronJob: ESO restarted, the store Ready again.
     run_job(&lab, "recover-now", "eso-recovery");
-    kubectl(
-        &lab,
-        "wait --for=condition=Ready clustersecretstore/k8s-secrets --timeout=60s",
-    );
+    lab.kubectl("wait --for=condition=Ready clustersecretstore/k8s-secrets --timeout=60s");
     for d in [
         "external-secrets",
         "external-secrets-webhook",
         "external-secrets-cert-controller",
     ] {
-        let at = kubectl(
-            &lab,
-            &format!("-n security get deployment {d} -o jsonpath='{{.spec.template.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}}'"),
+        let at = lab.kubectl(&format!("-n security get deployment {d} -o jsonpath='{{.spec.template.metadata.annotations.kubectl\\.kubernetes\\.io/restartedAt}}'"),
         );
         assert!(!at.trim().is_empty(), "{d} was not restarted");
     }
@@ -270,10 +199,9 @@ fn rebuild_installs_k3s_and_a_rerun_has_nothing_left_to_do() {
 
 /// `kubectl create job NAME --from=cronjob/CRONJOB` in `security`, waited for; its log on failure.
 fn run_job(lab: &Lab, name: &str, cronjob: &str) {
-    kubectl(
-        lab,
-        &format!("-n security create job {name} --from=cronjob/{cronjob}"),
-    );
+    lab.kubectl(&format!(
+        "-n security create job {name} --from=cronjob/{cronjob}"
+    ));
     let waited = lab.server.run_as_root_ok(&format!(
         "KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl -n security wait --for=condition=complete --timeout=60s job/{name}"
     ));
@@ -286,7 +214,7 @@ fn run_job(lab: &Lab, name: &str, cronjob: &str) {
             .unwrap_or_else(|e| format!("(no logs: {e:#})"));
         panic!("Job {name} from {cronjob} did not complete: {e:#}\n{logs}");
     }
-    let log = kubectl(lab, &format!("-n security logs job/{name}"));
+    let log = lab.kubectl(&format!("-n security logs job/{name}"));
     eprintln!("{name}: {log}");
 }
 
@@ -396,7 +324,7 @@ fn rebuild_never_initialises_a_vault_that_already_holds_data() {
     rebuild(&lab, &bundle, &[]).success();
     // Without its backup file, the initialised Vault is someone else's as far as rebox knows.
     let moved = lab.dir.path().join("elsewhere.age");
-    std::fs::rename(backup_path(&lab), &moved).unwrap();
+    std::fs::rename(lab.backup_path(), &moved).unwrap();
     let out = rebuild(&lab, &bundle, &[]).failure();
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).into_owned();
     assert!(
@@ -404,10 +332,10 @@ fn rebuild_never_initialises_a_vault_that_already_holds_data() {
         "{stderr}"
     );
     assert!(
-        !backup_path(&lab).exists(),
+        !lab.backup_path().exists(),
         "a new backup was written for an old Vault"
     );
     // Vault itself was left alone: still unsealed with the original key.
-    let ready = kubectl(&lab, "-n security get pod vault-0 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'");
+    let ready = lab.kubectl("-n security get pod vault-0 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'");
     assert_eq!(ready.trim(), "True");
 }

@@ -5,42 +5,17 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use common::{lab_bundle, sha256_hex, Lab};
 use rebox_lab::server::LabOptions;
-
-/// The operator's age identity on the laptop and its public key.
-fn age_identity(lab: &Lab) -> (PathBuf, String) {
-    let id = lab.dir.path().join("id.age");
-    let out = Command::new("age-keygen")
-        .arg("-o")
-        .arg(&id)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "age-keygen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new("age-keygen")
-        .arg("-y")
-        .arg(&id)
-        .output()
-        .unwrap();
-    (
-        id,
-        String::from_utf8(out.stdout).unwrap().trim().to_string(),
-    )
-}
 
 #[test]
 fn rebuild_plan_json_snapshot_on_a_fresh_server() {
     let lab = Lab::start(LabOptions::default());
     lab.trust();
     let bundle = lab_bundle(lab.dir.path());
-    let (id, public) = age_identity(&lab);
+    let (id, public) = lab.age_identity();
     let out = Command::new(assert_cmd::cargo::cargo_bin("rebox"))
         .env("HOME", lab.dir.path())
         .env_remove("SSH_AUTH_SOCK")

@@ -5,63 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
 use common::{lab_bundle, Lab};
 use rebox_lab::server::LabOptions;
-
-/// The operator's age identity on the laptop (made once per lab) and its public key.
-fn age_identity(lab: &Lab) -> (PathBuf, String) {
-    let id = lab.dir.path().join("id.age");
-    if !id.exists() {
-        let out = Command::new("age-keygen")
-            .arg("-o")
-            .arg(&id)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "age-keygen: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let out = Command::new("age-keygen")
-        .arg("-y")
-        .arg(&id)
-        .output()
-        .unwrap();
-    (
-        id,
-        String::from_utf8(out.stdout).unwrap().trim().to_string(),
-    )
-}
-
-fn backup_path(lab: &Lab) -> PathBuf {
-    lab.dir.path().join("vault-key.age")
-}
-
-/// `rebox` with the lab's config, key flags and the bundle, before the subcommand's own flags.
-fn rebox(lab: &Lab, subcommand: &[&str], bundle: &Path) -> Command {
-    let (id, public) = age_identity(lab);
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("rebox"));
-    cmd.env("HOME", lab.dir.path())
-        .env_remove("SSH_AUTH_SOCK")
-        .env_remove("REBOX_FAILPOINT_EXIT_AFTER")
-        .arg("--config")
-        .arg(lab.dir.path().join("rebox.toml"))
-        .args(subcommand)
-        .args(lab.conn_args())
-        .arg("--bundle")
-        .arg(bundle)
-        .arg("--key-out")
-        .arg(backup_path(lab))
-        .args(["--key-recipient", &public])
-        .arg("--key-identity")
-        .arg(id);
-    cmd
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -76,22 +24,14 @@ fn describe(out: &Output) -> String {
     )
 }
 
-fn kubectl(lab: &Lab, args: &str) -> String {
-    lab.server
-        .run_as_root_ok(&format!(
-            "KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl {args}"
-        ))
-        .unwrap()
-}
-
 /// The offline backup, decrypted by the stock age CLI: (created_at, the unseal share).
 fn backup_contents(lab: &Lab) -> (String, String) {
-    let (id, _) = age_identity(lab);
+    let (id, _) = lab.age_identity();
     let plain = Command::new("age")
         .arg("-d")
         .arg("-i")
         .arg(&id)
-        .arg(backup_path(lab))
+        .arg(lab.backup_path())
         .output()
         .unwrap();
     assert!(
@@ -121,7 +61,10 @@ fn rebuild_resumes_after_a_kill_at_every_phase_boundary() {
     let bundle = lab_bundle(lab.dir.path());
 
     // The phase ids, in order, from the plan.
-    let out = rebox(&lab, &["--json", "plan"], &bundle).output().unwrap();
+    let out = lab
+        .rebox_with_keys(&["--json", "plan"], &bundle)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "plan: {}", describe(&out));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ids: Vec<String> = plan
@@ -134,7 +77,8 @@ fn rebuild_resumes_after_a_kill_at_every_phase_boundary() {
 
     let mut backup_at_init: Option<(String, String)> = None;
     for (n, id) in ids.iter().enumerate() {
-        let out = rebox(&lab, &["--yes", "rebuild"], &bundle)
+        let out = lab
+            .rebox_with_keys(&["--yes", "rebuild"], &bundle)
             .env("REBOX_FAILPOINT_EXIT_AFTER", id)
             .output()
             .unwrap();
@@ -159,7 +103,8 @@ fn rebuild_resumes_after_a_kill_at_every_phase_boundary() {
     let (created_at, share) = backup_at_init.expect("a vault-init boundary");
 
     // Without the failpoint the rebuild completes (everything already done).
-    let out = rebox(&lab, &["--yes", "rebuild"], &bundle)
+    let out = lab
+        .rebox_with_keys(&["--yes", "rebuild"], &bundle)
         .output()
         .unwrap();
     assert!(
@@ -183,10 +128,8 @@ fn rebuild_resumes_after_a_kill_at_every_phase_boundary() {
     let (created_now, share_now) = backup_contents(&lab);
     assert_eq!(created_now, created_at, "the offline backup was rewritten");
     assert_eq!(share_now, share, "the offline backup holds another key");
-    let in_secret = kubectl(
-        &lab,
-        "-n security get secret vault-unseal-key -o jsonpath='{.data.key}'",
-    );
+    let in_secret =
+        lab.kubectl("-n security get secret vault-unseal-key -o jsonpath='{.data.key}'");
     use base64::Engine;
     let in_secret = base64::engine::general_purpose::STANDARD
         .decode(in_secret.trim())
@@ -196,9 +139,7 @@ fn rebuild_resumes_after_a_kill_at_every_phase_boundary() {
         share,
         "the Secret and the backup hold different keys"
     );
-    let ready = kubectl(
-        &lab,
-        "-n security get pod vault-0 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'",
+    let ready = lab.kubectl("-n security get pod vault-0 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'",
     );
     assert_eq!(ready.trim(), "True", "Vault is not unsealed");
     eprintln!(

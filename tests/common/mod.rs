@@ -54,6 +54,68 @@ impl Lab {
         cmd
     }
 
+    /// The operator's age identity on the laptop (made once per lab) and its public key.
+    pub fn age_identity(&self) -> (PathBuf, String) {
+        let id = self.dir.path().join("id.age");
+        if !id.exists() {
+            let out = std::process::Command::new("age-keygen")
+                .arg("-o")
+                .arg(&id)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "age-keygen: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = std::process::Command::new("age-keygen")
+            .arg("-y")
+            .arg(&id)
+            .output()
+            .unwrap();
+        (
+            id,
+            String::from_utf8(out.stdout).unwrap().trim().to_string(),
+        )
+    }
+
+    /// Where rebuilds in tests write the offline unseal-key backup.
+    pub fn backup_path(&self) -> PathBuf {
+        self.dir.path().join("vault-key.age")
+    }
+
+    /// `rebox SUBCOMMAND…` with the lab's config, connection flags, the bundle and the offline
+    /// backup flags (written to [`Lab::backup_path`] for [`Lab::age_identity`]).
+    pub fn rebox_with_keys(&self, subcommand: &[&str], bundle: &Path) -> std::process::Command {
+        let (id, public) = self.age_identity();
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("rebox"));
+        cmd.env("HOME", self.dir.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("REBOX_FAILPOINT_EXIT_AFTER")
+            .arg("--config")
+            .arg(self.dir.path().join("rebox.toml"))
+            .args(subcommand)
+            .args(self.conn_args())
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--key-out")
+            .arg(self.backup_path())
+            .args(["--key-recipient", &public])
+            .arg("--key-identity")
+            .arg(id);
+        cmd
+    }
+
+    /// Real kubectl on the lab server with the k3s kubeconfig; stdout.
+    pub fn kubectl(&self, args: &str) -> String {
+        self.server
+            .run_as_root_ok(&format!(
+                "KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl {args}"
+            ))
+            .unwrap()
+    }
+
     /// Connection flags for subcommands that connect.
     pub fn conn_args(&self) -> Vec<String> {
         vec![
