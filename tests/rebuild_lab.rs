@@ -339,3 +339,58 @@ fn rebuild_never_initialises_a_vault_that_already_holds_data() {
     let ready = lab.kubectl("-n security get pod vault-0 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'");
     assert_eq!(ready.trim(), "True");
 }
+
+#[test]
+fn rebuild_checks_the_backup_identity_before_initialising_vault() {
+    let lab = Lab::start(LabOptions::default());
+    lab.trust();
+    let bundle = lab_bundle(lab.dir.path());
+    // A recipient whose private key the operator does not pass: the backup could never be read.
+    let stranger = lab.dir.path().join("stranger.age");
+    assert!(std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&stranger)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let public = String::from_utf8(
+        std::process::Command::new("age-keygen")
+            .arg("-y")
+            .arg(&stranger)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let (mine, _) = lab.age_identity();
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("rebox"));
+    cmd.env("HOME", lab.dir.path())
+        .env_remove("SSH_AUTH_SOCK")
+        .arg("--config")
+        .arg(lab.dir.path().join("rebox.toml"))
+        .args(["--yes", "rebuild"])
+        .args(lab.conn_args())
+        .arg("--bundle")
+        .arg(&bundle)
+        .arg("--key-out")
+        .arg(lab.backup_path())
+        .args(["--key-recipient", public.trim()])
+        .arg("--key-identity")
+        .arg(&mine);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--key-identity"), "{stderr}");
+    assert!(!lab.backup_path().exists());
+    // Vault was never initialised: the phase stopped before Vault's init.
+    let ip = lab.kubectl("-n security get svc vault -o jsonpath='{.spec.clusterIP}'");
+    let status = lab
+        .server
+        .run_as_root_ok(&format!(
+            "curl -fsS http://{}:8200/v1/sys/seal-status",
+            ip.trim()
+        ))
+        .unwrap();
+    assert!(status.contains("\"initialized\":false"), "{status}");
+}

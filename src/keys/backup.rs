@@ -49,6 +49,22 @@ pub fn write_verified(
     file.commit()
 }
 
+/// Proves, before any secret exists, that `identities` open what is encrypted to
+/// `recipients` (a mismatch found after Vault's init would leave a key no one can read).
+pub fn check_identities_match(
+    recipients: &[NamedRecipient],
+    identities: &[Box<dyn age::Identity>],
+) -> Result<()> {
+    let probe = crypt::encrypt_to_recipients(b"rebox identity probe", recipients, false)?;
+    let opened = crypt::open(&probe, "identity probe")?
+        .decrypt_with_identities(identities)
+        .map_err(|e| anyhow!("{e}\n  next: the --key-identity file must hold the private key of one --key-recipient"))?;
+    if opened.as_slice() != b"rebox identity probe" {
+        bail!("the identity probe decrypted to something else (an age defect)");
+    }
+    Ok(())
+}
+
 /// Opens a key-encrypted backup with `identities`.
 pub fn open_with_identities(
     path: &Path,

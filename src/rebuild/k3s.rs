@@ -189,7 +189,13 @@ impl Phase<Ctx> for Running {
     }
     async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         ctx.drop_cluster();
-        ctx.remote.sudo_ok("systemctl enable --now k3s").await?;
+        // A kubeconfig left by an earlier k3s (a --force takeover) would be read before the new
+        // k3s writes its own: remove it when k3s is not running, so the wait sees the new one.
+        ctx.remote
+            .sudo_ok(&format!(
+                "systemctl is-active --quiet k3s || rm -f {KUBECONFIG}; systemctl enable --now k3s"
+            ))
+            .await?;
         Ok(())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {

@@ -107,6 +107,13 @@ impl Phase<Ctx> for Init {
         if path.exists() {
             anyhow::bail!("{} already exists and belongs to another Vault; a new key needs a new file\n  next: pass --key-out NEW-FILE (keep the old backup)", path.display());
         }
+        // Everything that can fail without Vault is checked before init: the destination is
+        // writable and free, and the identity opens what the recipients can read.
+        {
+            let settings = ctx.key_backup()?;
+            drop(crate::keys::output::Pending::create(&path, false)?);
+            backup::check_identities_match(&settings.recipients()?, &settings.identities()?)?;
+        }
         let (shares, threshold) = (ctx.config.vault.key_shares, ctx.config.vault.key_threshold);
         let init = ctx.vault().await?.init(shares, threshold).await?;
         let doc = BackupDocument::new(
@@ -116,13 +123,31 @@ impl Phase<Ctx> for Init {
             init.keys.clone(),
             vec![("vault-root-token".to_string(), init.root_token.clone())],
         )?;
-        let settings = ctx.key_backup()?;
-        let identities = settings.identities()?;
-        let recipients = settings.recipients()?;
-        if let Err(e) = backup::write_verified(&doc, &recipients, &identities, &path) {
-            // The key exists only in this process now: say so loudly, and keep it for the Secret.
-            ctx.unseal_shares = Some(init.keys);
-            return Err(e.context("Vault WAS initialised but its key could not be saved to the offline backup; do not close rebox: fix the destination and rerun NOW, or copy the key from the Secret once it exists"));
+        // age's recipients and identities are not Send: keep them out of the awaits below.
+        let written = {
+            let settings = ctx.key_backup()?;
+            backup::write_verified(
+                &doc,
+                &settings.recipients()?,
+                &settings.identities()?,
+                &path,
+            )
+        };
+        if let Err(e) = written {
+            // Only an I/O failure can get here (the checks above passed). The key must not die
+            // with this process: put it in the cluster's Secret, from where `rebox key export`
+            // writes the backup once the destination is fixed.
+            let texts: Vec<&str> = init.keys.iter().map(|k| k.expose()).collect();
+            let secret = crate::manifests::unseal_key_secret(&ctx.config, &texts);
+            let saved = ctx.cluster().await?.apply_all(&[secret]).await;
+            let next = match saved {
+                Ok(()) => format!(
+                    "the key was saved to Secret {}/{} instead; fix the destination, then `rebox key export -o {} -r …` and rerun `rebox rebuild`",
+                    ctx.config.vault.namespace, ctx.config.vault.unseal_secret, path.display()
+                ),
+                Err(s) => format!("saving it to the Secret failed too ({s:#}); Vault must be initialised again by hand"),
+            };
+            return Err(e.context(format!("Vault WAS initialised but its key could not be written to the offline backup: {next}")));
         }
         eprintln!(
             "wrote the offline backup {} and verified that it decrypts",
