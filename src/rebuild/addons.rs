@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::Ctx;
 use crate::cluster::apply::describe;
 use crate::flow::Phase;
-use crate::manifests::{render_all, Group};
+use crate::manifests::Group;
 
 /// How long one chart may take to install.
 const CHART_DEADLINE: Duration = Duration::from_secs(600);
@@ -27,10 +27,7 @@ pub struct Apply {
 impl Apply {
     fn objects(&self, ctx: &Ctx) -> Result<Vec<Value>> {
         let mut objects = Vec::new();
-        for m in render_all(&ctx.config, &ctx.inputs)?
-            .into_iter()
-            .filter(|m| m.group == self.group)
-        {
+        for m in ctx.manifests()?.iter().filter(|m| m.group == self.group) {
             if !m.missing_config.is_empty() {
                 anyhow::bail!(
                     "{} needs {} in rebox.toml before it can be applied\n  next: set it (`rebox init` writes a commented file) and rerun",
@@ -55,7 +52,7 @@ impl Apply {
                     sources.join(", ")
                 );
             }
-            objects.extend(m.objects);
+            objects.extend(m.objects.iter().cloned());
         }
         Ok(objects)
     }

@@ -68,6 +68,8 @@ pub struct Ctx {
     pub unseal_shares: Option<Vec<SecretText>>,
     cluster: Option<Cluster>,
     vault: Option<(VaultClient, Tunnel)>,
+    /// The embedded manifests rendered from the config, once per run.
+    manifests: std::sync::OnceLock<Vec<crate::manifests::Manifest>>,
 }
 
 impl Ctx {
@@ -90,7 +92,17 @@ impl Ctx {
             unseal_shares: None,
             cluster: None,
             vault: None,
+            manifests: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Every embedded manifest rendered from the config (rendered on first use, then kept).
+    pub fn manifests(&self) -> Result<&[crate::manifests::Manifest]> {
+        if let Some(m) = self.manifests.get() {
+            return Ok(m);
+        }
+        let rendered = crate::manifests::render_all(&self.config, &self.inputs)?;
+        Ok(self.manifests.get_or_init(|| rendered))
     }
 
     pub fn key_backup(&self) -> Result<&KeyBackup> {
