@@ -15,7 +15,9 @@ use serde_json::Value;
 
 /// `../shared/crds` beside the clone, or `None` after a loud SKIPPED line on stderr.
 pub fn crds_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/crds"));
+    let dir = // Read at run time: a test binary built in another clone (shared CARGO_TARGET_DIR) must
+    // still look beside this one.
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test")).join("../shared/crds");
     if dir.is_dir() {
         Some(dir)
     } else {

@@ -12,7 +12,7 @@ use rebox_lab::k3s::controllers::crds;
 use serde_json::Value;
 
 fn upstream(file: &str) -> Option<Vec<Value>> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let p = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test"))
         .join("../../../shared/crds")
         .join(file);
     if !p.exists() {
