@@ -151,7 +151,11 @@ pub struct RebuildArgs {
     #[arg(long, value_name = "FILE", requires = "restore_from_nas")]
     pub key_file: Option<PathBuf>,
     /// With --restore-from-nas: leave this volume out (e.g. its backup is corrupt); repeatable
-    #[arg(long = "skip-volume", value_name = "VOLUME", requires = "restore_from_nas")]
+    #[arg(
+        long = "skip-volume",
+        value_name = "VOLUME",
+        requires = "restore_from_nas"
+    )]
     pub skip_volumes: Vec<String>,
 }
 

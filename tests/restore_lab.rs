@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use rebox_lab::chrono::{Duration as ChronoDuration, Utc};
 use common::{lab_bundle, Lab};
+use rebox_lab::chrono::{Duration as ChronoDuration, Utc};
 use rebox_lab::k3s::controllers::longhorn::volume_data_dir;
 use rebox_lab::nas::{BuiltNas, NasFixture, VolumeData};
 use rebox_lab::server::LabOptions;
@@ -141,11 +141,13 @@ fn app_data(volume: &str, generation: u8) -> VolumeData {
 
 /// The restored volume's files as the Longhorn stand-in holds them on the server.
 fn restored_files(lab: &Lab, volume: &str) -> BTreeMap<String, Vec<u8>> {
-    files(&lab.server.merged_path(
-        volume_data_dir(Path::new(K3S_DATA), volume)
-            .to_str()
-            .unwrap(),
-    ))
+    files(
+        &lab.server.merged_path(
+            volume_data_dir(Path::new(K3S_DATA), volume)
+                .to_str()
+                .unwrap(),
+        ),
+    )
 }
 
 fn expected_files(data: &VolumeData) -> BTreeMap<String, Vec<u8>> {
@@ -170,8 +172,7 @@ fn phase_ids(lab: &Lab, bundle: &Path, key: &Path) -> Vec<String> {
 }
 
 #[test]
-fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_at_every_phase(
-) {
+fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_at_every_phase() {
     let started = Instant::now();
     let mut lab = Lab::start(LabOptions::default());
     lab.trust();
@@ -185,7 +186,7 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
     assert!(out.status.success(), "fresh rebuild: {}", describe(&out));
     let key_file = lab.backup_path();
     let vault_volume = lab
-        .kubectl("-n security get pvc vault-data-lh -o jsonpath={.spec.volumeName}")
+        .kubectl("-n security get pvc vault-data-lh -o jsonpath='{.spec.volumeName}'")
         .trim()
         .to_string();
     assert!(!vault_volume.is_empty());
@@ -221,7 +222,13 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
         now - ChronoDuration::hours(30),
     );
     for (v, ns, pvc, hours) in app_volumes() {
-        fixture = fixture.volume(v, ns, pvc, app_data(v, 1), now - ChronoDuration::hours(hours));
+        fixture = fixture.volume(
+            v,
+            ns,
+            pvc,
+            app_data(v, 1),
+            now - ChronoDuration::hours(hours),
+        );
     }
     let nas: BuiltNas = fixture.build().unwrap();
     publish_nas(&lab, &nas_dir);
@@ -245,7 +252,12 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
     // 5. Killed after every phase in turn: each rerun resumes. Before Vault's unseal, one
     //    run with a wrong backup: refused, Vault stays sealed, nothing is deleted.
     let ids = phase_ids(&lab, &bundle, &key_file);
-    for id in ["restore-guard", "restore-volumes", "vault-restored", "bootstrap-secrets"] {
+    for id in [
+        "restore-guard",
+        "restore-volumes",
+        "vault-restored",
+        "bootstrap-secrets",
+    ] {
         assert!(ids.iter().any(|i| i == id), "no phase {id} in {ids:?}");
     }
     assert!(!ids.iter().any(|i| i == "vault-init"), "{ids:?}");
@@ -261,7 +273,7 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
                 describe(&out)
             );
             let sealed = lab.kubectl(
-                "-n security get pod vault-0 -o jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                "-n security get pod vault-0 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'",
             );
             assert_ne!(sealed.trim(), "True", "Vault unsealed with a wrong key");
             assert!(
@@ -322,15 +334,20 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
         .unwrap();
     assert!(out.status.success(), "final run: {}", describe(&out));
     assert_no_secret(&lab, &key_file, &out);
-    assert!(text(&out.stdout).contains("Restore finished"), "{}", describe(&out));
+    assert!(
+        text(&out.stdout).contains("Restore finished"),
+        "{}",
+        describe(&out)
+    );
 
     // Every PVC bound to its restored volume, holding the newest backup's data.
-    for (v, ns, pvc, _) in app_volumes()
-        .into_iter()
-        .chain([(vault_volume.as_str(), "security", "vault-data-lh", 0)])
+    for (v, ns, pvc, _) in
+        app_volumes()
+            .into_iter()
+            .chain([(vault_volume.as_str(), "security", "vault-data-lh", 0)])
     {
         let got = lab.kubectl(&format!(
-            "-n {ns} get pvc {pvc} -o jsonpath={{.status.phase}}/{{.spec.volumeName}}"
+            "-n {ns} get pvc {pvc} -o jsonpath='{{.status.phase}}/{{.spec.volumeName}}'"
         ));
         assert_eq!(got.trim(), format!("Bound/{v}"), "PVC {ns}/{pvc}");
     }
@@ -351,12 +368,12 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
         let _ = content;
     }
     let ready = lab.kubectl(
-        "-n security get pod vault-0 -o jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        "-n security get pod vault-0 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'",
     );
     assert_eq!(ready.trim(), "True", "Vault is not unsealed");
     let share = backup_share(&lab, &key_file);
     let in_secret =
-        lab.kubectl("-n security get secret vault-unseal-key -o jsonpath={.data.key}");
+        lab.kubectl("-n security get secret vault-unseal-key -o jsonpath='{.data.key}'");
     use base64::Engine;
     let in_secret = base64::engine::general_purpose::STANDARD
         .decode(in_secret.trim())
@@ -364,11 +381,11 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
     assert_eq!(String::from_utf8(in_secret).unwrap().trim(), share);
     // ESO's store Ready, the root app Synced and Healthy.
     let store = lab.kubectl(
-        "get clustersecretstore k8s-secrets -o jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        "get clustersecretstore k8s-secrets -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'",
     );
     assert_eq!(store.trim(), "True");
     let app = lab.kubectl(
-        "-n argocd get application root -o jsonpath={.status.sync.status}/{.status.health.status}",
+        "-n argocd get application root -o jsonpath='{.status.sync.status}/{.status.health.status}'",
     );
     assert_eq!(app.trim(), "Synced/Healthy");
 
@@ -472,7 +489,10 @@ fn restore_failures_touch_nothing_or_only_what_failed() {
         describe(&out)
     );
     assert!(!lab.server.merged_path("/usr/local/bin/k3s").exists());
-    assert!(!lab.server.merged_path("/var/lib/rebox/journal.json").exists());
+    assert!(!lab
+        .server
+        .merged_path("/var/lib/rebox/journal.json")
+        .exists());
 
     // A corrupt backup: the other volumes restore, the run names the bad one.
     let scratch = tempfile::tempdir().unwrap();
@@ -486,8 +506,20 @@ fn restore_failures_touch_nothing_or_only_what_failed() {
             VolumeData::Files(vec![("README".into(), b"no vault data here".to_vec())]),
             now - ChronoDuration::hours(1),
         )
-        .volume("pvc-a", "apps", "a", app_data("pvc-a", 1), now - ChronoDuration::hours(1))
-        .volume("pvc-b", "apps", "b", app_data("pvc-b", 1), now - ChronoDuration::hours(1))
+        .volume(
+            "pvc-a",
+            "apps",
+            "a",
+            app_data("pvc-a", 1),
+            now - ChronoDuration::hours(1),
+        )
+        .volume(
+            "pvc-b",
+            "apps",
+            "b",
+            app_data("pvc-b", 1),
+            now - ChronoDuration::hours(1),
+        )
     };
     good(NasFixture::new(&nas_dir))
         .corrupt("pvc-b")
@@ -502,10 +534,13 @@ fn restore_failures_touch_nothing_or_only_what_failed() {
         "{}",
         describe(&out)
     );
-    assert_eq!(restored_files(&lab, "pvc-a"), expected_files(&app_data("pvc-a", 1)));
+    assert_eq!(
+        restored_files(&lab, "pvc-a"),
+        expected_files(&app_data("pvc-a", 1))
+    );
     let uid = |v: &str| {
         lab.kubectl(&format!(
-            "-n longhorn-system get volumes.longhorn.io {v} -o jsonpath={{.metadata.uid}}"
+            "-n longhorn-system get volumes.longhorn.io {v} -o jsonpath='{{.metadata.uid}}'"
         ))
     };
     let (uid_a, uid_b) = (uid("pvc-a"), uid("pvc-b"));
@@ -522,7 +557,14 @@ fn restore_failures_touch_nothing_or_only_what_failed() {
         "{}",
         describe(&out)
     );
-    assert_eq!(uid("pvc-a"), uid_a, "the restored volume was restored again");
+    assert_eq!(
+        uid("pvc-a"),
+        uid_a,
+        "the restored volume was restored again"
+    );
     assert_ne!(uid("pvc-b"), uid_b, "the failed volume was not retried");
-    assert_eq!(restored_files(&lab, "pvc-b"), expected_files(&app_data("pvc-b", 1)));
+    assert_eq!(
+        restored_files(&lab, "pvc-b"),
+        expected_files(&app_data("pvc-b", 1))
+    );
 }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::crypt::{self, NamedRecipient};
-use super::passphrase;
 use super::output::Pending;
+use super::passphrase;
 use super::BackupDocument;
 
 /// Encrypts `doc` to `recipients` (armored), writes it 0600 to `path` (never over an existing
@@ -84,7 +84,10 @@ pub fn open_with_identities(
 
 /// Reads, decrypts and fully checks a backup file: with the identity files, or by asking for
 /// the passphrase when the file is passphrase-protected. Returns how it was protected.
-pub fn open_file(path: &Path, identity_paths: &[PathBuf]) -> Result<(BackupDocument, &'static str)> {
+pub fn open_file(
+    path: &Path,
+    identity_paths: &[PathBuf],
+) -> Result<(BackupDocument, &'static str)> {
     let label = path.display().to_string();
     let mut data = Vec::new();
     std::fs::File::open(path)

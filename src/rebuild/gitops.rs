@@ -113,8 +113,14 @@ pub async fn app_states(
             let s = &o.data["status"];
             crate::restore::report::AppState {
                 name: o.metadata.name.clone().unwrap_or_default(),
-                sync: s["sync"]["status"].as_str().unwrap_or("Unknown").to_string(),
-                health: s["health"]["status"].as_str().unwrap_or("Unknown").to_string(),
+                sync: s["sync"]["status"]
+                    .as_str()
+                    .unwrap_or("Unknown")
+                    .to_string(),
+                health: s["health"]["status"]
+                    .as_str()
+                    .unwrap_or("Unknown")
+                    .to_string(),
             }
         })
         .collect();

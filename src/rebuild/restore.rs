@@ -32,11 +32,12 @@ impl Guard {
         let mut found = Vec::new();
         let vols = longhorn::api(&client, &cfg.longhorn.namespace, "Volume", "volumes");
         if let Ok(list) = vols.list(&ListParams::default()).await {
-            found.extend(
-                list.items
-                    .iter()
-                    .map(|v| format!("Longhorn volume {}", v.metadata.name.clone().unwrap_or_default())),
-            );
+            found.extend(list.items.iter().map(|v| {
+                format!(
+                    "Longhorn volume {}",
+                    v.metadata.name.clone().unwrap_or_default()
+                )
+            }));
         }
         let pvcs: Api<PersistentVolumeClaim> = Api::all(client.clone());
         for c in pvcs.list(&ListParams::default()).await?.items {
@@ -60,10 +61,18 @@ impl Guard {
         let statefulsets: Api<StatefulSet> = Api::all(client.clone());
         let mut workloads: Vec<(String, String, &str)> = Vec::new();
         for d in deployments.list(&ListParams::default()).await?.items {
-            workloads.push((d.metadata.namespace.unwrap_or_default(), d.metadata.name.unwrap_or_default(), "Deployment"));
+            workloads.push((
+                d.metadata.namespace.unwrap_or_default(),
+                d.metadata.name.unwrap_or_default(),
+                "Deployment",
+            ));
         }
         for s in statefulsets.list(&ListParams::default()).await?.items {
-            workloads.push((s.metadata.namespace.unwrap_or_default(), s.metadata.name.unwrap_or_default(), "StatefulSet"));
+            workloads.push((
+                s.metadata.namespace.unwrap_or_default(),
+                s.metadata.name.unwrap_or_default(),
+                "StatefulSet",
+            ));
         }
         found.extend(
             workloads
@@ -153,9 +162,7 @@ impl Volumes {
     fn wanted(ctx: &Ctx) -> Vec<Wanted> {
         ctx.restore
             .as_ref()
-            .map(|r| {
-                r.table.to_restore().map(Wanted::from).collect()
-            })
+            .map(|r| r.table.to_restore().map(Wanted::from).collect())
             .unwrap_or_default()
     }
 }
@@ -176,7 +183,10 @@ impl Phase<Ctx> for Volumes {
         };
         let client = cluster.client.clone();
         for w in &wanted {
-            if !longhorn::is_restored(&client, &ns, w).await.unwrap_or(false) {
+            if !longhorn::is_restored(&client, &ns, w)
+                .await
+                .unwrap_or(false)
+            {
                 return Ok(true);
             }
         }
@@ -210,8 +220,7 @@ impl Phase<Ctx> for Volumes {
             ctx.config.restore.concurrency,
         );
         let client = ctx.cluster().await?.client.clone();
-        let outcomes =
-            longhorn::restore_all(&client, &ns, replicas, &wanted, concurrency).await?;
+        let outcomes = longhorn::restore_all(&client, &ns, replicas, &wanted, concurrency).await?;
         let failed: Vec<String> = outcomes
             .iter()
             .filter(|o| o.error.is_some())
@@ -338,7 +347,12 @@ impl Phase<Ctx> for BootstrapSecrets {
             .iter()
             .map(|s| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": s.secret, "namespace": s.namespace}}))
             .collect();
-        Ok(!ctx.cluster().await?.all_exist(&secrets).await.unwrap_or(false))
+        Ok(!ctx
+            .cluster()
+            .await?
+            .all_exist(&secrets)
+            .await
+            .unwrap_or(false))
     }
     fn describe(&self, ctx: &Ctx) -> Vec<String> {
         if ctx.config.bootstrap_secrets.is_empty() {

@@ -144,7 +144,10 @@ async fn discover(
                     .as_str()
                     .unwrap_or_default();
                 if last.is_empty() {
-                    found.push((w.clone(), Err(anyhow!("Longhorn lists no completed backup"))));
+                    found.push((
+                        w.clone(),
+                        Err(anyhow!("Longhorn lists no completed backup")),
+                    ));
                     continue;
                 }
                 let Some(b) = backups.get_opt(last).await? else {
@@ -211,7 +214,12 @@ fn progress(v: Option<&DynamicObject>) -> Progress {
         .as_array()
         .and_then(|c| c.iter().find(|c| c["type"] == "Restore"));
     if let Some(c) = restore.filter(|c| c["reason"] == "RestoreFailure") {
-        return Progress::Failed(c["message"].as_str().unwrap_or("restore failed").to_string());
+        return Progress::Failed(
+            c["message"]
+                .as_str()
+                .unwrap_or("restore failed")
+                .to_string(),
+        );
     }
     if s["robustness"] == "faulted" {
         return Progress::Failed("the volume is faulted".into());
@@ -404,11 +412,12 @@ async fn bind(
     )
     .await
     .with_context(|| format!("creating PersistentVolumeClaim {pvc_ns}/{pvc}"))?;
-    let bound = kube::runtime::wait::await_condition(pvcs, pvc, |c: Option<&PersistentVolumeClaim>| {
-        c.and_then(|c| c.status.as_ref())
-            .and_then(|s| s.phase.as_deref())
-            == Some("Bound")
-    });
+    let bound =
+        kube::runtime::wait::await_condition(pvcs, pvc, |c: Option<&PersistentVolumeClaim>| {
+            c.and_then(|c| c.status.as_ref())
+                .and_then(|s| s.phase.as_deref())
+                == Some("Bound")
+        });
     tokio::time::timeout(BIND_DEADLINE, bound)
         .await
         .map_err(|_| {
@@ -447,7 +456,10 @@ pub async fn observed(client: &Client, ns: &str, wanted: &[Wanted]) -> Vec<Outco
     let mut out = Vec::new();
     for w in wanted {
         let v = vols.get_opt(&w.volume).await.ok().flatten();
-        let s = v.as_ref().map(|v| v.data["status"].clone()).unwrap_or_default();
+        let s = v
+            .as_ref()
+            .map(|v| v.data["status"].clone())
+            .unwrap_or_default();
         let state = match progress(v.as_ref()) {
             Progress::Done { .. } => "restored earlier",
             Progress::Failed(_) => "failed",
@@ -459,7 +471,10 @@ pub async fn observed(client: &Client, ns: &str, wanted: &[Wanted]) -> Vec<Outco
             namespace: w.namespace.clone(),
             pvc: w.pvc.clone(),
             backup: s["lastBackup"].as_str().map(String::from),
-            backup_at: s["lastBackupAt"].as_str().filter(|t| !t.is_empty()).map(String::from),
+            backup_at: s["lastBackupAt"]
+                .as_str()
+                .filter(|t| !t.is_empty())
+                .map(String::from),
             restored_bytes: s["actualSize"].as_u64(),
             duration_ms: 0,
             state: state.into(),
@@ -520,7 +535,12 @@ pub async fn restore_all(
             match result {
                 Ok((bytes, already)) => {
                     outcome.restored_bytes = bytes;
-                    outcome.state = if already { "already restored" } else { "restored" }.into();
+                    outcome.state = if already {
+                        "already restored"
+                    } else {
+                        "restored"
+                    }
+                    .into();
                     bar.finish_with_message(format!("{}: {}", w.volume, outcome.state));
                 }
                 Err(e) => {
@@ -566,12 +586,23 @@ mod tests {
         let running = vol(json!({"restoreInitiated": true, "restoreRequired": true,
             "conditions": [{"type": "Restore", "status": "True", "reason": "RestoreInProgress", "message": "restoring backup b: restored 40%"}]}));
         assert_eq!(progress(Some(&running)), Progress::Restoring(Some(40)));
-        let done = vol(json!({"restoreInitiated": true, "restoreRequired": false, "actualSize": 5,
-            "conditions": [{"type": "Restore", "status": "False", "reason": ""}]}));
-        assert_eq!(progress(Some(&done)), Progress::Done { actual_size: Some(5) });
-        let failed = vol(json!({"restoreInitiated": true, "restoreRequired": true, "robustness": "faulted",
-            "conditions": [{"type": "Restore", "status": "False", "reason": "RestoreFailure", "message": "All replica restore failed"}]}));
-        assert!(matches!(progress(Some(&failed)), Progress::Failed(m) if m.contains("All replica")));
+        let done = vol(
+            json!({"restoreInitiated": true, "restoreRequired": false, "actualSize": 5,
+            "conditions": [{"type": "Restore", "status": "False", "reason": ""}]}),
+        );
+        assert_eq!(
+            progress(Some(&done)),
+            Progress::Done {
+                actual_size: Some(5)
+            }
+        );
+        let failed = vol(
+            json!({"restoreInitiated": true, "restoreRequired": true, "robustness": "faulted",
+            "conditions": [{"type": "Restore", "status": "False", "reason": "RestoreFailure", "message": "All replica restore failed"}]}),
+        );
+        assert!(
+            matches!(progress(Some(&failed)), Progress::Failed(m) if m.contains("All replica"))
+        );
         // A volume that never started restoring is not done, whatever restoreRequired says.
         let fresh = vol(json!({"restoreInitiated": false, "restoreRequired": false}));
         assert_eq!(progress(Some(&fresh)), Progress::Restoring(None));

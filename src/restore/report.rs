@@ -37,7 +37,9 @@ impl Report<'_> {
     /// `<journal dir>/restore-report.json`, 0600.
     pub fn write(&self, journal_path: &Path) -> Result<PathBuf> {
         use std::io::Write;
-        let dir = journal_path.parent().context("journal path has no directory")?;
+        let dir = journal_path
+            .parent()
+            .context("journal path has no directory")?;
         std::fs::create_dir_all(dir)?;
         let path = dir.join("restore-report.json");
         let mut tmp = tempfile::NamedTempFile::new_in(dir)?;

@@ -196,8 +196,16 @@ mod tests {
         );
         assert_eq!(t.rows[0].age_secs, Some(5400));
         assert_eq!(t.rows[0].flag, None);
-        assert!(t.rows[1].flag.as_deref().unwrap().contains("older than 26h"));
-        assert!(t.rows[2].flag.as_deref().unwrap().contains("no completed backup"));
+        assert!(t.rows[1]
+            .flag
+            .as_deref()
+            .unwrap()
+            .contains("older than 26h"));
+        assert!(t.rows[2]
+            .flag
+            .as_deref()
+            .unwrap()
+            .contains("no completed backup"));
         assert_eq!(t.to_restore().count(), 2);
         assert_eq!(t.flagged(), 2);
         let text = t.render();

@@ -243,8 +243,17 @@ async fn report(
             .map(|l| l.items.len());
             // Volumes restored by an earlier run: what Longhorn says about them now.
             if let Some(r) = ctx.restore.as_mut().filter(|r| r.outcomes.is_empty()) {
-                let wanted: Vec<_> = r.table.to_restore().map(crate::restore::longhorn::Wanted::from).collect();
-                r.outcomes = crate::restore::longhorn::observed(&client, &ctx.config.longhorn.namespace, &wanted).await;
+                let wanted: Vec<_> = r
+                    .table
+                    .to_restore()
+                    .map(crate::restore::longhorn::Wanted::from)
+                    .collect();
+                r.outcomes = crate::restore::longhorn::observed(
+                    &client,
+                    &ctx.config.longhorn.namespace,
+                    &wanted,
+                )
+                .await;
             }
             (apps, jobs.ok())
         }

@@ -89,7 +89,13 @@ fn nas_build(dir: PathBuf, from_server: Option<String>, apps: usize) -> Result<(
                     .to_str()
                     .expect("utf-8 path"),
             );
-            fixture = fixture.volume(volume, ns, pvc, VolumeData::Dir(data), now - Duration::minutes(30));
+            fixture = fixture.volume(
+                volume,
+                ns,
+                pvc,
+                VolumeData::Dir(data),
+                now - Duration::minutes(30),
+            );
             count += 1;
         }
     }
@@ -107,7 +113,10 @@ fn nas_build(dir: PathBuf, from_server: Option<String>, apps: usize) -> Result<(
         count += 1;
     }
     fixture.build()?;
-    eprintln!("rebox-lab: wrote Longhorn backups of {count} volume(s) to {}", dir.display());
+    eprintln!(
+        "rebox-lab: wrote Longhorn backups of {count} volume(s) to {}",
+        dir.display()
+    );
     Ok(())
 }
 

@@ -46,7 +46,8 @@
 //! deleting a Volume deletes it. Fault switches ([`super::super::faults`]): a stuck restore
 //! (progress stops while the switch is on); corrupt backups are real corruption on the NAS
 //! ([`crate::nas::corrupt_volume`]).
-//! Left out: replicas, engines, snapshots, backups *to* the store, recurring jobs, RWX
+//! Left out: replicas, engines, snapshots, backups *to* the store, running recurring jobs
+//! (RecurringJob objects are served, never run), RWX
 //! share manager, v1.6/1.7 Settings (`backup-target` Setting CRs are not mirrored).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -469,6 +470,47 @@ pub fn longhorn_kinds() -> Vec<LonghornKind> {
                 age
             ]),
         },
+        // Served so that clients can list and create them; the lab never runs them (no
+        // backups *to* the store), which rebox's restore relies on being its own choice.
+        LonghornKind {
+            kind: "RecurringJob",
+            plural: "recurringjobs",
+            short: "lhrj",
+            schema: root(
+                Some(obj(&[
+                    ("concurrency", i()),
+                    ("cron", s()),
+                    ("groups", sarr()),
+                    ("labels", smap()),
+                    ("name", s()),
+                    ("parameters", smap()),
+                    ("retain", i()),
+                    (
+                        "task",
+                        e(&[
+                            "snapshot",
+                            "snapshot-force-create",
+                            "snapshot-cleanup",
+                            "snapshot-delete",
+                            "backup",
+                            "backup-force-create",
+                            "filesystem-trim",
+                            "system-backup",
+                        ]),
+                    ),
+                ])),
+                obj(&[("executionCount", i()), ("ownerID", s())]),
+            ),
+            columns: json!([
+                col("Groups", "string", ".spec.groups"),
+                col("Task", "string", ".spec.task"),
+                col("Cron", "string", ".spec.cron"),
+                col("Retain", "integer", ".spec.retain"),
+                col("Concurrency", "integer", ".spec.concurrency"),
+                age,
+                col("Labels", "string", ".spec.labels"),
+            ]),
+        },
     ]
 }
 
@@ -886,12 +928,21 @@ impl Controller {
                     .get("backupstore-poll-interval")
                     .and_then(|p| p.parse::<u64>().ok())
                     .unwrap_or(300);
-                let _ = ops::modify(st, GROUP, "backuptargets", NAMESPACE, "default", None, MANAGER, |o| {
-                    o["spec"]["backupTargetURL"] = json!(url);
-                    o["spec"]["credentialSecret"] = json!(secret);
-                    o["spec"]["pollInterval"] = json!(format!("{poll}s"));
-                    true
-                });
+                let _ = ops::modify(
+                    st,
+                    GROUP,
+                    "backuptargets",
+                    NAMESPACE,
+                    "default",
+                    None,
+                    MANAGER,
+                    |o| {
+                        o["spec"]["backupTargetURL"] = json!(url);
+                        o["spec"]["credentialSecret"] = json!(secret);
+                        o["spec"]["pollInterval"] = json!(format!("{poll}s"));
+                        true
+                    },
+                );
                 return; // the modification comes back as an event
             }
         }
