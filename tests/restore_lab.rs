@@ -95,7 +95,7 @@ fn publish_nas(lab: &Lab, nas_dir: &Path) {
     copy_dir(nas_dir, &lab.server.merged_path("/backups"));
 }
 
-/// A backup of cluster "homelab" holding a key this lab's Vault never had.
+/// A backup of cluster "homelab" holding a key (and root token) this lab's Vault never had.
 fn wrong_key_file(lab: &Lab) -> PathBuf {
     let (_, public) = lab.age_identity();
     let path = lab.dir.path().join("wrong-key.age");
@@ -103,6 +103,8 @@ fn wrong_key_file(lab: &Lab) -> PathBuf {
         .rebox()
         .args(["key", "export", "--from-stdin", "-r", &public, "-o"])
         .arg(&path)
+        .args(["--extra-from-env", "vault-root-token=WRONG_TOKEN"])
+        .env("WRONG_TOKEN", "hvs.not-this-vaults-token")
         .write_stdin("bm90LXRoZS1rZXktb2YtdGhpcy12YXVsdC0wMDAwMDA=")
         .output()
         .unwrap();
@@ -249,6 +251,13 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
     publish_nas(&lab, &nas_dir);
     assert!(!lab.server.merged_path("/usr/local/bin/k3s").exists());
 
+    // A bootstrap Secret filled from the backup's extra secrets (here the root token the
+    // fresh rebuild stored there).
+    let config_path = lab.dir.path().join("rebox.toml");
+    let mut config = std::fs::read_to_string(&config_path).unwrap();
+    config.push_str("\n[[bootstrap_secrets]]\nsource = \"vault-root-token\"\nnamespace = \"ops\"\nsecret = \"vault-admin\"\nkey = \"token\"\n");
+    std::fs::write(&config_path, config).unwrap();
+
     // 5. Killed after every phase in turn: each rerun resumes. Before Vault's unseal, one
     //    run with a wrong backup: refused, Vault stays sealed, nothing is deleted.
     let ids = phase_ids(&lab, &bundle, &key_file);
@@ -379,6 +388,17 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
         .decode(in_secret.trim())
         .unwrap();
     assert_eq!(String::from_utf8(in_secret).unwrap().trim(), share);
+    let admin = lab.kubectl("-n ops get secret vault-admin -o jsonpath='{.data.token}'");
+    assert_eq!(
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(admin.trim())
+                .unwrap()
+        )
+        .unwrap(),
+        backup_extra(&lab, &key_file, "vault-root-token"),
+        "the bootstrap Secret does not hold the backup's value"
+    );
     // ESO's store Ready, the root app Synced and Healthy.
     let store = lab.kubectl(
         "get clustersecretstore k8s-secrets -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'",
@@ -442,12 +462,38 @@ fn backup_share(lab: &Lab, key_file: &Path) -> String {
         .expect("a key in the backup")
 }
 
+/// The value of an extra secret in the offline backup (age CLI).
+fn backup_extra(lab: &Lab, key_file: &Path, name: &str) -> String {
+    let (id, _) = lab.age_identity();
+    let plain = Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(&id)
+        .arg(key_file)
+        .output()
+        .unwrap();
+    let doc: toml::Value = toml::from_str(&text(&plain.stdout)).unwrap();
+    doc["extra"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str() == Some(name))
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or_else(|| panic!("no extra {name} in the backup"))
+        .to_string()
+}
+
 fn assert_no_secret(lab: &Lab, key_file: &Path, out: &Output) {
     let share = backup_share(lab, key_file);
+    let token = backup_extra(lab, key_file, "vault-root-token");
     for stream in [&out.stdout, &out.stderr] {
         assert!(
             !text(stream).contains(&share),
             "the unseal key appeared in rebox's output"
+        );
+        assert!(
+            !text(stream).contains(&token),
+            "an extra secret appeared in rebox's output"
         );
     }
 }
@@ -460,6 +506,26 @@ fn restore_failures_touch_nothing_or_only_what_failed() {
     let key_file = wrong_key_file(&lab); // any backup of "homelab"; Vault never gets that far
     let config_path = lab.dir.path().join("rebox.toml");
     let config = std::fs::read_to_string(&config_path).unwrap();
+
+    // A bootstrap secret the backup lacks, without a terminal to ask: refused before the
+    // server is touched.
+    std::fs::write(
+        &config_path,
+        format!("{config}\n[[bootstrap_secrets]]\nsource = \"cloudflare-api-token\"\nnamespace = \"cert-manager\"\nsecret = \"cloudflare\"\nkey = \"api-token\"\n"),
+    )
+    .unwrap();
+    let out = restore_cmd(&lab, &bundle, &key_file, &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("holds no cloudflare-api-token"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!lab.server.merged_path("/var/lib/rebox").exists());
+    assert!(
+        !lab.server.merged_path("/usr/sbin/mount.nfs").exists(),
+        "the server was changed"
+    );
 
     // An unreachable NAS: stopped before the server changes (no k3s).
     std::fs::write(

@@ -194,11 +194,14 @@ impl Phase<Ctx> for Volumes {
     }
     fn describe(&self, ctx: &Ctx) -> Vec<String> {
         let wanted = Self::wanted(ctx);
+        let count = match &ctx.restore {
+            Some(_) => format!("{} volume(s)", wanted.len()),
+            None => "every volume on the NAS (listed once the server can read it)".into(),
+        };
         let mut out = vec![
             "ask Longhorn's backup target to read the NAS now; wait for every volume's BackupVolume and newest Completed Backup".into(),
             format!(
-                "restore {} volume(s), {} at a time, each into a Volume of the same name (fromBackup)",
-                wanted.len(),
+                "restore {count}, {} at a time, each into a Volume of the same name (fromBackup)",
                 ctx.config.restore.concurrency
             ),
         ];
@@ -347,12 +350,10 @@ impl Phase<Ctx> for BootstrapSecrets {
             .iter()
             .map(|s| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": s.secret, "namespace": s.namespace}}))
             .collect();
-        Ok(!ctx
-            .cluster()
-            .await?
-            .all_exist(&secrets)
-            .await
-            .unwrap_or(false))
+        let Ok(cluster) = ctx.cluster().await else {
+            return Ok(true); // no cluster yet (a plan before k3s)
+        };
+        Ok(!cluster.all_exist(&secrets).await.unwrap_or(false))
     }
     fn describe(&self, ctx: &Ctx) -> Vec<String> {
         if ctx.config.bootstrap_secrets.is_empty() {

@@ -65,11 +65,24 @@ impl Report<'_> {
         }
         if !self.volumes.is_empty() {
             out.push_str("Volumes:\n");
+            let owner_of = |v: &Outcome| match (&v.namespace, &v.pvc) {
+                (Some(ns), Some(pvc)) => format!("{ns}/{pvc}"),
+                _ => "-".into(),
+            };
+            let vw = self
+                .volumes
+                .iter()
+                .map(|v| v.volume.len())
+                .max()
+                .unwrap_or(0);
+            let ow = self
+                .volumes
+                .iter()
+                .map(|v| owner_of(v).len())
+                .max()
+                .unwrap_or(0);
             for v in self.volumes {
-                let owner = match (&v.namespace, &v.pvc) {
-                    (Some(ns), Some(pvc)) => format!("{ns}/{pvc}"),
-                    _ => "-".into(),
-                };
+                let owner = owner_of(v);
                 let lost = v
                     .backup_at
                     .as_deref()
@@ -81,7 +94,7 @@ impl Report<'_> {
                     .map(super::table::human_size)
                     .unwrap_or_else(|| "-".into());
                 out.push_str(&format!(
-                    "  {:<28} {:<36} {:<16} {:>10}  backup age {lost}\n",
+                    "  {:<vw$} {:<ow$} {:<16} {:>10}  backup age {lost}\n",
                     v.volume, owner, v.state, size
                 ));
                 if let Some(e) = &v.error {

@@ -74,7 +74,11 @@ impl Table {
             .collect();
         Table {
             target: target.to_string(),
-            checked_at: now.format(&Rfc3339).unwrap_or_default(),
+            checked_at: now
+                .replace_nanosecond(0)
+                .unwrap_or(now)
+                .format(&Rfc3339)
+                .unwrap_or_default(),
             max_age_hours,
             rows,
         }
@@ -100,15 +104,30 @@ impl Table {
             "Backups on the NAS ({}), checked {}:\n",
             self.target, self.checked_at
         );
+        let owner_of = |r: &Row| match (&r.namespace, &r.pvc) {
+            (Some(ns), Some(pvc)) => format!("{ns}/{pvc}"),
+            _ => "-".into(),
+        };
+        let vw = self
+            .rows
+            .iter()
+            .map(|r| r.volume.len())
+            .max()
+            .unwrap_or(0)
+            .max(6);
+        let ow = self
+            .rows
+            .iter()
+            .map(|r| owner_of(r).len())
+            .max()
+            .unwrap_or(0)
+            .max(13);
         out.push_str(&format!(
-            "  {:<28} {:<36} {:<21} {:>9} {:>10}\n",
+            "  {:<vw$} {:<ow$} {:<19} {:>9} {:>10}\n",
             "VOLUME", "NAMESPACE/PVC", "LAST BACKUP (UTC)", "AGE", "SIZE"
         ));
         for r in &self.rows {
-            let owner = match (&r.namespace, &r.pvc) {
-                (Some(ns), Some(pvc)) => format!("{ns}/{pvc}"),
-                _ => "-".into(),
-            };
+            let owner = owner_of(r);
             let at = r
                 .last_backup_at
                 .as_deref()
@@ -116,7 +135,7 @@ impl Table {
                 .unwrap_or_else(|| "never".into());
             let age = r.age_secs.map(human_age).unwrap_or_else(|| "-".into());
             out.push_str(&format!(
-                "  {:<28} {:<36} {:<21} {:>9} {:>10}\n",
+                "  {:<vw$} {:<ow$} {:<19} {:>9} {:>10}\n",
                 r.volume,
                 owner,
                 at,
