@@ -392,7 +392,9 @@ fn rotate_happy_path_new_key_opens_vault_old_key_refused_and_nothing_secret_prin
     let doc: toml::Value = toml::from_str(&l.age_decrypt(&new_file)).unwrap();
     let extras = doc["extra"].as_array().expect("extras carried over");
     assert!(
-        extras.iter().any(|e| e["name"] == "vault-root-token"),
+        extras
+            .iter()
+            .any(|e| e["name"].as_str() == Some("vault-root-token")),
         "{doc}"
     );
     let fps: Vec<String> = report["new_fingerprints"]
@@ -472,7 +474,7 @@ fn rotate_refuses_a_wrong_current_key_and_an_existing_rekey_without_changing_any
         })
         .collect();
     let wrong_file = l.path("wrong.age");
-    let mut child = l
+    let made = l
         .lab
         .rebox()
         .args(["key", "export", "--from-stdin", "--cluster", "homelab"])
@@ -480,18 +482,9 @@ fn rotate_refuses_a_wrong_current_key_and_an_existing_rekey_without_changing_any
         .arg(&l.identity)
         .arg("-o")
         .arg(&wrong_file)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .write_stdin(format!("{}\n", wrong.join("\n")))
+        .output()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{}\n", wrong.join("\n")).as_bytes())
-        .unwrap();
-    let made = child.wait_with_output().unwrap();
     assert!(made.status.success(), "{}", describe(&made));
 
     let unchanged = |what: &str, secret: &[String]| {
@@ -767,9 +760,51 @@ fn rotate_crash_at_every_boundary_then_seal_then_rerun_converges() {
             l.seal();
         }
 
-        // The rerun converges to one active key, in the Secret and the newest backup.
-        let out = l.run_ok(&args);
-        let stderr = text(&out.stderr);
+        // A rerun stopped right before it would start a new rotation: an interrupted one whose
+        // new key never became active is rolled back by then — the Secret holds the current
+        // key again, Vault has no rekey, the journal is gone — and an active new key was
+        // finished instead (the run then succeeds without reaching that boundary).
+        let first = l
+            .rotate(&args)
+            .env("REBOX_FAILPOINT_EXIT_AFTER", "rotate-preflight")
+            .output()
+            .unwrap();
+        let mut stderr = text(&first.stderr);
+        if new_key_active_at(boundary) {
+            assert!(first.status.success(), "{boundary}: {}", describe(&first));
+        } else {
+            assert_eq!(
+                first.status.code(),
+                Some(86),
+                "{boundary}: {}",
+                describe(&first)
+            );
+            assert_eq!(
+                sorted(l.secret_shares()),
+                sorted(old.clone()),
+                "{boundary}: the Secret does not hold the active (current) key after the roll-back"
+            );
+            assert_eq!(
+                l.rekey_status()["started"],
+                false,
+                "{boundary}: a rekey is left"
+            );
+            assert!(
+                !l.journal().exists(),
+                "{boundary}: the journal outlived the roll-back"
+            );
+            assert!(
+                !out_file.exists(),
+                "{boundary}: an inactive key's backup kept the new name"
+            );
+            assert!(
+                current.exists(),
+                "{boundary}: the current backup was renamed"
+            );
+            // The rest of the rerun.
+            let out = l.run_ok(&args);
+            stderr.push_str(&text(&out.stderr));
+        }
         if had_journal {
             assert!(
                 stderr.contains("found an interrupted rotation"),
