@@ -171,6 +171,7 @@ pub async fn run(
     // Local checks first: keys, journal, the current backup; nothing remote is touched yet.
     let keys = Keys::load(settings)?;
     let journal_path = journal::path_for_host(&target.host)?;
+    let _lock = lock(&journal_path)?;
     let pending = journal::load(&journal_path, &keys.identities)?;
     if settings.resume && pending.is_none() {
         bail!(
@@ -191,8 +192,17 @@ pub async fn run(
     let site = Site::connect(config, target.clone(), policy).await?;
     let mut r = Rotation {
         settings,
-        from: settings.from.clone(),
-        output: settings.output.clone(),
+        // Absolute: the journal must still name the files when a rerun starts elsewhere.
+        from: settings
+            .from
+            .as_deref()
+            .map(std::path::absolute)
+            .transpose()?,
+        output: settings
+            .output
+            .as_deref()
+            .map(std::path::absolute)
+            .transpose()?,
         keys,
         journal_path,
         site,
@@ -793,6 +803,33 @@ impl Rotation<'_> {
         }
         journal::remove(&self.journal_path)?;
         Ok(done.join("; "))
+    }
+}
+
+/// One rotation per host at a time: an exclusive lock next to the journal, held for the run
+/// (released by the OS if the process dies, so a crash never leaves it stuck).
+fn lock(journal_path: &Path) -> Result<std::fs::File> {
+    let dir = journal_path
+        .parent()
+        .context("the journal path has no directory")?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the state directory {}", dir.display()))?;
+    let path = dir.join("rotation.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another `rebox rotate-unseal-key` for this server is running (it holds {}); nothing was changed\n  next: wait for it to finish, then rerun this command if it was interrupted",
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
     }
 }
 
