@@ -714,7 +714,28 @@ fn rotate_crash_at_every_boundary_then_rerun_finishes() {
 #[test]
 fn rotate_crash_at_every_boundary_then_seal_then_rerun_converges() {
     let l = RotLab::start();
-    let mut current = l.lab.backup_path();
+    // First to a key of 3 shares, 2 needed, so that every step below handles several shares
+    // (the rotations keep the current shape when not told otherwise).
+    let first = l.path("shares-3-of-2.age");
+    let original = l.backup_shares(&l.lab.backup_path());
+    l.run_ok(&[
+        "--shares",
+        "3",
+        "--threshold",
+        "2",
+        "--from",
+        l.lab.backup_path().to_str().unwrap(),
+        "-o",
+        first.to_str().unwrap(),
+    ]);
+    assert_eq!(l.backup_shares(&first).len(), 3);
+    let status = l.seal_status();
+    assert_eq!(
+        (status["t"].as_u64(), status["n"].as_u64()),
+        (Some(2), Some(3))
+    );
+    l.assert_converged(&first, &original, "to 3 shares, 2 needed");
+    let mut current = first;
     for (n, boundary) in boundaries().iter().enumerate() {
         let old = l.backup_shares(&current);
         let out_file = l.path(&format!("sealed-{n}.age"));
