@@ -304,6 +304,10 @@ pub struct RotateArgs {
     /// Private key (age identity or SSH key) that opens --from, the new backup and the journal (repeatable)
     #[arg(short = 'i', long = "identity", value_name = "FILE")]
     pub identities: Vec<PathBuf>,
+    /// Protect the new backup (and the journal) with a passphrase typed twice on the terminal
+    /// instead of -r/-R (age allows a passphrase only alone)
+    #[arg(short = 'p', long)]
+    pub passphrase: bool,
     /// Shares of the new key [default: as now]
     #[arg(long, value_name = "N")]
     pub shares: Option<u32>,

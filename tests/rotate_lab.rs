@@ -12,6 +12,7 @@
 //!   is in the Secret and in the newest backup.
 
 mod common;
+mod key_support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -73,6 +74,13 @@ impl RotLab {
 
     /// `rebox --yes rotate-unseal-key` with the lab's connection flags and our age keys.
     fn rotate(&self, extra: &[&str]) -> Command {
+        let mut cmd = self.rotate_base(&["-r", &self.recipient]);
+        cmd.arg("-i").arg(&self.identity).args(extra);
+        cmd
+    }
+
+    /// `rebox --yes rotate-unseal-key` with the lab's connection flags only.
+    fn rotate_base(&self, extra: &[&str]) -> Command {
         let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("rebox"));
         cmd.env("HOME", self.lab.dir.path())
             .env_remove("SSH_AUTH_SOCK")
@@ -85,9 +93,6 @@ impl RotLab {
             .arg(self.lab.server.client_key())
             .arg("--known-hosts")
             .arg(self.lab.known_hosts())
-            .args(["-r", &self.recipient])
-            .arg("-i")
-            .arg(&self.identity)
             .args(extra);
         cmd
     }
@@ -866,4 +871,82 @@ fn rotate_crash_at_every_boundary_then_seal_then_rerun_converges() {
         l.assert_converged(&out_file, &old, boundary);
         current = out_file;
     }
+}
+
+/// The new backup protected by a passphrase typed on the terminal (twice), the journal too;
+/// after a crash with the Secret already holding the not-yet-active key, `--resume` asks for
+/// that passphrase and finishes.
+#[test]
+fn rotate_with_a_passphrase_on_the_terminal_resumes_after_a_crash() {
+    use key_support::{run_pty, PASS};
+    use rebox::keys::{crypt, BackupDocument, SecretText};
+
+    let l = RotLab::start();
+    let current = l.lab.backup_path();
+    let old = l.backup_shares(&current);
+    let out_file = l.path("pass.age");
+    let id = l.identity.to_str().unwrap().to_string();
+    let mut cmd = l.rotate_base(&[
+        "-p",
+        "-i",
+        &id,
+        "--from",
+        current.to_str().unwrap(),
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
+    cmd.env("REBOX_FAILPOINT_EXIT_AFTER", "rotate-secret-recorded");
+    let out = run_pty(
+        cmd,
+        Some(""),
+        false,
+        &[("Passphrase for", PASS), ("Same passphrase again", PASS)],
+    );
+    assert_eq!(out.status.code(), Some(86), "{}", out.all());
+    assert!(!out.all().contains(PASS), "the passphrase was echoed");
+    // The journal is passphrase-protected age, like the backup already written.
+    for f in [l.journal(), out_file.clone()] {
+        let raw = std::fs::read(&f).unwrap();
+        assert!(
+            crypt::open(&raw, "f").unwrap().is_passphrase(),
+            "{} is not passphrase-protected",
+            f.display()
+        );
+    }
+    assert_ne!(
+        sorted(l.secret_shares()),
+        sorted(old.clone()),
+        "the Secret was not updated"
+    );
+
+    // The resume asks for the passphrase of the interrupted rotation (no -p needed).
+    let cmd = l.rotate_base(&["-i", &id, "--resume"]);
+    let out = run_pty(
+        cmd,
+        Some(""),
+        false,
+        &[("Passphrase of the interrupted rotation", PASS)],
+    );
+    assert!(out.status.success(), "{}", out.all());
+    assert!(!out.all().contains(PASS), "the passphrase was echoed");
+
+    let raw = std::fs::read(&out_file).unwrap();
+    let plain = crypt::open(&raw, "new")
+        .unwrap()
+        .decrypt_with_passphrase(&SecretText::new(PASS.to_string()))
+        .unwrap();
+    let doc = BackupDocument::parse(&plain).unwrap();
+    let new: Vec<String> = doc
+        .unseal
+        .shares
+        .iter()
+        .map(|s| s.key.expose().to_string())
+        .collect();
+    assert_ne!(new, old);
+    assert!(!l.journal().exists());
+    assert!(!current.exists(), "the old backup was not renamed");
+    assert_eq!(sorted(l.secret_shares()), sorted(new.clone()));
+    l.seal();
+    assert!(!l.unseal_with(&old), "the old key still opens Vault");
+    assert!(l.unseal_with(&new), "the new key does not open Vault");
 }

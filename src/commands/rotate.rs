@@ -18,6 +18,7 @@ pub async fn run(global: &GlobalArgs, args: RotateArgs) -> Result<ExitCode> {
         recipients: args.recipients,
         recipients_files: args.recipients_files,
         identity_files: args.identities,
+        passphrase: args.passphrase,
         shares: args.shares,
         threshold: args.threshold,
         resume: args.resume,

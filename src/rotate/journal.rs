@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::keys::crypt::{self, NamedRecipient};
+use crate::keys::crypt;
 use crate::keys::output::Pending;
 use crate::keys::SecretText;
 
@@ -140,6 +140,12 @@ impl Journal {
     }
 }
 
+/// Encrypts and decrypts the journal (age keys or a passphrase; see `protect`).
+pub trait Sealer {
+    fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>>;
+    fn open(&self, data: &[u8], label: &str) -> Result<Zeroizing<Vec<u8>>>;
+}
+
 /// Where the journal of `host` lives: beside the rebuild journal of that host.
 pub fn path_for_host(host: &str) -> Result<PathBuf> {
     let local = crate::flow::journal::LocalStore::for_host(host)?;
@@ -150,14 +156,9 @@ pub fn path_for_host(host: &str) -> Result<PathBuf> {
     Ok(dir.join(FILE_NAME))
 }
 
-/// Encrypts `journal` to `recipients`, writes it 0600 next to `path` and proves that
-/// `identities` decrypt it to the same document, then atomically replaces `path`.
-pub fn save(
-    journal: &Journal,
-    path: &Path,
-    recipients: &[NamedRecipient],
-    identities: &[Box<dyn age::Identity>],
-) -> Result<()> {
+/// Encrypts `journal`, writes it 0600 next to `path` and proves that it decrypts to the same
+/// document, then atomically replaces `path`.
+pub fn save(journal: &Journal, path: &Path, sealer: &dyn Sealer) -> Result<()> {
     let dir = path.parent().context("the journal path has no directory")?;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating the state directory {}", dir.display()))?;
@@ -165,19 +166,15 @@ pub fn save(
     let label = path.display().to_string();
     let file = Pending::create(path, true)?;
     let text = journal.to_text()?;
-    let ciphertext = crypt::encrypt_to_recipients(text.as_bytes(), recipients, true)?;
+    let ciphertext = sealer.seal(text.as_bytes())?;
     file.write(&ciphertext)?;
     let back = file.read_back()?;
     if back != ciphertext {
         bail!("{label}: what was read back differs from what was written (failing disk?)");
     }
-    let plain = crypt::open(&back, &label)?
-        .decrypt_with_identities(identities)
-        .map_err(|e| {
-            anyhow!(
-                "{e}\nthe rotation journal just written does not decrypt with -i; it was not saved"
-            )
-        })?;
+    let plain = sealer.open(&back, &label).map_err(|e| {
+        anyhow!("{e:#}\nthe rotation journal just written does not decrypt; it was not saved")
+    })?;
     if plain.as_slice() != text.as_bytes() {
         bail!("{label}: the journal decrypts to something else than was written");
     }
@@ -185,9 +182,9 @@ pub fn save(
         .with_context(|| format!("saving the rotation journal {label}"))
 }
 
-/// The journal at `path`, if there is one. A journal that `identities` cannot open is an
-/// error (it may describe a rotation in flight), never ignored.
-pub fn load(path: &Path, identities: &[Box<dyn age::Identity>]) -> Result<Option<Journal>> {
+/// The journal at `path`, if there is one. A journal that cannot be opened is an error (it
+/// may describe a rotation in flight), never ignored.
+pub fn load(path: &Path, sealer: &dyn Sealer) -> Result<Option<Journal>> {
     let label = path.display().to_string();
     let mut data = Vec::new();
     match std::fs::File::open(path) {
@@ -199,13 +196,11 @@ pub fn load(path: &Path, identities: &[Box<dyn age::Identity>]) -> Result<Option
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("opening {label}")),
     }
-    let plain = crypt::open(&data, &label)?
-        .decrypt_with_identities(identities)
-        .map_err(|e| {
-            anyhow!(
-                "{e}\nthe rotation journal {label} (an interrupted rotation) does not open with the -i identities given\n  next: pass -i with the private key of the recipients used when the rotation started"
-            )
-        })?;
+    let plain = sealer.open(&data, &label).map_err(|e| {
+        anyhow!(
+            "{e:#}\nthe rotation journal {label} (an interrupted rotation) does not open with the keys given\n  next: pass -i with the private key of the recipients used when the rotation started"
+        )
+    })?;
     Journal::parse(&plain, &label).map(Some)
 }
 
@@ -258,15 +253,26 @@ mod tests {
         }
     }
 
+    struct X(age::x25519::Identity);
+
+    impl Sealer for X {
+        fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
+            let r = crypt::parse_recipient(&self.0.to_public().to_string())?;
+            crypt::encrypt_to_recipients(plaintext, &[r], true)
+        }
+        fn open(&self, data: &[u8], label: &str) -> Result<Zeroizing<Vec<u8>>> {
+            let ids: Vec<Box<dyn age::Identity>> = vec![Box::new(self.0.clone())];
+            crypt::open(data, label)?.decrypt_with_identities(&ids)
+        }
+    }
+
     #[test]
     fn rotate_journal_is_encrypted_0600_and_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let id = age::x25519::Identity::generate();
-        let recipient = crypt::parse_recipient(&id.to_public().to_string()).unwrap();
-        let ids: Vec<Box<dyn age::Identity>> = vec![Box::new(id)];
+        let ids = X(age::x25519::Identity::generate());
         let path = dir.path().join("state/rotation.age");
         assert!(load(&path, &ids).unwrap().is_none());
-        save(&sample(), &path, &[recipient], &ids).unwrap();
+        save(&sample(), &path, &ids).unwrap();
         let raw = std::fs::read_to_string(&path).unwrap();
         assert!(raw.starts_with("-----BEGIN AGE ENCRYPTED FILE-----"));
         assert!(!raw.contains("bmV3LXNoYXJlLXJvdGF0ZQ") && !raw.contains("new-key-received"));

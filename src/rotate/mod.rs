@@ -26,6 +26,7 @@
 //! `*.never-activated-<time>` — and the rotation starts again.
 
 pub mod journal;
+mod protect;
 mod site;
 
 use std::path::{Path, PathBuf};
@@ -34,12 +35,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::keys::backup;
-use crate::keys::crypt::{self, NamedRecipient};
-use crate::keys::{passphrase, BackupDocument, SecretText};
+use crate::keys::{BackupDocument, SecretText};
 use crate::remote::{HostKeyPolicy, Target};
 use crate::vault::VaultError;
 use journal::{Extra, Journal, Step};
+use protect::Protection;
 pub use site::fingerprints;
 use site::Site;
 
@@ -86,6 +86,8 @@ pub struct Settings {
     pub recipients: Vec<String>,
     pub recipients_files: Vec<PathBuf>,
     pub identity_files: Vec<PathBuf>,
+    /// Protect the new backup (and the journal) with a passphrase typed on the terminal.
+    pub passphrase: bool,
     /// New key shape; default: the current one.
     pub shares: Option<u32>,
     pub threshold: Option<u32>,
@@ -93,43 +95,6 @@ pub struct Settings {
     pub resume: bool,
     /// Cancel a rekey in progress that this rotation did not start.
     pub cancel_existing: bool,
-}
-
-/// The operator's age keys, parsed once (they are not `Send`; a rotation runs on one task).
-struct Keys {
-    recipients: Vec<NamedRecipient>,
-    identities: Vec<Box<dyn age::Identity>>,
-}
-
-impl Keys {
-    fn load(s: &Settings) -> Result<Keys> {
-        let mut recipients = Vec::new();
-        for (n, r) in s.recipients.iter().enumerate() {
-            recipients.push(
-                crypt::parse_recipient(r).with_context(|| format!("-r recipient #{}", n + 1))?,
-            );
-        }
-        for f in &s.recipients_files {
-            recipients.extend(crypt::read_recipients_file(f)?);
-        }
-        let mut identities = Vec::new();
-        for f in &s.identity_files {
-            identities.extend(crypt::load_identity_file(f)?);
-        }
-        if recipients.is_empty() {
-            bail!("no recipients for the new offline backup; nothing was changed\n  next: pass -r age1… or -R FILE (e.g. -R ~/.ssh/id_ed25519.pub)");
-        }
-        if identities.is_empty() {
-            bail!("no identity to prove that the new backup decrypts; nothing was changed\n  next: pass -i with the private key of one of the recipients");
-        }
-        backup::check_identities_match(&recipients, &identities).map_err(|e| {
-            anyhow!("{e:#}\n  (here: -i must open what is encrypted to -r/-R); nothing was changed")
-        })?;
-        Ok(Keys {
-            recipients,
-            identities,
-        })
-    }
 }
 
 /// The result, for the report and `--json`. Holds no secret: fingerprints only.
@@ -169,10 +134,18 @@ pub async fn run(
     ui: &Ui<'_>,
 ) -> Result<Report> {
     // Local checks first: keys, journal, the current backup; nothing remote is touched yet.
-    let keys = Keys::load(settings)?;
     let journal_path = journal::path_for_host(&target.host)?;
     let _lock = lock(&journal_path)?;
-    let pending = journal::load(&journal_path, &keys.identities)?;
+    let keys = Protection::load(
+        &protect::Flags {
+            recipients: &settings.recipients,
+            recipients_files: &settings.recipients_files,
+            identity_files: &settings.identity_files,
+            passphrase: settings.passphrase,
+        },
+        &journal_path,
+    )?;
+    let pending = journal::load(&journal_path, &keys)?;
     if settings.resume && pending.is_none() {
         bail!(
             "there is no interrupted rotation to resume (no journal at {})\n  next: run without --resume to start a rotation",
@@ -234,7 +207,7 @@ struct Rotation<'a> {
     /// The current backup and the new backup's path: the flags, else the journal's.
     from: Option<PathBuf>,
     output: Option<PathBuf>,
-    keys: Keys,
+    keys: Protection,
     journal_path: PathBuf,
     site: Site,
     host: String,
@@ -248,12 +221,7 @@ impl Rotation<'_> {
     }
 
     fn save(&self, j: &Journal) -> Result<()> {
-        journal::save(
-            j,
-            &self.journal_path,
-            &self.keys.recipients,
-            &self.keys.identities,
-        )
+        journal::save(j, &self.journal_path, &self.keys)
     }
 
     async fn go(&mut self, pending: Option<Journal>) -> Result<Report> {
@@ -304,7 +272,7 @@ impl Rotation<'_> {
 
         // The current key: the backup file and/or the Secret, which must agree.
         let from_doc = match &self.from {
-            Some(p) => Some(open_backup(p, &self.keys.identities)?),
+            Some(p) => Some(self.keys.open_current(p)?),
             None => None,
         };
         let secret = self.site.read_secret().await?;
@@ -467,7 +435,17 @@ impl Rotation<'_> {
         failpoint("rotate-new-key-received");
         j.new_shares = new_shares;
         j.set_step(Step::NewKeyReceived);
-        self.save(&j)?;
+        if let Err(e) = self.save(&j) {
+            // The new key would exist in memory only: give it up while the old key is active.
+            let undo = match vault.rekey_cancel(&started.nonce).await {
+                Ok(()) => "the rekey was cancelled; the current key still opens Vault".to_string(),
+                Err(c) => format!("cancelling the rekey failed too ({c}); the current key still opens Vault, and a rerun cancels the rekey"),
+            };
+            return Err(e.context(format!(
+                "the new key could not be saved in the journal {}; {undo}\n  next: fix the laptop's state directory (disk full?) and rerun",
+                self.journal_path.display()
+            )));
+        }
         self.say(&format!(
             "Vault made the new key ({} share(s)); it is in the encrypted journal, not active yet",
             j.new_shares.len()
@@ -526,7 +504,7 @@ impl Rotation<'_> {
         // Confirm: Vault healthy, the Secret's key is the new backup's key.
         let health = self.site.vault.health().await?;
         let healthy = health.initialized && !health.sealed && health.code == 200;
-        let doc = backup::open_with_identities(&j.output, &self.keys.identities)?;
+        let doc = self.keys.open_backup(&j.output)?;
         let in_backup: Vec<SecretText> = doc.unseal.shares.iter().map(|s| s.key.clone()).collect();
         let in_secret = self.site.read_secret().await?.unwrap_or_default();
         if fingerprints(&in_secret) != fingerprints(&in_backup) {
@@ -587,7 +565,9 @@ impl Rotation<'_> {
     /// found already there (a rerun) and checked.
     fn ensure_backup(&self, j: &Journal) -> Result<()> {
         if j.output.exists() {
-            let doc = backup::open_with_identities(&j.output, &self.keys.identities)
+            let doc = self
+                .keys
+                .open_backup(&j.output)
                 .with_context(|| format!("checking the new backup {}", j.output.display()))?;
             let shares: Vec<SecretText> = doc.unseal.shares.iter().map(|s| s.key.clone()).collect();
             if fingerprints(&shares) != fingerprints(&j.new_shares) {
@@ -609,7 +589,7 @@ impl Rotation<'_> {
                 .map(|e| (e.name.clone(), e.value.clone()))
                 .collect(),
         )?;
-        backup::write_verified(&doc, &self.keys.recipients, &self.keys.identities, &j.output)
+        self.keys.write_backup(&doc, &j.output)
             .with_context(|| {
                 format!(
                     "writing the new backup {} failed; the current key still opens Vault and nothing else changed\n  next: fix the destination and rerun (the journal {} holds the new key)",
@@ -618,8 +598,9 @@ impl Rotation<'_> {
                 )
             })?;
         self.say(&format!(
-            "wrote the new offline backup {} and verified that it decrypts",
-            j.output.display()
+            "wrote the new offline backup {} (protected by {}) and verified that it decrypts",
+            j.output.display(),
+            self.keys.describe()
         ));
         Ok(())
     }
@@ -781,7 +762,9 @@ impl Rotation<'_> {
             ));
         }
         if j.output.exists() && !j.new_shares.is_empty() {
-            let ours = backup::open_with_identities(&j.output, &self.keys.identities)
+            let ours = self
+                .keys
+                .open_backup(&j.output)
                 .map(|d| {
                     let s: Vec<SecretText> =
                         d.unseal.shares.iter().map(|s| s.key.clone()).collect();
@@ -851,21 +834,6 @@ fn next_steps(j: &Journal, superseded: Option<&Path>, old_fps: &[String]) -> Vec
         None => v.push("older offline backups of this Vault hold the old key only: retire them".into()),
     }
     v
-}
-
-/// Opens the current backup: with the identities, or with a passphrase asked on the terminal.
-fn open_backup(path: &Path, identities: &[Box<dyn age::Identity>]) -> Result<BackupDocument> {
-    let label = path.display().to_string();
-    let data =
-        std::fs::read(path).with_context(|| format!("cannot read the current backup {label}"))?;
-    let opened = crypt::open(&data, &label)?;
-    let plain = if opened.is_passphrase() {
-        let pass = passphrase::ask_existing(&format!("Passphrase for {label}: "))?;
-        opened.decrypt_with_passphrase(&pass)?
-    } else {
-        opened.decrypt_with_identities(identities)?
-    };
-    BackupDocument::parse(&plain).map_err(|e| anyhow!("{label}: {e}"))
 }
 
 /// `FILE.<what>-20260126T031500Z` (a free name next to `path`).
