@@ -90,6 +90,10 @@ impl Protection {
         })
     }
 
+    pub fn is_passphrase(&self) -> bool {
+        matches!(self.mode, Mode::Passphrase(_))
+    }
+
     /// `passphrase` or `age keys`, for messages.
     pub fn describe(&self) -> &'static str {
         match self.mode {
