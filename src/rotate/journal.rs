@@ -285,7 +285,7 @@ mod tests {
         assert_eq!(back.step, Step::NewKeyReceived);
         assert_eq!(back.new_shares[0].expose(), "bmV3LXNoYXJlLXJvdGF0ZQ==");
         // Another identity cannot open it, and says what to do.
-        let other: Vec<Box<dyn age::Identity>> = vec![Box::new(age::x25519::Identity::generate())];
+        let other = X(age::x25519::Identity::generate());
         let err = format!("{:#}", load(&path, &other).unwrap_err());
         assert!(err.contains("next:"), "{err}");
         remove(&path).unwrap();

@@ -152,6 +152,14 @@ pub async fn run(
             journal_path.display()
         );
     }
+    if let (None, Some(from)) = (&pending, &settings.from) {
+        if !from.is_file() {
+            bail!(
+                "the current backup {} (--from) does not exist or is not a file; nothing was changed",
+                from.display()
+            );
+        }
+    }
     if let Some(j) = &pending {
         (ui.progress)(&format!(
             "found an interrupted rotation (started {}, step `{}`) in {}",
@@ -236,7 +244,7 @@ impl Rotation<'_> {
     async fn go(&mut self, pending: Option<Journal>) -> Result<Report> {
         let mut rolled_back = None;
         if let Some(j) = pending {
-            match self.recover(j).await? {
+            match self.recover(j).await.map_err(|e| self.interrupted(e))? {
                 Recovered::Finished(report) => return Ok(*report),
                 Recovered::RolledBack(what) => {
                     self.say(&format!("{what}; starting the rotation again"));
@@ -244,9 +252,20 @@ impl Rotation<'_> {
                 }
             }
         }
-        let mut report = self.fresh().await?;
+        let mut report = self.fresh().await.map_err(|e| self.interrupted(e))?;
         report.rolled_back = rolled_back;
         Ok(report)
+    }
+
+    /// An error after the journal was written: say where the state is and what a rerun does.
+    fn interrupted(&self, e: anyhow::Error) -> anyhow::Error {
+        if !self.journal_path.exists() {
+            return e;
+        }
+        e.context(format!(
+            "the rotation stopped part way; its state is in the encrypted journal {}\n  next: fix the cause below, then rerun this command (or add --resume): it finishes the rotation, or rolls it back if the new key never became active",
+            self.journal_path.display()
+        ))
     }
 
     // ---------------------------------------------------------------- fresh rotation
