@@ -282,7 +282,7 @@ impl From<&KeyConnArgs> for ConnArgs {
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     rebox rotate-unseal-key --from vault-key.age -o vault-key-2.age -r age1… -i key.txt\n  \
-    rebox rotate-unseal-key --resume -o vault-key-2.age -r age1… -i key.txt   (after an interruption)\n\n\
+    rebox rotate-unseal-key --resume -r age1… -i key.txt   (after an interruption)\n\n\
     The new key is written to -o and verified by decrypting it BEFORE it becomes active; an \
     encrypted journal in ~/.local/state/rebox/HOST/ lets a rerun finish or roll back an \
     interrupted rotation. At the end the --from backup is renamed FILE.superseded-TIME.")]
@@ -314,7 +314,8 @@ pub struct RotateArgs {
     /// Shares needed to unseal with the new key [default: as now]
     #[arg(long, value_name = "N")]
     pub threshold: Option<u32>,
-    /// Only finish (or roll back) an interrupted rotation; fails if there is none
+    /// Finish an interrupted rotation (one whose new key never became active is rolled back
+    /// and the rotation starts again); fails if there is none. A plain rerun does the same
     #[arg(long)]
     pub resume: bool,
     /// Cancel a rekey in progress that rebox did not start (its new key never became active)

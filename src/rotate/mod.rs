@@ -566,6 +566,11 @@ impl Rotation<'_> {
         };
         failpoint("rotate-old-superseded");
         journal::remove(&self.journal_path)?;
+        self.say(&format!(
+            "done: the new key is the only one that opens Vault, and Secret {} and {} hold it",
+            self.site.secret_name(),
+            j.output.display()
+        ));
         let new_fingerprints: Vec<String> = j.new_shares.iter().map(|s| s.sha256_hex()).collect();
         let old_fingerprints: Vec<String> = j.old_shares.iter().map(|s| s.sha256_hex()).collect();
         let next_steps = next_steps(&j, superseded.as_deref(), &old_fingerprints);
