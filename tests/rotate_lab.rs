@@ -790,12 +790,15 @@ fn rotate_crash_at_every_boundary_then_seal_then_rerun_converges() {
         // new key never became active is rolled back by then — the Secret holds the current
         // key again, Vault has no rekey, the journal is gone — and an active new key was
         // finished instead (the run then succeeds without reaching that boundary).
+        // At -vvv: what a recovery prints is checked for keys below.
         let first = l
-            .rotate(&args)
+            .rotate(&[&["-vvv"][..], &args[..]].concat())
             .env("REBOX_FAILPOINT_EXIT_AFTER", "rotate-preflight")
             .output()
             .unwrap();
         let mut stderr = text(&first.stderr);
+        let verbose = format!("{}{stderr}", text(&first.stdout));
+        assert!(verbose.contains("TRACE"), "{boundary}: not at trace level");
         if new_key_active_at(boundary) {
             assert!(first.status.success(), "{boundary}: {}", describe(&first));
         } else {
@@ -869,6 +872,21 @@ fn rotate_crash_at_every_boundary_then_seal_then_rerun_converges() {
             "{boundary}: the old backup was not renamed"
         );
         l.assert_converged(&out_file, &old, boundary);
+        let mut keys = old.clone();
+        keys.extend(l.backup_shares(&out_file));
+        for p in walk(l.lab.dir.path()) {
+            if p.to_string_lossy()
+                .contains(&format!("sealed-{n}.age.never-activated-"))
+            {
+                keys.extend(l.backup_shares(&p));
+            }
+        }
+        for k in &keys {
+            assert!(
+                !verbose.contains(k.as_str()),
+                "{boundary}: a key leaked at -vvv"
+            );
+        }
         current = out_file;
     }
 }
