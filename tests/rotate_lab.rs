@@ -81,6 +81,11 @@ impl RotLab {
 
     /// `rebox --yes rotate-unseal-key` with the lab's connection flags only.
     fn rotate_base(&self, extra: &[&str]) -> Command {
+        self.rotate_cmd(true, extra)
+    }
+
+    /// `rebox [--yes] rotate-unseal-key` with the lab's connection flags only.
+    fn rotate_cmd(&self, yes: bool, extra: &[&str]) -> Command {
         let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("rebox"));
         cmd.env("HOME", self.lab.dir.path())
             .env_remove("SSH_AUTH_SOCK")
@@ -88,7 +93,8 @@ impl RotLab {
             .env_remove("REBOX_FAILPOINT_EXIT_AFTER")
             .arg("--config")
             .arg(self.lab.dir.path().join("rebox.toml"))
-            .args(["--yes", "rotate-unseal-key"])
+            .args(if yes { &["--yes"][..] } else { &[][..] })
+            .arg("rotate-unseal-key")
             .arg("--ssh-identity")
             .arg(self.lab.server.client_key())
             .arg("--known-hosts")
@@ -551,6 +557,64 @@ fn rotate_refuses_a_wrong_current_key_and_an_existing_rekey_without_changing_any
     assert!(stderr.contains("nothing was changed"), "{stderr}");
     unchanged("Vault refuses the key", &wrong);
     l.set_secret(&good);
+
+    let from_to = [
+        "--from",
+        current.to_str().unwrap(),
+        "-o",
+        out_file.to_str().unwrap(),
+    ];
+    // Not confirmed (no --yes, no terminal to ask on).
+    let out = l
+        .rotate_cmd(
+            false,
+            &[
+                &["-r", &l.recipient, "-i"][..],
+                &[l.identity.to_str().unwrap()][..],
+                &from_to[..],
+            ]
+            .concat(),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("not confirmed"),
+        "{}",
+        describe(&out)
+    );
+    unchanged("not confirmed", &good);
+    // A sealed Vault: refused (the CronJob or the operator unseals first).
+    l.seal();
+    let out = l.rotate(&from_to).output().unwrap();
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("Vault is sealed"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        l.unseal_with(&good),
+        "the current key no longer opens Vault"
+    );
+    unchanged("sealed", &good);
+    // The new backup over the current one: refused.
+    let out = l
+        .rotate(&[
+            "--from",
+            current.to_str().unwrap(),
+            "-o",
+            current.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        text(&out.stderr).contains("is the current backup"),
+        "{}",
+        describe(&out)
+    );
+    unchanged("-o = --from", &good);
 
     // 3. A rekey someone else started: reported with its nonce, left alone.
     let theirs = l.vault(
