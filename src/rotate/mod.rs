@@ -702,6 +702,10 @@ impl Rotation<'_> {
                 }
             ));
             which
+        } else if j.step == Step::Verified {
+            // Vault verified the new key: nothing to ask it (a rekey someone started since
+            // then is theirs to finish).
+            Active::New
         } else {
             let rekey = vault.rekey_status().await?;
             let ours = rekey.started
