@@ -854,6 +854,28 @@ fn rotate_crash_at_every_boundary_then_seal_then_rerun_converges() {
         // new key never became active is rolled back by then — the Secret holds the current
         // key again, Vault has no rekey, the journal is gone — and an active new key was
         // finished instead (the run then succeeds without reaching that boundary).
+        // Here the rerun must ask Vault which key it accepts (a probe rekey): stopped while
+        // the probe's rekey is open, the next run recognises that rekey as its own.
+        if *boundary == "rotate-secret-recorded" {
+            assert_eq!(
+                l.seal_status()["sealed"],
+                false,
+                "the probe needs an unsealed Vault"
+            );
+            let out = l
+                .rotate(&args)
+                .env("REBOX_FAILPOINT_EXIT_AFTER", "rotate-probe-started")
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(86), "probe: {}", describe(&out));
+            let rekey = l.rekey_status();
+            assert_eq!(rekey["started"], true, "no probe rekey is open");
+            assert_eq!(
+                l.journal_doc()["probe_nonce"].as_str(),
+                rekey["nonce"].as_str(),
+                "the journal does not name the probe rekey"
+            );
+        }
         // At -vvv: what a recovery prints is checked for keys below.
         let first = l
             .rotate(&[&["-vvv"][..], &args[..]].concat())

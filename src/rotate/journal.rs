@@ -91,6 +91,9 @@ pub struct Journal {
     /// The rekey's nonce once Vault answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rekey_nonce: Option<String>,
+    /// The nonce of a rekey started only to ask Vault which key it accepts (recovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe_nonce: Option<String>,
     /// The current backup file given with --from (renamed as superseded at the end).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<PathBuf>,
@@ -243,6 +246,7 @@ mod tests {
             updated_at: "2026-01-01T00:00:00Z".into(),
             step: Step::NewKeyReceived,
             rekey_nonce: Some("n".into()),
+            probe_nonce: None,
             from: None,
             output: "/x/new.age".into(),
             secret_existed: true,

@@ -76,6 +76,17 @@ fn failpoint(boundary: &str) {
     }
 }
 
+/// Boundaries only a recovery passes (not in a plain rotation): a probe rekey started.
+pub const RECOVERY_BOUNDARIES: &[&str] = &["rotate-probe-started"];
+
+fn recovery_failpoint(boundary: &str) {
+    debug_assert!(RECOVERY_BOUNDARIES.contains(&boundary));
+    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == boundary) {
+        eprintln!("failpoint: exiting at `{boundary}` ({FAILPOINT_ENV})");
+        std::process::exit(FAILPOINT_STATUS);
+    }
+}
+
 /// What the operator asked for.
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
@@ -400,6 +411,7 @@ impl Rotation<'_> {
             updated_at: now,
             step: Step::Initiating,
             rekey_nonce: None,
+            probe_nonce: None,
             from: self.from.clone(),
             output,
             secret_existed: secret.is_some(),
@@ -707,7 +719,12 @@ impl Rotation<'_> {
             // then is theirs to finish).
             Active::New
         } else {
-            let rekey = vault.rekey_status().await?;
+            let mut rekey = vault.rekey_status().await?;
+            if rekey.started && j.probe_nonce.as_deref() == Some(rekey.nonce.as_str()) {
+                self.say("cancelling the probe rekey an interrupted run left behind");
+                vault.rekey_cancel(&rekey.nonce).await?;
+                rekey = vault.rekey_status().await?;
+            }
             let ours = rekey.started
                 && (j.rekey_nonce.as_deref() == Some(rekey.nonce.as_str())
                     || (j.step == Step::Initiating
@@ -752,9 +769,9 @@ impl Rotation<'_> {
                     Step::Verified => Active::New,
                     _ => {
                         self.say("the rekey is gone from Vault (restarted or sealed?); asking Vault which key it accepts");
-                        if site::probe(&vault, &j.new_shares).await? {
+                        if self.probe(&mut j, Active::New).await? {
                             Active::New
-                        } else if site::probe(&vault, &j.old_shares).await? {
+                        } else if self.probe(&mut j, Active::Old).await? {
                             Active::Old
                         } else {
                             bail!(
@@ -778,6 +795,26 @@ impl Rotation<'_> {
             }
             Active::Old => self.roll_back(j).await.map(Recovered::RolledBack),
         }
+    }
+
+    /// Whether the old or the new key of `j` is the one Vault accepts (see `site::probe`);
+    /// the probe's nonce is in the journal while the probe runs.
+    async fn probe(&self, j: &mut Journal, which: Active) -> Result<bool> {
+        let shares = match which {
+            Active::Old => j.old_shares.clone(),
+            Active::New => j.new_shares.clone(),
+        };
+        let vault = self.site.vault.clone();
+        let answer = site::probe(&vault, &shares, |nonce| {
+            j.probe_nonce = Some(nonce.to_string());
+            self.save(j)?;
+            recovery_failpoint("rotate-probe-started");
+            Ok(())
+        })
+        .await?;
+        j.probe_nonce = None;
+        self.save(j)?;
+        Ok(answer)
     }
 
     /// The current (old) key is still the active one: the Secret gets it back, a new backup

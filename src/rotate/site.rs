@@ -169,11 +169,22 @@ pub async fn verify_new_key(vault: &VaultClient, shares: &[SecretText]) -> Resul
 /// Whether `shares` is the key that opens this (unsealed) Vault now, found out without
 /// changing anything: a rekey is started, the shares are given as the current key, and the
 /// rekey is cancelled whatever the answer (cancelling keeps the current key, facts card §1).
-pub async fn probe(vault: &VaultClient, shares: &[SecretText]) -> Result<bool> {
+///
+/// `on_start` gets the probe rekey's nonce before any share is given (the caller records it,
+/// so that a rerun after a crash mid-probe recognises the leftover rekey as its own).
+pub async fn probe(
+    vault: &VaultClient,
+    shares: &[SecretText],
+    on_start: impl FnOnce(&str) -> Result<()>,
+) -> Result<bool> {
     let status = vault.seal_status().await?;
     let started = vault
         .rekey_init(status.shares.max(1), status.threshold.max(1), true)
         .await?;
+    if let Err(e) = on_start(&started.nonce) {
+        let _ = vault.rekey_cancel(&started.nonce).await;
+        return Err(e);
+    }
     let required = started.required.max(1) as usize;
     let answer = if shares.len() < required {
         // Too few shares for the current threshold: this cannot be the current key.
