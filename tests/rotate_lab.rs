@@ -733,6 +733,17 @@ fn rotate_crash_at_every_boundary_then_rerun_finishes() {
                 sorted(active.clone()),
                 "{boundary}: the journal lacks the active key"
             );
+            // … and says, in plain words for `age -d`, which key opens Vault and what to run.
+            let plain = l.age_decrypt(&l.journal());
+            for words in [
+                "the CURRENT key (`old_shares`) is",
+                "rebox rotate-unseal-key --resume",
+            ] {
+                assert!(
+                    plain.contains(words),
+                    "{boundary}: the journal does not say {words:?}"
+                );
+            }
         }
         // Once Vault made the new key and the journal has it, a rerun must finish with it.
         let journaled = l.journal().exists()

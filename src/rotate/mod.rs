@@ -16,6 +16,10 @@
 //!   ─ rotate-old-superseded → journal removed
 //! ```
 //!
+//! A recovery that has to ask Vault which key it accepts starts a throw-away rekey and gives
+//! it a key (cancelled whatever the answer); its nonce is journaled first (boundary
+//! `rotate-probe-started`), so a crash mid-probe leaves nothing a rerun does not recognise.
+//!
 //! Until verification the current key is the only one Vault accepts, and it is in the
 //! operator's current backup (or, when it came from the Secret, in the journal). From
 //! verification on the new key is in the new backup, the journal and the Secret. A rerun
