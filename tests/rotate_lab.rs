@@ -645,6 +645,30 @@ fn rotate_refuses_a_wrong_current_key_and_an_existing_rekey_without_changing_any
     assert!(!out_file.exists() && !l.journal().exists());
     assert_eq!(sorted(l.secret_shares()), sorted(good.clone()));
 
+    // Not even --cancel-existing touches it before the operator confirms.
+    let out = l
+        .rotate_cmd(
+            false,
+            &[
+                &["-r", &l.recipient, "-i", l.identity.to_str().unwrap()][..],
+                &["--cancel-existing"][..],
+                &from_to[..],
+            ]
+            .concat(),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stderr).contains("not confirmed"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        l.rekey_status()["nonce"],
+        nonce.as_str(),
+        "cancelled unconfirmed"
+    );
+
     // 4. --cancel-existing cancels it and rotates.
     let out = l.run_ok(&[
         "--cancel-existing",

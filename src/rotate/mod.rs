@@ -376,12 +376,8 @@ impl Rotation<'_> {
                 })
                 .context("nothing was changed; pass --cancel-existing to cancel that rekey (its new key, if any, never became active) and rotate");
             }
-            self.say(&format!(
-                "cancelling the rekey already in progress (nonce {}), as --cancel-existing asks",
-                rekey.nonce
-            ));
-            vault.rekey_cancel(&rekey.nonce).await?;
         }
+        let to_cancel = rekey.started.then(|| rekey.nonce.clone());
 
         let new_share_count = self.settings.shares.unwrap_or(status.shares.max(1));
         let new_threshold = self.settings.threshold.unwrap_or(status.threshold.max(1));
@@ -398,12 +394,22 @@ impl Rotation<'_> {
             output.display(),
             secret_name
         );
+        let question = match &to_cancel {
+            Some(n) => format!("{question}. The rekey in progress (nonce {n}) is cancelled first"),
+            None => question,
+        };
         if !(self.ui.confirm)(&question)? {
             bail!(
                 "not confirmed; nothing was changed\n  next: answer yes, or pass --yes in scripts"
             );
         }
         failpoint("rotate-preflight");
+        if let Some(nonce) = to_cancel {
+            self.say(&format!(
+                "cancelling the rekey already in progress (nonce {nonce}), as --cancel-existing asks"
+            ));
+            vault.rekey_cancel(&nonce).await?;
+        }
 
         let now = crate::flow::journal::now();
         let mut j = Journal {
