@@ -367,15 +367,13 @@ impl Rotation<'_> {
 
         // No rekey of someone else's in the way.
         let rekey = vault.rekey_status().await?;
-        if rekey.started {
-            if !self.settings.cancel_existing {
-                return Err(VaultError::RekeyInProgress {
-                    url: vault.url().into(),
-                    nonce: Some(rekey.nonce.clone()),
-                    verification_pending: rekey.verification_nonce.is_some(),
-                })
-                .context("nothing was changed; pass --cancel-existing to cancel that rekey (its new key, if any, never became active) and rotate");
-            }
+        if rekey.started && !self.settings.cancel_existing {
+            return Err(VaultError::RekeyInProgress {
+                url: vault.url().into(),
+                nonce: Some(rekey.nonce.clone()),
+                verification_pending: rekey.verification_nonce.is_some(),
+            })
+            .context("nothing was changed; pass --cancel-existing to cancel that rekey (its new key, if any, never became active) and rotate");
         }
         let to_cancel = rekey.started.then(|| rekey.nonce.clone());
 
