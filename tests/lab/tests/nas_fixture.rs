@@ -131,8 +131,8 @@ fn walk_props(prefix: &str, ours: &Value, real: &Value, errs: &mut Vec<String>) 
 
 #[test]
 fn longhorn_crds_match_upstream_v1_11_3() {
-    let path = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test"))
-        .join("../../../shared/crds/longhorn-v1.11.3.yaml");
+    let path =
+        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run by cargo test")).join("../../../shared/crds/longhorn-v1.11.3.yaml");
     let Ok(text) = std::fs::read_to_string(&path) else {
         eprintln!("SKIPPED longhorn_crds_match_upstream_v1_11_3: {} not present (only the steering checkout has ../shared/crds)", path.display());
         return;
