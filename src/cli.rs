@@ -146,9 +146,16 @@ pub struct RebuildArgs {
     /// Encrypt the offline backup to the recipients listed in FILE (repeatable)
     #[arg(long = "key-recipients-file", value_name = "FILE")]
     pub key_recipients_files: Vec<PathBuf>,
-    /// Private key (age identity or SSH key) that proves the backup decrypts (repeatable)
+    /// Private key (age identity or SSH key) that opens the offline backup (repeatable)
     #[arg(long = "key-identity", value_name = "FILE")]
     pub key_identities: Vec<PathBuf>,
+    /// With --restore-from-nas: the offline backup holding the unseal key of the Vault being
+    /// restored (asked for when not given); a passphrase-protected file asks for its passphrase
+    #[arg(long, value_name = "FILE", requires = "restore_from_nas")]
+    pub key_file: Option<PathBuf>,
+    /// With --restore-from-nas: leave this volume out (e.g. its backup is corrupt); repeatable
+    #[arg(long = "skip-volume", value_name = "VOLUME", requires = "restore_from_nas")]
+    pub skip_volumes: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -27,6 +27,10 @@ pub struct Config {
     pub k3s: K3s,
     pub longhorn: Longhorn,
     pub cronjobs: CronJobs,
+    pub restore: Restore,
+    /// Secrets the apps need before GitOps can run (e.g. a DNS provider's API token), filled
+    /// on `--restore-from-nas` from the offline backup's extra secrets or a prompt.
+    pub bootstrap_secrets: Vec<BootstrapSecret>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -166,6 +170,37 @@ pub struct CronJobs {
     pub failed_jobs_history_limit: i32,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Restore {
+    /// How many volumes Longhorn restores at once.
+    pub concurrency: usize,
+    /// A last backup older than this is flagged in the data-loss table (hours).
+    pub max_backup_age_hours: u64,
+}
+
+impl Default for Restore {
+    fn default() -> Self {
+        Restore {
+            concurrency: 4,
+            max_backup_age_hours: 26,
+        }
+    }
+}
+
+/// One key of one Secret, supplied at restore time. The value is never in rebox.toml.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapSecret {
+    /// Name of the offline backup's extra secret holding the value (else asked for).
+    pub source: String,
+    pub namespace: String,
+    /// The Secret's name.
+    pub secret: String,
+    /// The key inside the Secret.
+    pub key: String,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -179,6 +214,8 @@ impl Default for Config {
             k3s: K3s::default(),
             longhorn: Longhorn::default(),
             cronjobs: CronJobs::default(),
+            restore: Restore::default(),
+            bootstrap_secrets: Vec::new(),
         }
     }
 }

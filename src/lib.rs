@@ -15,6 +15,7 @@ pub mod manifests;
 pub mod preflight;
 pub mod rebuild;
 pub mod remote;
+pub mod restore;
 pub mod rotate;
 pub mod ui;
 pub mod vault;

@@ -5,7 +5,7 @@
 //! pass through `SecretText` and zeroizing buffers; logs carry paths, counts and
 //! fingerprints, never key text.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -564,27 +564,7 @@ fn show(args: KeyShowArgs) -> Result<ExitCode> {
 
 /// Reads, decrypts and fully checks a backup file. Returns how it was protected.
 fn open_backup(path: &Path, identity_paths: &[PathBuf]) -> Result<(BackupDocument, &'static str)> {
-    let label = path.display().to_string();
-    let mut data = Vec::new();
-    std::fs::File::open(path)
-        .with_context(|| format!("cannot open backup file {label}"))?
-        .take(crypt::MAX_FILE_BYTES as u64 + 1)
-        .read_to_end(&mut data)
-        .with_context(|| format!("cannot read backup file {label}"))?;
-    let opened = crypt::open(&data, &label)?;
-    let (plaintext, how) = if opened.is_passphrase() {
-        if !identity_paths.is_empty() {
-            eprintln!("note: {label} is protected by a passphrase, not by keys; -i is not needed");
-        }
-        let pass = passphrase::ask_existing(&format!("Passphrase for {label}: "))?;
-        (opened.decrypt_with_passphrase(&pass)?, "passphrase")
-    } else {
-        let ids = load_identities(identity_paths)?;
-        (opened.decrypt_with_identities(&ids)?, "keys")
-    };
-    tracing::debug!(file = %label, bytes = plaintext.len(), how, "decrypted");
-    let doc = BackupDocument::parse(&plaintext).map_err(|e| anyhow!("{label}: {e}"))?;
-    Ok((doc, how))
+    crate::keys::backup::open_file(path, identity_paths)
 }
 
 /// The metadata-and-fingerprints report (stdout), human or `--json`. Never the key.

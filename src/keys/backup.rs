@@ -3,11 +3,12 @@
 //! copy, its memory, is relied on). `rebox key export` does the same with more options.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::crypt::{self, NamedRecipient};
+use super::passphrase;
 use super::output::Pending;
 use super::BackupDocument;
 
@@ -79,4 +80,33 @@ pub fn open_with_identities(
         .with_context(|| format!("cannot read the offline backup {label}"))?;
     let plaintext = crypt::open(&data, &label)?.decrypt_with_identities(identities)?;
     BackupDocument::parse(&plaintext).map_err(|e| anyhow!("{label}: {e}"))
+}
+
+/// Reads, decrypts and fully checks a backup file: with the identity files, or by asking for
+/// the passphrase when the file is passphrase-protected. Returns how it was protected.
+pub fn open_file(path: &Path, identity_paths: &[PathBuf]) -> Result<(BackupDocument, &'static str)> {
+    let label = path.display().to_string();
+    let mut data = Vec::new();
+    std::fs::File::open(path)
+        .with_context(|| format!("cannot open backup file {label}"))?
+        .take(crypt::MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut data)
+        .with_context(|| format!("cannot read backup file {label}"))?;
+    let opened = crypt::open(&data, &label)?;
+    let (plaintext, how) = if opened.is_passphrase() {
+        if !identity_paths.is_empty() {
+            eprintln!("note: {label} is protected by a passphrase, not by keys; -i is not needed");
+        }
+        let pass = passphrase::ask_existing(&format!("Passphrase for {label}: "))?;
+        (opened.decrypt_with_passphrase(&pass)?, "passphrase")
+    } else {
+        let mut ids = Vec::new();
+        for p in identity_paths {
+            ids.extend(crypt::load_identity_file(p)?);
+        }
+        (opened.decrypt_with_identities(&ids)?, "keys")
+    };
+    tracing::debug!(file = %label, bytes = plaintext.len(), how, "decrypted");
+    let doc = BackupDocument::parse(&plaintext).map_err(|e| anyhow!("{label}: {e}"))?;
+    Ok((doc, how))
 }

@@ -35,6 +35,19 @@ impl Apply {
                     m.missing_config.join(", ")
                 );
             }
+            if !m.secret_inputs.is_empty()
+                && m.secret_inputs
+                    .iter()
+                    .all(|i| ctx.secret_values.contains_key(&i.source))
+            {
+                let lookup = |i: &crate::manifests::SecretInput| {
+                    ctx.secret_values
+                        .get(&i.source)
+                        .map(|v| zeroize::Zeroizing::new(v.expose().to_string()))
+                };
+                objects.extend(m.objects_with_secrets(&lookup)?);
+                continue;
+            }
             if !m.secret_inputs.is_empty() {
                 let sources: Vec<String> = m
                     .secret_inputs
@@ -47,7 +60,7 @@ impl Apply {
                     })
                     .collect();
                 anyhow::bail!(
-                    "{} needs secret values ({}); rebox cannot supply them yet\n  next: for a public repository set argocd.repo_auth = \"none\" in rebox.toml; private repositories are not supported by `rebox rebuild` yet",
+                    "{} needs secret values ({})\n  next: on a restore they come from the offline backup's extra secrets (or prompts); for a fresh rebuild of a public repository set argocd.repo_auth = \"none\" in rebox.toml",
                     m.name,
                     sources.join(", ")
                 );

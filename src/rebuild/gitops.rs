@@ -98,6 +98,30 @@ fn app_state(o: &DynamicObject) -> String {
     line
 }
 
+/// Every Argo CD Application's sync and health, for the restore's report.
+pub async fn app_states(
+    client: &kube::Client,
+    ns: &str,
+) -> Result<Vec<crate::restore::report::AppState>> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &app_resource());
+    let mut out: Vec<_> = api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|o| {
+            let s = &o.data["status"];
+            crate::restore::report::AppState {
+                name: o.metadata.name.clone().unwrap_or_default(),
+                sync: s["sync"]["status"].as_str().unwrap_or("Unknown").to_string(),
+                health: s["health"]["status"].as_str().unwrap_or("Unknown").to_string(),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
 /// RFC 3339 UTC now, seconds precision (as Kubernetes timestamps are).
 fn now_rfc3339() -> String {
     let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");

@@ -3,9 +3,10 @@
 //! its own file.
 
 mod addons;
-mod gitops;
+pub mod gitops;
 mod host;
 mod k3s;
+pub mod restore;
 pub mod source;
 mod vault;
 
@@ -52,6 +53,12 @@ impl KeyBackup {
     }
 }
 
+/// The restore's inputs and results.
+pub struct RestoreState {
+    pub table: crate::restore::table::Table,
+    pub outcomes: Vec<crate::restore::longhorn::Outcome>,
+}
+
 /// Everything the rebuild phases share.
 pub struct Ctx {
     pub config: Config,
@@ -66,6 +73,10 @@ pub struct Ctx {
     pub key_backup: Option<KeyBackup>,
     /// The unseal key shares, held in memory from Vault's init answer or the decrypted backup.
     pub unseal_shares: Option<Vec<SecretText>>,
+    /// On `--restore-from-nas`: the data-loss table and what each volume's restore did.
+    pub restore: Option<RestoreState>,
+    /// Secret values by source name (the offline backup's extra secrets, or prompts).
+    pub secret_values: std::collections::BTreeMap<String, SecretText>,
     cluster: Option<Cluster>,
     vault: Option<(VaultClient, Tunnel)>,
     /// The embedded manifests rendered from the config, once per run.
@@ -90,6 +101,8 @@ impl Ctx {
             force,
             key_backup: None,
             unseal_shares: None,
+            restore: None,
+            secret_values: Default::default(),
             cluster: None,
             vault: None,
             manifests: std::sync::OnceLock::new(),
@@ -233,4 +246,32 @@ pub fn fresh_phases() -> Vec<Box<dyn Phase<Ctx>>> {
             title: "Install the CronJobs (Vault auto-unseal, ESO recovery)",
         }),
     ]
+}
+
+/// The phases of `rebuild --restore-from-nas`: the fresh rebuild's, with the volumes restored
+/// from the NAS before Vault is installed, Vault unsealed with the offline backup's key (never
+/// initialised), and the bootstrap Secrets before GitOps.
+pub fn restore_phases() -> Vec<Box<dyn Phase<Ctx>>> {
+    let mut phases: Vec<Box<dyn Phase<Ctx>>> = Vec::new();
+    for phase in fresh_phases() {
+        match phase.id() {
+            "guard" => {
+                phases.push(phase);
+                phases.push(Box::new(restore::Guard));
+            }
+            // The restored volume replaces the fresh PVC; Vault's key comes from the backup.
+            "vault-storage" | "vault-init" | "vault-key-secret" | "vault-unseal" => {}
+            "vault" => {
+                phases.push(Box::new(restore::Volumes));
+                phases.push(phase);
+                phases.push(Box::new(restore::VaultRestored));
+                // Unseal first: a wrong key fails here, before it reaches the Secret.
+                phases.push(Box::new(vault::Unseal));
+                phases.push(Box::new(vault::KeySecret));
+                phases.push(Box::new(restore::BootstrapSecrets));
+            }
+            _ => phases.push(phase),
+        }
+    }
+    phases
 }

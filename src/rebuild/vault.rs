@@ -22,7 +22,7 @@ use crate::keys::{BackupDocument, SecretText};
 const VAULT_DEADLINE: Duration = Duration::from_secs(300);
 
 /// Waits until Vault answers seal-status (its pod started), up to the deadline.
-async fn vault_answering(ctx: &mut Ctx) -> Result<crate::vault::SealStatus> {
+pub(super) async fn vault_answering(ctx: &mut Ctx) -> Result<crate::vault::SealStatus> {
     let deadline = tokio::time::Instant::now() + VAULT_DEADLINE;
     loop {
         let attempt = async {
@@ -247,7 +247,8 @@ impl Phase<Ctx> for Unseal {
             .unseal_all(&shares, |p| {
                 eprintln!("    unseal progress {}/{}", p.progress, p.threshold)
             })
-            .await?;
+            .await
+            .context("Vault did not accept the key from the offline backup: it stays sealed, and nothing was changed or deleted\n  next: use the offline backup of THIS Vault (`rebox key verify FILE` shows its fingerprints and cluster), then rerun")?;
         anyhow::ensure!(
             !status.sealed,
             "Vault is still sealed after every share was given"

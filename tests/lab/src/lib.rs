@@ -9,3 +9,6 @@ pub mod k3s;
 pub mod nas;
 pub mod server;
 pub mod vault;
+
+/// Re-exported for tests that build NAS fixtures (their times are `chrono` types).
+pub use chrono;

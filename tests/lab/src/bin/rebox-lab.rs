@@ -9,6 +9,9 @@
 //! rebox-lab server exec NAME -- SHELL              # bash -c SHELL as root inside
 //! rebox-lab server list
 //! rebox-lab cleanup                                # leftovers of dead processes
+//! rebox-lab nas build --dir DIR [--from-server NAME] [--apps N]
+//!                                                  # Longhorn backups, as the old node made them
+//! rebox-lab nas publish NAME --dir DIR --export /volume1/longhorn-backups
 //! ```
 
 use anyhow::{Context, Result};
@@ -33,6 +36,91 @@ enum Cmd {
     },
     /// Remove leftovers of labs whose owning process died.
     Cleanup,
+    /// The lab's NAS: Longhorn backupstores for restore rehearsals.
+    Nas {
+        #[command(subcommand)]
+        cmd: NasCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum NasCmd {
+    /// Write a backupstore: every bound PVC of a lab server (what its Longhorn would have
+    /// backed up, 30 minutes ago) and/or N generated app volumes in three namespaces.
+    Build {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Back up the Longhorn volumes of this lab server.
+        #[arg(long)]
+        from_server: Option<String>,
+        /// Generated app volumes (1 MiB of data each), backed up 1 to N hours ago.
+        #[arg(long, default_value_t = 0)]
+        apps: usize,
+    },
+    /// Copy a backupstore to a lab server's NFS export path (the NAS survives a node rebuild).
+    Publish {
+        name: String,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        export: String,
+    },
+}
+
+const K3S_DATA: &str = "/var/lib/rancher/k3s";
+
+fn nas_build(dir: PathBuf, from_server: Option<String>, apps: usize) -> Result<()> {
+    use rebox_lab::chrono::{Duration, Utc};
+    use rebox_lab::k3s::controllers::longhorn::volume_data_dir;
+    use rebox_lab::nas::{NasFixture, VolumeData};
+    let now = Utc::now();
+    let mut fixture = NasFixture::new(&dir);
+    let mut count = 0;
+    if let Some(name) = from_server {
+        let lab = LabServer::attach(&name)?;
+        let pvcs = lab.run_as_root_ok(
+            "KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl get pvc -A -o jsonpath='{range .items[?(@.status.phase==\"Bound\")]}{.metadata.namespace} {.metadata.name} {.spec.volumeName}{\"\\n\"}{end}'",
+        )?;
+        for line in pvcs.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let [ns, pvc, volume] = f[..] else { continue };
+            let data = lab.merged_path(
+                volume_data_dir(std::path::Path::new(K3S_DATA), volume)
+                    .to_str()
+                    .expect("utf-8 path"),
+            );
+            fixture = fixture.volume(volume, ns, pvc, VolumeData::Dir(data), now - Duration::minutes(30));
+            count += 1;
+        }
+    }
+    for i in 0..apps {
+        let ns = ["apps", "media", "monitoring"][i % 3];
+        let volume = format!("pvc-app-{i:02}");
+        let content: Vec<u8> = (0..(1u32 << 20)).map(|b| (b as u8) ^ (i as u8)).collect();
+        fixture = fixture.volume(
+            &volume,
+            ns,
+            &format!("data-{i:02}"),
+            VolumeData::Files(vec![("data.bin".into(), content)]),
+            now - Duration::hours(1 + i as i64),
+        );
+        count += 1;
+    }
+    fixture.build()?;
+    eprintln!("rebox-lab: wrote Longhorn backups of {count} volume(s) to {}", dir.display());
+    Ok(())
+}
+
+fn nas_publish(name: &str, dir: &std::path::Path, export: &str) -> Result<()> {
+    let lab = LabServer::attach(name)?;
+    lab.run_as_root_ok(&format!("rm -rf '{export}' && mkdir -p '{export}'"))?;
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", dir.display()))
+        .arg(lab.merged_path(export))
+        .status()?;
+    anyhow::ensure!(status.success(), "copying the backupstore failed");
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -79,6 +167,14 @@ fn main() -> Result<()> {
             let n = server::cleanup_stale()?;
             eprintln!("rebox-lab: removed {n} stale lab(s)");
         }
+        Cmd::Nas { cmd } => match cmd {
+            NasCmd::Build {
+                dir,
+                from_server,
+                apps,
+            } => nas_build(dir, from_server, apps)?,
+            NasCmd::Publish { name, dir, export } => nas_publish(&name, &dir, &export)?,
+        },
         Cmd::Server { cmd } => match cmd {
             ServerCmd::Up {
                 name,

@@ -38,8 +38,32 @@ Restart=always
 WantedBy=multi-user.target
 UNIT
 build open-iscsi 2.1.11-1ubuntu1 "iSCSI initiator tools (lab stand-in)"
-mkdir -p /tmp/lab-apt-build/nfs-common/usr/share/doc/nfs-common
+mkdir -p /tmp/lab-apt-build/nfs-common/usr/share/doc/nfs-common /tmp/lab-apt-build/nfs-common/usr/sbin
 echo "rebox lab stand-in" >/tmp/lab-apt-build/nfs-common/usr/share/doc/nfs-common/README.lab
+# mount.nfs, the helper `mount -t nfs` runs. The lab's NAS is a directory on the server (the
+# export path, as the Longhorn stand-in reads it), so the stand-in bind-mounts it; like the
+# real client it first needs the NAS host to answer on the NFS port, and honours `ro`.
+cat >/tmp/lab-apt-build/nfs-common/usr/sbin/mount.nfs <<'MOUNTNFS'
+#!/bin/bash
+spec=$1 dir=$2
+shift 2
+opts=
+while [ $# -gt 0 ]; do
+  case $1 in -o) opts=$2; shift 2 ;; *) shift ;; esac
+done
+host=${spec%%:*} export=${spec#*:}
+if ! timeout 5 bash -c "exec 3<>/dev/tcp/$host/2049" 2>/dev/null; then
+  echo "mount.nfs: Connection refused for $spec on $dir" >&2
+  exit 32
+fi
+if [ ! -d "$export" ]; then
+  echo "mount.nfs: access denied by server while mounting $spec" >&2
+  exit 32
+fi
+mount --bind "$export" "$dir" || exit 32
+case ",$opts," in *,ro,*) mount -o remount,bind,ro "$dir" || { umount "$dir"; exit 32; } ;; esac
+MOUNTNFS
+chmod 755 /tmp/lab-apt-build/nfs-common/usr/sbin/mount.nfs
 build nfs-common 1:2.8.3-1ubuntu1 "NFS support files common to client and server (lab stand-in)"
 rm -rf /tmp/lab-apt-build
 

@@ -126,17 +126,17 @@ fn restarted_since(store: &Store, ns: &str, since: chrono::DateTime<chrono::Utc>
         let Some(d) = ops::get(store, "apps", "deployments", ns, name) else {
             return false;
         };
-        let started = d["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT]
+        // Timestamps have whole seconds: a restart in the degradation's second counts, but
+        // a Deployment created in that same second existed before it (it was not restarted).
+        let restarted = d["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT]
             .as_str()
             .and_then(parse_time)
-            .into_iter()
-            .chain(
-                d["metadata"]["creationTimestamp"]
-                    .as_str()
-                    .and_then(parse_time),
-            )
-            .max();
-        started.is_some_and(|t| t >= since)
+            .is_some_and(|t| t >= since);
+        let created_after = d["metadata"]["creationTimestamp"]
+            .as_str()
+            .and_then(parse_time)
+            .is_some_and(|t| t > since);
+        restarted || created_after
     })
 }
 

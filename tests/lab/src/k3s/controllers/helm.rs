@@ -306,9 +306,27 @@ pub fn chart_objects(
                 "provisioner": "driver.longhorn.io", "allowVolumeExpansion": true, "reclaimPolicy": "Delete",
                 "volumeBindingMode": "Immediate",
                 "parameters": {"numberOfReplicas": replicas.to_string(), "staleReplicaTimeout": "30", "fromBackup": "", "fsType": "ext4", "dataLocality": "disabled"}});
+            // templates/default-resource.yaml (chart 1.8+): `defaultBackupStore` values become
+            // the ConfigMap the manager reads into BackupTarget `default`.
+            let store = &values["defaultBackupStore"];
+            let text_of = |v: &Value| match v {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            let default_resource = format!(
+                "\"backup-target\": {}\n\"backup-target-credential-secret\": {}\n\"backupstore-poll-interval\": {}\n",
+                Value::String(text_of(&store["backupTarget"])),
+                Value::String(text_of(&store["backupTargetCredentialSecret"])),
+                Value::String(text_of(&store["pollInterval"])),
+            );
+            let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "longhorn-default-resource", "namespace": ns},
+                "data": {"default-resource.yaml": default_resource}});
             (
                 super::longhorn::longhorn_crds(),
                 vec![
+                    cm,
                     daemonset(
                         ns,
                         "longhorn-manager",

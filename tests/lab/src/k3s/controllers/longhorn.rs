@@ -101,7 +101,13 @@ impl LonghornEnv {
             data_dir: data_dir.into(),
             nas_root: std::env::var_os("LAB_NAS_ROOT").map(PathBuf::from),
             node_name: "lab".into(),
-            restore_time: Duration::from_millis(1000),
+            // `LAB_RESTORE_MS`: the benchmark's fixed time per restore.
+            restore_time: Duration::from_millis(
+                std::env::var("LAB_RESTORE_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1000),
+            ),
             tick: Duration::from_millis(250),
         }
     }
@@ -764,6 +770,8 @@ struct Controller {
     shared: Arc<Mutex<Shared>>,
     /// URL the target was last synced for, and when.
     synced: Option<(String, Instant)>,
+    /// resourceVersion of `longhorn-default-resource` last applied to BackupTarget `default`.
+    default_resource: Option<String>,
 }
 
 /// Starts the Longhorn stand-in with the lab's environment (called by `spawn_all`).
@@ -796,6 +804,7 @@ pub async fn run(store: Arc<Store>, mut env: LonghornEnv) {
             restoring: HashSet::new(),
         })),
         synced: None,
+        default_resource: None,
     };
     loop {
         tokio::select! {
@@ -858,6 +867,34 @@ impl Controller {
                 return;
             }
         };
+        // The manager applies the chart's default resources (ConfigMap
+        // `longhorn-default-resource`) to BackupTarget `default` whenever they change.
+        if let Some(cm) = ops::get(st, "", "configmaps", NAMESPACE, "longhorn-default-resource") {
+            let rv = cm["metadata"]["resourceVersion"].as_str().map(String::from);
+            if rv != self.default_resource {
+                self.default_resource = rv;
+                let settings: BTreeMap<String, String> = cm["data"]["default-resource.yaml"]
+                    .as_str()
+                    .and_then(|t| serde_saphyr::from_str(t).ok())
+                    .unwrap_or_default();
+                let url = settings.get("backup-target").cloned().unwrap_or_default();
+                let secret = settings
+                    .get("backup-target-credential-secret")
+                    .cloned()
+                    .unwrap_or_default();
+                let poll = settings
+                    .get("backupstore-poll-interval")
+                    .and_then(|p| p.parse::<u64>().ok())
+                    .unwrap_or(300);
+                let _ = ops::modify(st, GROUP, "backuptargets", NAMESPACE, "default", None, MANAGER, |o| {
+                    o["spec"]["backupTargetURL"] = json!(url);
+                    o["spec"]["credentialSecret"] = json!(secret);
+                    o["spec"]["pollInterval"] = json!(format!("{poll}s"));
+                    true
+                });
+                return; // the modification comes back as an event
+            }
+        }
         let url = bt["spec"]["backupTargetURL"]
             .as_str()
             .unwrap_or_default()

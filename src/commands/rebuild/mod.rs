@@ -10,14 +10,16 @@ use crate::flow::journal::{LocalStore, ServerStore};
 use crate::flow::{self, PlanEntry, RunOptions};
 use crate::manifests::{Artifacts, RenderInputs};
 use crate::rebuild::{self, source, Ctx, KeyBackup};
+
+mod restore;
 use crate::remote::Remote;
 
-async fn prepare(global: &GlobalArgs, args: &RebuildArgs) -> Result<Ctx> {
-    if args.restore_from_nas {
-        anyhow::bail!("--restore-from-nas is not available in this version yet\n  next: `rebox rebuild` without it performs a fresh rebuild");
-    }
+pub(super) async fn prepare(global: &GlobalArgs, args: &RebuildArgs) -> Result<Ctx> {
     let (config, target, policy) = super::connection_settings(global, &args.conn)?;
     let artifacts = Artifacts::embedded()?;
+    if args.restore_from_nas && args.key_out.is_some() {
+        anyhow::bail!("--key-out writes a NEW key's backup (fresh rebuild); a restore reads the existing one\n  next: pass --key-file FILE (the offline backup of the Vault being restored)");
+    }
     let remote = Remote::connect(target, policy).await?;
     let machine = remote
         .exec("uname -m")
@@ -41,7 +43,9 @@ async fn prepare(global: &GlobalArgs, args: &RebuildArgs) -> Result<Ctx> {
         }
     };
     let mut ctx = Ctx::new(config, remote, artifacts, inputs, k3s, args.force);
-    ctx.key_backup = key_backup(args)?;
+    if !args.restore_from_nas {
+        ctx.key_backup = key_backup(args)?;
+    }
     Ok(ctx)
 }
 
@@ -65,13 +69,40 @@ fn key_backup(args: &RebuildArgs) -> Result<Option<KeyBackup>> {
 
 pub async fn plan(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
     let mut ctx = prepare(global, &args).await?;
-    let entries = flow::plan(&rebuild::fresh_phases(), &mut ctx).await?;
-    print_plan(global, &ctx, &entries)?;
+    let phases = if args.restore_from_nas {
+        // Read-only: without an NFS client on the server the table waits for the real run.
+        match restore::read_nas(&ctx, &args.skip_volumes, false).await? {
+            Some(table) => {
+                if !global.json {
+                    print!("{}", table.render());
+                    println!();
+                }
+                ctx.restore = Some(rebuild::RestoreState {
+                    table,
+                    outcomes: Vec::new(),
+                });
+            }
+            None => eprintln!("note: the server has no NFS client yet, so the NAS cannot be read without changing it; `rebox rebuild --restore-from-nas` installs nfs-common first and shows the backups before restoring anything"),
+        }
+        rebuild::restore_phases()
+    } else {
+        rebuild::fresh_phases()
+    };
+    let entries = flow::plan(&phases, &mut ctx).await?;
+    if global.json && args.restore_from_nas {
+        let out = serde_json::json!({
+            "backups": ctx.restore.as_ref().map(|r| &r.table),
+            "phases": entries,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_plan(global, &ctx, &entries)?;
+    }
     ctx.remote.close().await;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_plan(global: &GlobalArgs, ctx: &Ctx, entries: &[PlanEntry]) -> Result<()> {
+pub(super) fn print_plan(global: &GlobalArgs, ctx: &Ctx, entries: &[PlanEntry]) -> Result<()> {
     if global.json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(());
@@ -94,6 +125,9 @@ fn print_plan(global: &GlobalArgs, ctx: &Ctx, entries: &[PlanEntry]) -> Result<(
 }
 
 pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
+    if args.restore_from_nas {
+        return restore::run(global, args).await;
+    }
     let mut ctx = prepare(global, &args).await?;
     let phases = rebuild::fresh_phases();
     if args.dry_run {

@@ -1,0 +1,369 @@
+//! The phases only `rebox rebuild --restore-from-nas` has: the guard against restoring onto a
+//! cluster that already holds data, the volume restores, the check that Vault came back with
+//! its data (never initialised here), and the bootstrap Secrets from the offline backup.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use async_trait::async_trait;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::api::ListParams;
+use kube::Api;
+use serde_json::json;
+
+use super::Ctx;
+use crate::flow::journal::{ServerStore, Store};
+use crate::flow::Phase;
+use crate::restore::longhorn::{self, Wanted};
+
+/// The journal's flow name for a restore (a fresh rebuild's journal is another flow).
+pub const FLOW: &str = "rebuild --restore-from-nas";
+
+/// Refuses to restore onto a cluster that already holds volumes or workloads, unless --force:
+/// a restore that silently does nothing, or half-merges, is the worst outcome.
+pub struct Guard;
+
+impl Guard {
+    /// What the cluster already holds that a restore could collide with.
+    async fn occupants(ctx: &mut Ctx) -> Result<Vec<String>> {
+        let cfg = ctx.config.clone();
+        let client = ctx.cluster().await?.client.clone();
+        let mut found = Vec::new();
+        let vols = longhorn::api(&client, &cfg.longhorn.namespace, "Volume", "volumes");
+        if let Ok(list) = vols.list(&ListParams::default()).await {
+            found.extend(
+                list.items
+                    .iter()
+                    .map(|v| format!("Longhorn volume {}", v.metadata.name.clone().unwrap_or_default())),
+            );
+        }
+        let pvcs: Api<PersistentVolumeClaim> = Api::all(client.clone());
+        for c in pvcs.list(&ListParams::default()).await?.items {
+            found.push(format!(
+                "PVC {}/{}",
+                c.metadata.namespace.unwrap_or_default(),
+                c.metadata.name.unwrap_or_default()
+            ));
+        }
+        // The charts' own workloads are expected; anything else is an app.
+        let system = [
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+            cfg.longhorn.namespace.as_str(),
+            cfg.vault.namespace.as_str(),
+            cfg.eso.namespace.as_str(),
+            cfg.argocd.namespace.as_str(),
+        ];
+        let deployments: Api<Deployment> = Api::all(client.clone());
+        let statefulsets: Api<StatefulSet> = Api::all(client.clone());
+        let mut workloads: Vec<(String, String, &str)> = Vec::new();
+        for d in deployments.list(&ListParams::default()).await?.items {
+            workloads.push((d.metadata.namespace.unwrap_or_default(), d.metadata.name.unwrap_or_default(), "Deployment"));
+        }
+        for s in statefulsets.list(&ListParams::default()).await?.items {
+            workloads.push((s.metadata.namespace.unwrap_or_default(), s.metadata.name.unwrap_or_default(), "StatefulSet"));
+        }
+        found.extend(
+            workloads
+                .into_iter()
+                .filter(|(ns, _, _)| !system.contains(&ns.as_str()))
+                .map(|(ns, name, kind)| format!("{kind} {ns}/{name}")),
+        );
+        Ok(found)
+    }
+}
+
+#[async_trait]
+impl Phase<Ctx> for Guard {
+    fn id(&self) -> &'static str {
+        "restore-guard"
+    }
+    fn title(&self) -> String {
+        "Check the cluster holds no volumes or workloads a restore would collide with".into()
+    }
+    async fn pending(&self, _: &mut Ctx) -> Result<bool> {
+        Ok(true) // always checked: it is read-only
+    }
+    fn describe(&self, _: &Ctx) -> Vec<String> {
+        vec!["on a server that already runs k3s (not from an earlier run of this restore), refuse if it holds Longhorn volumes, PVCs or app workloads (unless --force)".into()]
+    }
+    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let installed = ctx
+            .remote
+            .sudo(&format!("test -e {}", crate::cluster::K3S_KUBECONFIG))
+            .await?
+            .success();
+        if !installed {
+            return Ok(()); // a fresh server: nothing to collide with
+        }
+        let remote = ctx.remote.clone();
+        let ours = ServerStore { remote: &remote }
+            .load()
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|j| j.flow == FLOW && j.is_done(self.id()));
+        if ours {
+            return Ok(()); // an earlier run of this restore passed here: its volumes are expected
+        }
+        let occupants = match Self::occupants(ctx).await {
+            Ok(o) => o,
+            Err(e) if ctx.force => {
+                eprintln!("warning: could not list what the cluster holds ({e:#}); going on because of --force");
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(e.context(
+                    "k3s is installed but rebox cannot list what the cluster holds, so it cannot prove a restore is safe\n  next: start k3s, or pass --force if this cluster is expendable",
+                ))
+            }
+        };
+        if occupants.is_empty() || ctx.force {
+            if !occupants.is_empty() {
+                eprintln!(
+                    "warning: --force: restoring onto a cluster that holds {} object(s) (e.g. {})",
+                    occupants.len(),
+                    occupants[0]
+                );
+            }
+            return Ok(());
+        }
+        let shown: Vec<&str> = occupants.iter().take(6).map(String::as_str).collect();
+        bail!(
+            "this cluster already holds data: {}{}\n  A restore onto it could silently keep the wrong data or half-merge.\n  next: restore onto a freshly installed server, or pass --force if everything on this cluster is expendable",
+            shown.join(", "),
+            if occupants.len() > shown.len() {
+                format!(" and {} more", occupants.len() - shown.len())
+            } else {
+                String::new()
+            }
+        )
+    }
+    async fn verify(&self, _: &mut Ctx) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Every backed-up volume restored from its newest backup, with its PV and PVC.
+pub struct Volumes;
+
+impl Volumes {
+    fn wanted(ctx: &Ctx) -> Vec<Wanted> {
+        ctx.restore
+            .as_ref()
+            .map(|r| {
+                r.table.to_restore().map(Wanted::from).collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl Phase<Ctx> for Volumes {
+    fn id(&self) -> &'static str {
+        "restore-volumes"
+    }
+    fn title(&self) -> String {
+        "Restore every volume from its newest NAS backup; recreate its PV and PVC".into()
+    }
+    async fn pending(&self, ctx: &mut Ctx) -> Result<bool> {
+        let wanted = Self::wanted(ctx);
+        let ns = ctx.config.longhorn.namespace.clone();
+        let Ok(cluster) = ctx.cluster().await else {
+            return Ok(true);
+        };
+        let client = cluster.client.clone();
+        for w in &wanted {
+            if !longhorn::is_restored(&client, &ns, w).await.unwrap_or(false) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+    fn describe(&self, ctx: &Ctx) -> Vec<String> {
+        let wanted = Self::wanted(ctx);
+        let mut out = vec![
+            "ask Longhorn's backup target to read the NAS now; wait for every volume's BackupVolume and newest Completed Backup".into(),
+            format!(
+                "restore {} volume(s), {} at a time, each into a Volume of the same name (fromBackup)",
+                wanted.len(),
+                ctx.config.restore.concurrency
+            ),
+        ];
+        for w in &wanted {
+            if let (Some(ns), Some(pvc)) = (&w.namespace, &w.pvc) {
+                out.push(format!("  {} → PV {} + PVC {ns}/{pvc}", w.volume, w.volume));
+            } else {
+                out.push(format!("  {} (no PVC recorded: volume only)", w.volume));
+            }
+        }
+        out.push("no recurring backup job is created before every restore is checked (Argo CD comes later)".into());
+        out
+    }
+    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let wanted = Self::wanted(ctx);
+        let (ns, replicas, concurrency) = (
+            ctx.config.longhorn.namespace.clone(),
+            ctx.config.longhorn.replica_count,
+            ctx.config.restore.concurrency,
+        );
+        let client = ctx.cluster().await?.client.clone();
+        let outcomes =
+            longhorn::restore_all(&client, &ns, replicas, &wanted, concurrency).await?;
+        let failed: Vec<String> = outcomes
+            .iter()
+            .filter(|o| o.error.is_some())
+            .map(|o| format!("{}: {}", o.volume, o.error.as_deref().unwrap_or_default()))
+            .collect();
+        if let Some(r) = ctx.restore.as_mut() {
+            r.outcomes = outcomes;
+        }
+        if !failed.is_empty() {
+            bail!(
+                "{} of {} volume(s) did not restore (the others did and stay restored):\n    {}\n  next: a rerun retries only these; a backup that is corrupt on the NAS can be left out with --skip-volume NAME (its app then starts without its data)",
+                failed.len(),
+                wanted.len(),
+                failed.join("\n    ")
+            );
+        }
+        Ok(())
+    }
+    async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
+        let wanted = Self::wanted(ctx);
+        let ns = ctx.config.longhorn.namespace.clone();
+        let client = ctx.cluster().await?.client.clone();
+        for w in &wanted {
+            anyhow::ensure!(
+                longhorn::is_restored(&client, &ns, w).await?,
+                "volume {} is not restored and bound after its restore",
+                w.volume
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Vault, installed onto its restored volume, must report initialised (and sealed).
+pub struct VaultRestored;
+
+#[async_trait]
+impl Phase<Ctx> for VaultRestored {
+    fn id(&self) -> &'static str {
+        "vault-restored"
+    }
+    fn title(&self) -> String {
+        "Check Vault found its restored data (it is never initialised on a restore)".into()
+    }
+    async fn pending(&self, _: &mut Ctx) -> Result<bool> {
+        Ok(true) // read-only, and the reason a restore must stop
+    }
+    fn describe(&self, ctx: &Ctx) -> Vec<String> {
+        vec![format!(
+            "wait for Vault to answer; stop with an error if it reports uninitialised (PVC {}/{} did not bring its data back)",
+            ctx.config.vault.namespace, ctx.config.vault.pvc
+        )]
+    }
+    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let status = super::vault::vault_answering(ctx).await?;
+        if !status.initialized {
+            bail!(
+                "Vault reports UNINITIALISED after the restore: its volume (PVC {}/{}) did not bring its data back. rebox never initialises Vault on a restore (that would make a new, empty Vault).\n  next: check the table above lists {} with a recent backup and that it restored; `kubectl -n {} describe pvc {}` on the server",
+                ctx.config.vault.namespace,
+                ctx.config.vault.pvc,
+                ctx.config.vault.pvc,
+                ctx.config.vault.namespace,
+                ctx.config.vault.pvc
+            );
+        }
+        Ok(())
+    }
+    async fn verify(&self, _: &mut Ctx) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The Secrets listed in `[[bootstrap_secrets]]`, filled from the offline backup or prompts.
+pub struct BootstrapSecrets;
+
+impl BootstrapSecrets {
+    fn objects(ctx: &Ctx) -> Result<Vec<serde_json::Value>> {
+        use base64::Engine;
+        let mut grouped: BTreeMap<(String, String), serde_json::Map<String, serde_json::Value>> =
+            BTreeMap::new();
+        for s in &ctx.config.bootstrap_secrets {
+            let value = ctx.secret_values.get(&s.source).with_context(|| {
+                format!("no value for the bootstrap secret {:?} (it was not in the offline backup and not asked for)", s.source)
+            })?;
+            grouped
+                .entry((s.namespace.clone(), s.secret.clone()))
+                .or_default()
+                .insert(
+                    s.key.clone(),
+                    base64::engine::general_purpose::STANDARD
+                        .encode(value.expose())
+                        .into(),
+                );
+        }
+        let mut out = Vec::new();
+        for ((ns, name), data) in grouped {
+            out.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+            out.push(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name, "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "rebox"}},
+                "type": "Opaque",
+                "data": data,
+            }));
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Phase<Ctx> for BootstrapSecrets {
+    fn id(&self) -> &'static str {
+        "bootstrap-secrets"
+    }
+    fn title(&self) -> String {
+        "Create the bootstrap Secrets from the offline backup".into()
+    }
+    async fn pending(&self, ctx: &mut Ctx) -> Result<bool> {
+        if ctx.config.bootstrap_secrets.is_empty() {
+            return Ok(false);
+        }
+        let secrets: Vec<serde_json::Value> = ctx
+            .config
+            .bootstrap_secrets
+            .iter()
+            .map(|s| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": s.secret, "namespace": s.namespace}}))
+            .collect();
+        Ok(!ctx.cluster().await?.all_exist(&secrets).await.unwrap_or(false))
+    }
+    fn describe(&self, ctx: &Ctx) -> Vec<String> {
+        if ctx.config.bootstrap_secrets.is_empty() {
+            return vec!["none configured ([[bootstrap_secrets]] in rebox.toml)".into()];
+        }
+        ctx.config
+            .bootstrap_secrets
+            .iter()
+            .map(|s| {
+                format!(
+                    "Secret {}/{} key {} from the backup's extra secret {:?} (or a prompt)",
+                    s.namespace, s.secret, s.key, s.source
+                )
+            })
+            .collect()
+    }
+    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+        let objects = Self::objects(ctx)?;
+        ctx.cluster().await?.apply_all(&objects).await
+    }
+    async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
+        anyhow::ensure!(
+            !self.pending(ctx).await?,
+            "a bootstrap Secret is missing after it was created"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,187 @@
+//! What the NAS holds, read before anything on the server changes: the backup target is
+//! mounted read-only on the server (through SSH and sudo) into a temporary directory, the
+//! `volume.cfg` of every backed-up volume is read, and the mount is removed again.
+//!
+//! Longhorn's backupstore layout (platform-facts §2, `longhorn/backupstore`):
+//! `backupstore/volumes/<aa>/<bb>/<volume>/volume.cfg`, a JSON document with `Name`, `Size`
+//! (bytes, as a string), `Labels` (those of the newest backup, incl. `KubernetesStatus`, the
+//! JSON of the volume's namespace/PVC at backup time), `LastBackupName` and `LastBackupAt`.
+//! Only NFS targets can be read this way; for the others Longhorn's BackupVolumes are the
+//! first view of the store, once Longhorn runs.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::remote::{shell_quote, Remote};
+
+/// One volume in the backup store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackedUpVolume {
+    /// The Longhorn volume name (the PV's name on the old node).
+    pub volume: String,
+    /// The namespace and PVC it belonged to, from the `KubernetesStatus` label.
+    pub namespace: Option<String>,
+    pub pvc: Option<String>,
+    /// The newest completed backup, if any.
+    pub last_backup: Option<String>,
+    /// When that backup was taken (RFC 3339).
+    pub last_backup_at: Option<String>,
+    pub size_bytes: u64,
+}
+
+/// `volume.cfg` as Longhorn's backupstore writes it (only the fields rebox reads).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct VolumeCfg {
+    name: String,
+    #[serde(default)]
+    size: String,
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    last_backup_name: String,
+    #[serde(default)]
+    last_backup_at: String,
+}
+
+/// The `KubernetesStatus` label's fields rebox needs.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KubernetesStatus {
+    #[serde(default)]
+    namespace: String,
+    #[serde(default)]
+    pvc_name: String,
+}
+
+/// `nfs://host:/export/path` as `host:/export/path`, the form `mount -t nfs` takes.
+pub fn nfs_source(target: &str) -> Option<String> {
+    let rest = target.strip_prefix("nfs://")?;
+    let (host, path) = rest.split_once(':')?;
+    if host.is_empty() || !path.starts_with('/') {
+        return None;
+    }
+    Some(format!("{host}:{path}"))
+}
+
+const MARKER: &str = "--- rebox volume.cfg";
+/// Exit statuses of the scan script.
+const NO_NFS_CLIENT: u32 = 3;
+const MOUNT_FAILED: u32 = 4;
+
+/// Whether the server can mount NFS (nfs-common's `mount.nfs`).
+pub async fn server_has_nfs_client(remote: &Remote) -> Result<bool> {
+    Ok(remote
+        .exec("command -v mount.nfs >/dev/null 2>&1 || test -x /sbin/mount.nfs")
+        .await?
+        .success())
+}
+
+/// Reads every volume of the NFS backup target through the server. Changes nothing that
+/// outlives the call (a read-only mount under /run, removed on exit).
+pub async fn scan(remote: &Remote, target: &str) -> Result<Vec<BackedUpVolume>> {
+    let Some(source) = nfs_source(target) else {
+        bail!("the backup target {target} is not an nfs:// URL; only NFS targets can be read before Longhorn runs");
+    };
+    let script = format!(
+        r#"set -u
+command -v mount.nfs >/dev/null 2>&1 || test -x /sbin/mount.nfs || exit {NO_NFS_CLIENT}
+d=$(mktemp -d /run/rebox-nas.XXXXXX) || exit 1
+trap 'umount "$d" 2>/dev/null; rmdir "$d"' EXIT
+mount -t nfs -o ro,soft,timeo=100,retrans=2 {src} "$d" || exit {MOUNT_FAILED}
+for cfg in "$d"/backupstore/volumes/*/*/*/volume.cfg; do
+  [ -f "$cfg" ] || continue
+  echo '{MARKER}'
+  cat "$cfg"
+  echo
+done
+exit 0"#,
+        src = shell_quote(&source),
+    );
+    let out = remote.sudo(&script).await?;
+    match out.status {
+        0 => parse_scan(&out.stdout_str()),
+        NO_NFS_CLIENT => bail!(
+            "the server cannot mount NFS yet (no mount.nfs)\n  next: rebox installs nfs-common first when you run the restore"
+        ),
+        MOUNT_FAILED => bail!(
+            "the NAS did not let the server mount {source}: {}\n  next: check the NAS is on, exports {} to this server, and that nas.backup_target in rebox.toml is right; nothing on the server was changed",
+            out.stderr_str().trim(),
+            source.split_once(':').map(|(_, p)| p).unwrap_or_default()
+        ),
+        _ => bail!(
+            "reading the NAS through the server failed: {}",
+            out.stderr_str().trim()
+        ),
+    }
+}
+
+/// Parses the scan's output: `volume.cfg` documents after marker lines.
+pub fn parse_scan(text: &str) -> Result<Vec<BackedUpVolume>> {
+    let mut out = Vec::new();
+    for doc in text.split(MARKER).map(str::trim).filter(|d| !d.is_empty()) {
+        let cfg: VolumeCfg = serde_json::from_str(doc)
+            .with_context(|| "a volume.cfg on the NAS is not valid JSON".to_string())?;
+        out.push(from_cfg(cfg));
+    }
+    out.sort_by(|a, b| a.volume.cmp(&b.volume));
+    Ok(out)
+}
+
+fn from_cfg(cfg: VolumeCfg) -> BackedUpVolume {
+    let ks: Option<KubernetesStatus> = cfg
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("KubernetesStatus"))
+        .and_then(|v| serde_json::from_str(v).ok());
+    let nonempty = |s: String| (!s.is_empty()).then_some(s);
+    BackedUpVolume {
+        volume: cfg.name,
+        namespace: ks.as_ref().and_then(|k| nonempty(k.namespace.clone())),
+        pvc: ks.and_then(|k| nonempty(k.pvc_name)),
+        last_backup: nonempty(cfg.last_backup_name),
+        last_backup_at: nonempty(cfg.last_backup_at),
+        size_bytes: cfg.size.parse().unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nfs_urls_become_mount_sources() {
+        assert_eq!(
+            nfs_source("nfs://nas.lan:/volume1/lh").as_deref(),
+            Some("nas.lan:/volume1/lh")
+        );
+        assert_eq!(nfs_source("s3://bucket@us-east-1/"), None);
+        assert_eq!(nfs_source("nfs://nas.lan"), None);
+        assert_eq!(nfs_source("nfs://:/x"), None);
+    }
+
+    #[test]
+    fn volume_cfgs_parse_with_their_kubernetes_status() {
+        let text = format!(
+            "{MARKER}\n{}\n{MARKER}\n{}\n",
+            r#"{"Name":"pvc-1","Size":"1073741824","Labels":{"KubernetesStatus":"{\"namespace\":\"apps\",\"pvcName\":\"data\",\"pvName\":\"pvc-1\"}"},"LastBackupName":"backup-a","LastBackupAt":"2026-11-25T02:00:00Z"}"#,
+            r#"{"Name":"orphan","Size":"2097152","Labels":null,"LastBackupName":"","LastBackupAt":""}"#
+        );
+        let v = parse_scan(&text).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].volume, "orphan");
+        assert_eq!(v[0].last_backup, None);
+        assert_eq!(v[0].namespace, None);
+        assert_eq!(v[1].namespace.as_deref(), Some("apps"));
+        assert_eq!(v[1].pvc.as_deref(), Some("data"));
+        assert_eq!(v[1].last_backup.as_deref(), Some("backup-a"));
+        assert_eq!(v[1].size_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn a_broken_volume_cfg_is_an_error() {
+        assert!(parse_scan(&format!("{MARKER}\n{{not json\n")).is_err());
+    }
+}
