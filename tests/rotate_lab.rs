@@ -465,6 +465,24 @@ fn rotate_happy_path_new_key_opens_vault_old_key_refused_and_nothing_secret_prin
         "a file not given with --from was renamed"
     );
     l.assert_converged(&third, &new, "second rotation from the Secret");
+
+    // The Secret gone (deleted by mistake): the backup is the current key, and the rotation
+    // creates the Secret with the new key.
+    l.lab.kubectl("-n security delete secret vault-unseal-key");
+    let fourth = l.path("vault-key-4.age");
+    let out = l.run_ok(&[
+        "--from",
+        third.to_str().unwrap(),
+        "-o",
+        fourth.to_str().unwrap(),
+    ]);
+    assert!(
+        text(&out.stderr).contains("does not exist; the rotation creates it"),
+        "{}",
+        describe(&out)
+    );
+    let third_key = l.backup_shares(&superseded_of(&third)[0]);
+    l.assert_converged(&fourth, &third_key, "rotation that recreates the Secret");
 }
 
 #[test]
