@@ -298,8 +298,10 @@ pub struct RotateArgs {
     /// current key is read from the cluster's Secret
     #[arg(long, value_name = "FILE")]
     pub from: Option<PathBuf>,
-    /// Where the new offline backup is written (created 0600, never over an existing file);
-    /// on a resume the interrupted rotation's file is used when absent
+    /// Where the new offline backup is written (created 0600, never over an existing file,
+    /// except the --from file itself: the new backup then takes its name once its key is
+    /// active, and the old one becomes FILE.superseded-TIME); on a resume the interrupted
+    /// rotation's file is used when absent
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Encrypt the new backup (and the rotation journal) to this age or SSH public key (repeatable)

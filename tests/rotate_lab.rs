@@ -483,6 +483,72 @@ fn rotate_happy_path_new_key_opens_vault_old_key_refused_and_nothing_secret_prin
     );
     let third_key = l.backup_shares(&superseded_of(&third)[0]);
     l.assert_converged(&fourth, &third_key, "rotation that recreates the Secret");
+
+    // In place (-o is the --from file), interrupted after verification: the new key is staged
+    // next to the current file until then, and the rerun gives it the file's name.
+    let in_place = [
+        "--from",
+        fourth.to_str().unwrap(),
+        "-o",
+        fourth.to_str().unwrap(),
+    ];
+    let staging = l.path("vault-key-4.age.rotating");
+    let fourth_key = l.backup_shares(&fourth);
+    let out = l
+        .rotate(&in_place)
+        .env("REBOX_FAILPOINT_EXIT_AFTER", "rotate-verified-recorded")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(86), "{}", describe(&out));
+    assert_eq!(
+        l.backup_shares(&fourth),
+        fourth_key,
+        "the current file changed early"
+    );
+    let staged = l.backup_shares(&staging);
+    l.run_ok(&["--resume"]);
+    assert!(!staging.exists(), "the staged backup was left behind");
+    assert_eq!(
+        l.backup_shares(&fourth),
+        staged,
+        "the file did not get the new key"
+    );
+    let sup = superseded_of(&fourth);
+    assert_eq!(sup.len(), 1, "{sup:?}");
+    assert_eq!(l.backup_shares(&sup[0]), fourth_key);
+    l.assert_converged(&fourth, &fourth_key, "in place");
+
+    // In place, interrupted before verification and Vault sealed: the file still holds the
+    // active key and opens Vault; the rerun marks the staged key as never activated.
+    let current_key = l.backup_shares(&fourth);
+    let out = l
+        .rotate(&in_place)
+        .env("REBOX_FAILPOINT_EXIT_AFTER", "rotate-secret-recorded")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(86), "{}", describe(&out));
+    l.seal();
+    assert!(
+        l.unseal_with(&l.backup_shares(&fourth)),
+        "the current file does not open Vault"
+    );
+    let out = l
+        .rotate(&in_place)
+        .env("REBOX_FAILPOINT_EXIT_AFTER", "rotate-preflight")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(86), "{}", describe(&out));
+    assert!(!staging.exists());
+    assert!(
+        walk(l.lab.dir.path()).iter().any(|p| p
+            .to_string_lossy()
+            .contains("vault-key-4.age.never-activated-")),
+        "the staged key was not marked never activated"
+    );
+    assert_eq!(l.backup_shares(&fourth), current_key);
+    assert_eq!(sorted(l.secret_shares()), sorted(current_key.clone()));
+    l.run_ok(&in_place);
+    l.assert_converged(&fourth, &current_key, "in place after a roll-back");
 }
 
 #[test]
@@ -616,24 +682,6 @@ fn rotate_refuses_a_wrong_current_key_and_an_existing_rekey_without_changing_any
         "the current key no longer opens Vault"
     );
     unchanged("sealed", &good);
-    // The new backup over the current one: refused.
-    let out = l
-        .rotate(&[
-            "--from",
-            current.to_str().unwrap(),
-            "-o",
-            current.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "{}", describe(&out));
-    assert!(
-        text(&out.stderr).contains("is the current backup"),
-        "{}",
-        describe(&out)
-    );
-    unchanged("-o = --from", &good);
-
     // 3. A rekey someone else started: reported with its nonce, left alone.
     let theirs = l.vault(
         "POST",

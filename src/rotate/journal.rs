@@ -97,8 +97,12 @@ pub struct Journal {
     /// The current backup file given with --from (renamed as superseded at the end).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<PathBuf>,
-    /// Where the new offline backup goes.
+    /// Where the new offline backup is written.
     pub output: PathBuf,
+    /// In-place rotation (`-o` is the `--from` file): the name the new backup takes at the
+    /// end, when the current file is renamed as superseded; `output` is a staging name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_output: Option<PathBuf>,
     /// Whether the Secret existed when the rotation started.
     pub secret_existed: bool,
     pub old_threshold: u32,
@@ -249,6 +253,7 @@ mod tests {
             probe_nonce: None,
             from: None,
             output: "/x/new.age".into(),
+            final_output: None,
             secret_existed: true,
             old_threshold: 1,
             new_threshold: 1,

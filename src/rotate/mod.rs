@@ -302,11 +302,20 @@ impl Rotation<'_> {
         let output = self.output.clone().ok_or_else(|| {
             anyhow!("no destination for the new offline backup\n  next: pass -o NEW-FILE (e.g. on the USB stick, next to the current backup)")
         })?;
-        if let Some(from) = &self.from {
-            if same_file(from, &output) {
-                bail!("-o {} is the current backup (--from); the new backup needs its own file (the current one is kept, renamed as superseded, at the end)\n  next: pass -o NEW-FILE", output.display());
+        // In place (-o is the current backup): the new backup is written under a staging name
+        // and takes the name at the end, when the current one is renamed as superseded.
+        let (output, final_output) = match &self.from {
+            Some(from) if same_file(from, &output) => {
+                let staging = staging_name(&output);
+                self.say(&format!(
+                    "-o is the current backup: the new one is written as {} and renamed {} once its key is active (the current file becomes *.superseded-TIME)",
+                    staging.display(),
+                    output.display()
+                ));
+                (staging, Some(output))
             }
-        }
+            _ => (output, None),
+        };
         // Free and writable, checked before Vault is touched.
         drop(
             crate::keys::output::Pending::create(&output, false)
@@ -422,6 +431,7 @@ impl Rotation<'_> {
             probe_nonce: None,
             from: self.from.clone(),
             output,
+            final_output,
             secret_existed: secret.is_some(),
             old_threshold: status.threshold,
             new_threshold,
@@ -557,8 +567,8 @@ impl Rotation<'_> {
             bail!(
                 "after the rotation, Secret {} and {} hold different keys; the NEW key (in {}) is the one that opens Vault\n  next: rerun this command to repair the Secret",
                 self.site.secret_name(),
-                j.output.display(),
-                j.output.display()
+                new_backup_path(&j).display(),
+                new_backup_path(&j).display()
             );
         }
         if !healthy {
@@ -567,29 +577,33 @@ impl Rotation<'_> {
                 health.code, health.sealed
             ));
         }
-        let superseded = match &j.from {
-            Some(from) if from.exists() && !same_file(from, &j.output) => {
-                let to = stamped(from, "superseded");
-                std::fs::rename(from, &to).with_context(|| {
-                    format!("renaming the old backup {} as superseded", from.display())
-                })?;
-                sync_parent(&to);
-                self.say(&format!(
-                    "the old backup {} is now {} (its key no longer opens Vault)",
-                    from.display(),
-                    to.display()
-                ));
-                Some(to)
+        let superseded = match (&j.from, &j.final_output) {
+            (Some(from), Some(fin)) => {
+                // In place: the current file steps aside, the staged new one takes its name.
+                let mut moved = None;
+                if j.output.exists() {
+                    if from.exists() {
+                        moved = Some(self.supersede(from)?);
+                    }
+                    std::fs::rename(&j.output, fin).with_context(|| {
+                        format!("renaming {} to {}", j.output.display(), fin.display())
+                    })?;
+                    sync_parent(fin);
+                }
+                moved.or_else(|| find_stamped(from, "superseded"))
             }
-            Some(from) => find_stamped(from, "superseded"),
-            None => None,
+            (Some(from), None) if from.exists() && !same_file(from, &j.output) => {
+                Some(self.supersede(from)?)
+            }
+            (Some(from), None) => find_stamped(from, "superseded"),
+            (None, _) => None,
         };
         failpoint("rotate-old-superseded");
         journal::remove(&self.journal_path)?;
         self.say(&format!(
             "done: the new key is the only one that opens Vault, and Secret {} and {} hold it",
             self.site.secret_name(),
-            j.output.display()
+            new_backup_path(&j).display()
         ));
         let new_fingerprints: Vec<String> = j.new_shares.iter().map(|s| s.sha256_hex()).collect();
         let old_fingerprints: Vec<String> = j.old_shares.iter().map(|s| s.sha256_hex()).collect();
@@ -601,7 +615,7 @@ impl Rotation<'_> {
             cluster: j.cluster.clone(),
             server: self.server.clone(),
             secret: self.site.secret_name(),
-            new_backup: j.output.clone(),
+            new_backup: new_backup_path(&j).to_path_buf(),
             superseded_backup: superseded,
             threshold: j.new_threshold,
             share_count: j.new_share_count,
@@ -612,10 +626,34 @@ impl Rotation<'_> {
         })
     }
 
+    /// Renames the old backup `from` as superseded.
+    fn supersede(&self, from: &Path) -> Result<PathBuf> {
+        let to = stamped(from, "superseded");
+        std::fs::rename(from, &to)
+            .with_context(|| format!("renaming the old backup {} as superseded", from.display()))?;
+        sync_parent(&to);
+        self.say(&format!(
+            "the old backup {} is now {} (its key no longer opens Vault)",
+            from.display(),
+            to.display()
+        ));
+        Ok(to)
+    }
+
     /// The new backup at `j.output`, holding the journal's new key: written and verified, or
     /// found already there (a rerun) and checked.
     /// Returns the fingerprints of the key the file holds (the new key).
     fn ensure_backup(&self, j: &Journal) -> Result<Vec<String>> {
+        if let (false, Some(fin)) = (j.output.exists(), &j.final_output) {
+            // In place and already renamed into its final name by an earlier run?
+            if let Ok(doc) = self.keys.open_backup(fin) {
+                let shares: Vec<SecretText> =
+                    doc.unseal.shares.iter().map(|s| s.key.clone()).collect();
+                if fingerprints(&shares) == fingerprints(&j.new_shares) {
+                    return Ok(fingerprints(&shares));
+                }
+            }
+        }
         if j.output.exists() {
             let doc = self
                 .keys
@@ -668,7 +706,7 @@ impl Rotation<'_> {
             self.from = j.from.clone();
         }
         if self.output.is_none() {
-            self.output = Some(j.output.clone());
+            self.output = Some(new_backup_path(&j).to_path_buf());
         }
         let vault = self.site.vault.clone();
         let status = vault.seal_status().await?;
@@ -854,7 +892,7 @@ impl Rotation<'_> {
                 })
                 .unwrap_or(false);
             if ours {
-                let to = stamped(&j.output, "never-activated");
+                let to = stamped(new_backup_path(&j), "never-activated");
                 std::fs::rename(&j.output, &to).with_context(|| {
                     format!("renaming {} as never activated", j.output.display())
                 })?;
@@ -900,7 +938,7 @@ fn lock(journal_path: &Path) -> Result<std::fs::File> {
 
 /// What the operator does with the copies of the old key.
 fn next_steps(j: &Journal, superseded: Option<&Path>, old_fps: &[String]) -> Vec<String> {
-    let out = j.output.display();
+    let out = new_backup_path(j).display();
     let mut v = vec![
         format!("copy {out} to where the offline backup lives (USB stick, safe); check each copy with `rebox key verify -i IDENTITY {out}`"),
         format!(
@@ -949,6 +987,19 @@ fn find_stamped(path: &Path, what: &str) -> Option<PathBuf> {
         .collect();
     found.sort();
     found.pop()
+}
+
+/// Where the new backup ends up (its staging name is `j.output` in an in-place rotation).
+fn new_backup_path(j: &Journal) -> &Path {
+    j.final_output.as_deref().unwrap_or(&j.output)
+}
+
+/// `vault-key.age` → `vault-key.age.rotating`: the new backup of an in-place rotation until
+/// its key is active.
+fn staging_name(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".rotating");
+    PathBuf::from(name)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
