@@ -28,6 +28,10 @@
 //! Vault's memory) or that cannot be finished (new key never saved) is rolled back — the
 //! Secret gets the key Vault accepts, a new backup that never became active is renamed
 //! `*.never-activated-<time>` — and the rotation starts again.
+//!
+//! In place (`-o` names the `--from` file) the new backup is staged as `FILE.rotating` and
+//! takes the name only at the end, after the current file is renamed as superseded; a rerun
+//! completes a half-done pair of renames.
 
 pub mod journal;
 mod protect;
