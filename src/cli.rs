@@ -95,6 +95,9 @@ pub enum Command {
     /// The age-encrypted offline backup of the Vault unseal key
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Rotate the Vault unseal key: rekey with verification, new offline backup, Secret
+    /// updated; crash-safe (rerun, or --resume, after any interruption)
+    RotateUnsealKey(RotateArgs),
     /// Print shell completions
     Completions {
         /// Shell to generate completions for
@@ -285,6 +288,54 @@ impl From<&KeyConnArgs> for ConnArgs {
             connect_timeout: k.connect_timeout,
         }
     }
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    rebox rotate-unseal-key --from vault-key.age -o vault-key-2.age -r age1… -i key.txt\n  \
+    rebox rotate-unseal-key --resume -r age1… -i key.txt   (after an interruption)\n\n\
+    The new key is written to -o and verified by decrypting it BEFORE it becomes active; an \
+    encrypted journal in ~/.local/state/rebox/HOST/ lets a rerun finish or roll back an \
+    interrupted rotation. At the end the --from backup is renamed FILE.superseded-TIME.")]
+pub struct RotateArgs {
+    /// The current offline backup (its key must be the one in the Secret). Without it the
+    /// current key is read from the cluster's Secret
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+    /// Where the new offline backup is written (created 0600, never over an existing file,
+    /// except the --from file itself: the new backup then takes its name once its key is
+    /// active, and the old one becomes FILE.superseded-TIME); on a resume the interrupted
+    /// rotation's file is used when absent
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Encrypt the new backup (and the rotation journal) to this age or SSH public key (repeatable)
+    #[arg(short = 'r', long = "recipient", value_name = "RECIPIENT")]
+    pub recipients: Vec<String>,
+    /// Encrypt to the recipients listed in FILE, one per line (repeatable)
+    #[arg(short = 'R', long = "recipients-file", value_name = "FILE")]
+    pub recipients_files: Vec<PathBuf>,
+    /// Private key (age identity or SSH key) that opens --from, the new backup and the journal (repeatable)
+    #[arg(short = 'i', long = "identity", value_name = "FILE")]
+    pub identities: Vec<PathBuf>,
+    /// Protect the new backup (and the journal) with a passphrase typed twice on the terminal
+    /// instead of -r/-R (age allows a passphrase only alone)
+    #[arg(short = 'p', long)]
+    pub passphrase: bool,
+    /// Shares of the new key [default: as now]
+    #[arg(long, value_name = "N")]
+    pub shares: Option<u32>,
+    /// Shares needed to unseal with the new key [default: as now]
+    #[arg(long, value_name = "N")]
+    pub threshold: Option<u32>,
+    /// Finish an interrupted rotation (one whose new key never became active is rolled back
+    /// and the rotation starts again); fails if there is none. A plain rerun does the same
+    #[arg(long)]
+    pub resume: bool,
+    /// Cancel a rekey in progress that rebox did not start (its new key never became active)
+    #[arg(long)]
+    pub cancel_existing: bool,
+    #[command(flatten)]
+    pub conn: KeyConnArgs,
 }
 
 #[derive(Debug, Args)]

@@ -16,6 +16,7 @@ pub mod preflight;
 pub mod rebuild;
 pub mod remote;
 pub mod restore;
+pub mod rotate;
 pub mod ui;
 pub mod vault;
 

@@ -12,6 +12,7 @@ mod init;
 mod key;
 mod preflight;
 mod rebuild;
+mod rotate;
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let global = cli.global;
@@ -21,6 +22,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plan(args) => rebuild::plan(&global, args).await,
         Command::Rebuild(args) => rebuild::run(&global, args).await,
         Command::Key(cmd) => key::run(&global, cmd).await,
+        Command::RotateUnsealKey(args) => rotate::run(&global, args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
