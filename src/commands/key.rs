@@ -563,7 +563,10 @@ fn show(args: KeyShowArgs) -> Result<ExitCode> {
 }
 
 /// Reads, decrypts and fully checks a backup file. Returns how it was protected.
-fn open_backup(path: &Path, identity_paths: &[PathBuf]) -> Result<(BackupDocument, &'static str)> {
+pub(super) fn open_backup(
+    path: &Path,
+    identity_paths: &[PathBuf],
+) -> Result<(BackupDocument, &'static str)> {
     let label = path.display().to_string();
     let mut data = Vec::new();
     std::fs::File::open(path)

@@ -8,10 +8,13 @@ use crate::cli::{Cli, Command, ConnArgs, GlobalArgs};
 use crate::config::Config;
 use crate::remote::{known_hosts, HostKeyPolicy, Target};
 
+mod doctor;
 mod init;
 mod key;
 mod preflight;
 mod rebuild;
+mod status;
+mod unseal;
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let global = cli.global;
@@ -21,6 +24,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plan(args) => rebuild::plan(&global, args).await,
         Command::Rebuild(args) => rebuild::run(&global, args).await,
         Command::Key(cmd) => key::run(&global, cmd).await,
+        Command::Status(args) => status::run(&global, args).await,
+        Command::Doctor(args) => doctor::run(&global, args).await,
+        Command::Unseal(args) => unseal::run(&global, args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

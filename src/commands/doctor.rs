@@ -1,0 +1,207 @@
+//! `rebox doctor [--fix]`: the guide's scenarios checked with evidence; `--fix` applies the
+//! fixes after a confirmation, re-checking after each one.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::cli::{DoctorArgs, GlobalArgs};
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::doctor::fix::{Fixer, KeyMaterial};
+use crate::doctor::{self, snapshot, Action, Check, Report, Snapshot, Verdict};
+use crate::keys::SecretText;
+use crate::remote::Remote;
+
+/// Exit status when a check fails (1 is kept for errors of rebox itself).
+const CHECKS_FAILED: u8 = 2;
+
+/// What happened to one fix.
+#[derive(Debug, Serialize)]
+struct Applied {
+    check: &'static str,
+    action: Action,
+    /// `applied`, `failed` or `skipped`.
+    result: &'static str,
+    message: String,
+    /// The check's verdict when re-checked after the fix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verdict_after: Option<Verdict>,
+}
+
+#[derive(Serialize)]
+struct FixReport<'a> {
+    before: &'a Report,
+    fixes: &'a [Applied],
+    after: &'a Report,
+    ok: bool,
+}
+
+async fn examine(remote: &Remote, cluster: Option<&Cluster>, config: &Config) -> Result<Report> {
+    let addr = remote.target.addr();
+    let snap = match cluster {
+        Some(c) => snapshot::gather(remote, c, config, true).await?,
+        None => Snapshot::unreachable(addr.clone(), "the k3s API does not answer"),
+    };
+    Ok(Report::doctor(addr, doctor::all_checks(config, &snap)))
+}
+
+fn print(global: &GlobalArgs, report: &Report) -> Result<()> {
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", doctor::render_doctor(report));
+    }
+    Ok(())
+}
+
+fn exit(report: &Report) -> ExitCode {
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(CHECKS_FAILED)
+    }
+}
+
+/// The fixes to apply, in check order (which is the order of the recovery), each once.
+fn plan(report: &Report) -> Vec<(&'static str, Action)> {
+    let mut out: Vec<(&'static str, Action)> = vec![];
+    for c in &report.checks {
+        if c.verdict == Verdict::Ok {
+            continue;
+        }
+        if let Some(a) = c.fix.as_ref().and_then(|f| f.action.clone()) {
+            if !out.iter().any(|(_, b)| *b == a) {
+                out.push((c.id, a));
+            }
+        }
+    }
+    out
+}
+
+pub async fn run(global: &GlobalArgs, args: DoctorArgs) -> Result<ExitCode> {
+    let (config, target, policy) = super::connection_settings(global, &args.conn)?;
+    let remote = Remote::connect(target, policy).await?;
+    let cluster = match Cluster::connect(&remote).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::info!("cluster: {e:#}");
+            None
+        }
+    };
+    let mut report = examine(&remote, cluster.as_ref(), &config).await?;
+    if let Some(Check { summary, .. }) = report.checks.iter().find(|c| c.id == "k3s-api") {
+        if cluster.is_none() {
+            // Say why, from the connection attempt (the report's line is generic).
+            tracing::debug!("k3s API: {summary}");
+        }
+    }
+    let (Some(cluster), true) = (cluster.as_ref(), args.fix) else {
+        print(global, &report)?;
+        if args.fix && !report.ok {
+            eprintln!("--fix: the k3s API does not answer, so nothing can be fixed from here; see the fix above");
+        }
+        remote.close().await;
+        return Ok(exit(&report));
+    };
+    let todo = plan(&report);
+    if !global.json {
+        print!("{}", doctor::render_doctor(&report));
+    }
+    if todo.is_empty() {
+        if global.json {
+            print(global, &report)?;
+        } else if !report.ok {
+            println!("\nNothing here that --fix can repair: the fixes above are for the operator.");
+        }
+        remote.close().await;
+        return Ok(exit(&report));
+    }
+    eprintln!("\nrebox doctor --fix will, in this order (re-checking after each):");
+    for (i, (_, a)) in todo.iter().enumerate() {
+        eprintln!("  {}. {}", i + 1, a.describe(&config));
+    }
+    if !crate::ui::confirm("Apply these fixes?", global.yes)? {
+        remote.close().await;
+        anyhow::bail!(
+            "not confirmed; nothing was changed\n  next: answer yes, or pass --yes in scripts"
+        );
+    }
+    let before = report.clone();
+    let backup = args.from.clone().map(|path| {
+        let ids = args.key_identities.clone();
+        Box::new(move || -> Result<Vec<SecretText>> {
+            let (doc, how) = super::key::open_backup(&path, &ids)?;
+            tracing::info!(file = %path.display(), how, "opened the offline backup");
+            Ok(doc.unseal.shares.iter().map(|s| s.key.clone()).collect())
+        }) as Box<dyn FnMut() -> Result<Vec<SecretText>>>
+    });
+    let mut key = KeyMaterial::new(backup);
+    let mut applied: Vec<Applied> = vec![];
+    for (check_id, action) in todo {
+        // Re-checked first: an earlier fix may have repaired this one too.
+        let still = report
+            .checks
+            .iter()
+            .find(|c| c.id == check_id)
+            .is_some_and(|c| c.verdict != Verdict::Ok);
+        if !still {
+            eprintln!(
+                "  - {check_id}: healthy now, skipped: {}",
+                action.describe(&config)
+            );
+            applied.push(Applied {
+                check: check_id,
+                action,
+                result: "skipped",
+                message: "healthy after an earlier fix".into(),
+                verdict_after: Some(Verdict::Ok),
+            });
+            continue;
+        }
+        eprintln!("  - {}", action.describe(&config));
+        let mut fixer = Fixer {
+            remote: &remote,
+            cluster,
+            config: &config,
+            key: &mut key,
+        };
+        let outcome = fixer.apply(&action).await;
+        report = examine(&remote, Some(cluster), &config).await?;
+        let after = report
+            .checks
+            .iter()
+            .find(|c| c.id == check_id)
+            .map(|c| c.verdict);
+        let (result, message) = match outcome {
+            Ok(m) => ("applied", m),
+            Err(e) => ("failed", format!("{e:#}")),
+        };
+        eprintln!(
+            "    {result}: {message}\n    re-checked: {}",
+            after.map(|v| v.mark().trim()).unwrap_or("?")
+        );
+        applied.push(Applied {
+            check: check_id,
+            action,
+            result,
+            message,
+            verdict_after: after,
+        });
+    }
+    remote.close().await;
+    if global.json {
+        let r = FixReport {
+            before: &before,
+            fixes: &applied,
+            after: &report,
+            ok: report.ok,
+        };
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("\nAfter the fixes:");
+        print!("{}", doctor::render_doctor(&report));
+    }
+    Ok(exit(&report))
+}
