@@ -10,7 +10,7 @@ use crate::cli::{DoctorArgs, GlobalArgs};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::doctor::fix::{Fixer, KeyMaterial};
-use crate::doctor::{self, snapshot, Action, Check, Report, Snapshot, Verdict};
+use crate::doctor::{self, snapshot, Action, Report, Snapshot, Verdict};
 use crate::keys::SecretText;
 use crate::remote::Remote;
 
@@ -91,12 +91,6 @@ pub async fn run(global: &GlobalArgs, args: DoctorArgs) -> Result<ExitCode> {
         }
     };
     let mut report = examine(&remote, cluster.as_ref(), &config).await?;
-    if let Some(Check { summary, .. }) = report.checks.iter().find(|c| c.id == "k3s-api") {
-        if cluster.is_none() {
-            // Say why, from the connection attempt (the report's line is generic).
-            tracing::debug!("k3s API: {summary}");
-        }
-    }
     let (Some(cluster), true) = (cluster.as_ref(), args.fix) else {
         print(global, &report)?;
         if args.fix && !report.ok {
@@ -139,56 +133,82 @@ pub async fn run(global: &GlobalArgs, args: DoctorArgs) -> Result<ExitCode> {
     });
     let mut key = KeyMaterial::new(backup);
     let mut applied: Vec<Applied> = vec![];
-    for (check_id, action) in todo {
-        // Re-checked first: an earlier fix may have repaired this one too.
-        let still = report
-            .checks
-            .iter()
-            .find(|c| c.id == check_id)
-            .is_some_and(|c| c.verdict != Verdict::Ok);
-        if !still {
+    let mut attempted: Vec<Action> = vec![];
+    let mut todo = todo;
+    // A fix can reveal the next step (unsealed Vault, then the store still degraded; a resumed
+    // CronJob that has never run): up to three rounds, never the same fix twice.
+    for round in 0..3 {
+        if round > 0 {
+            todo = plan(&report)
+                .into_iter()
+                .filter(|(_, a)| !attempted.contains(a))
+                .collect();
+            if todo.is_empty() {
+                break;
+            }
             eprintln!(
-                "  - {check_id}: healthy now, skipped: {}",
-                action.describe(&config)
+                "
+The re-check found more that --fix can repair:"
+            );
+            for (i, (_, a)) in todo.iter().enumerate() {
+                eprintln!("  {}. {}", i + 1, a.describe(&config));
+            }
+            if !crate::ui::confirm("Apply these fixes too?", global.yes)? {
+                break;
+            }
+        }
+        for (check_id, action) in std::mem::take(&mut todo) {
+            attempted.push(action.clone());
+            // Re-checked first: an earlier fix may have repaired this one too.
+            let still = report
+                .checks
+                .iter()
+                .find(|c| c.id == check_id)
+                .is_some_and(|c| c.verdict != Verdict::Ok);
+            if !still {
+                eprintln!(
+                    "  - {check_id}: healthy now, skipped: {}",
+                    action.describe(&config)
+                );
+                applied.push(Applied {
+                    check: check_id,
+                    action,
+                    result: "skipped",
+                    message: "healthy after an earlier fix".into(),
+                    verdict_after: Some(Verdict::Ok),
+                });
+                continue;
+            }
+            eprintln!("  - {}", action.describe(&config));
+            let mut fixer = Fixer {
+                remote: &remote,
+                cluster,
+                config: &config,
+                key: &mut key,
+            };
+            let outcome = fixer.apply(&action).await;
+            report = examine(&remote, Some(cluster), &config).await?;
+            let after = report
+                .checks
+                .iter()
+                .find(|c| c.id == check_id)
+                .map(|c| c.verdict);
+            let (result, message) = match outcome {
+                Ok(m) => ("applied", m),
+                Err(e) => ("failed", format!("{e:#}")),
+            };
+            eprintln!(
+                "    {result}: {message}\n    re-checked: {}",
+                after.map(|v| v.mark().trim()).unwrap_or("?")
             );
             applied.push(Applied {
                 check: check_id,
                 action,
-                result: "skipped",
-                message: "healthy after an earlier fix".into(),
-                verdict_after: Some(Verdict::Ok),
+                result,
+                message,
+                verdict_after: after,
             });
-            continue;
         }
-        eprintln!("  - {}", action.describe(&config));
-        let mut fixer = Fixer {
-            remote: &remote,
-            cluster,
-            config: &config,
-            key: &mut key,
-        };
-        let outcome = fixer.apply(&action).await;
-        report = examine(&remote, Some(cluster), &config).await?;
-        let after = report
-            .checks
-            .iter()
-            .find(|c| c.id == check_id)
-            .map(|c| c.verdict);
-        let (result, message) = match outcome {
-            Ok(m) => ("applied", m),
-            Err(e) => ("failed", format!("{e:#}")),
-        };
-        eprintln!(
-            "    {result}: {message}\n    re-checked: {}",
-            after.map(|v| v.mark().trim()).unwrap_or("?")
-        );
-        applied.push(Applied {
-            check: check_id,
-            action,
-            result,
-            message,
-            verdict_after: after,
-        });
     }
     remote.close().await;
     if global.json {

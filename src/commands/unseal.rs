@@ -121,12 +121,7 @@ async fn unseal(
     let after = vault
         .client
         .unseal_all(&shares, |p| {
-            eprintln!(
-                "  share accepted: progress {}/{}{}",
-                p.progress.max(if p.sealed { 0 } else { p.threshold }),
-                p.threshold,
-                if p.sealed { "" } else { " — unsealed" }
-            )
+            eprintln!("  {}", crate::doctor::progress_line(&p))
         })
         .await
         .with_context(|| format!("Vault refused the key from {source}"))?;

@@ -143,9 +143,7 @@ impl Fixer<'_, '_> {
         let vault = VaultConn::open(self.remote, self.cluster, self.config).await?;
         let status = vault
             .client
-            .unseal_all(&shares, |p| {
-                eprintln!("    unseal progress {}/{}", p.progress, p.threshold)
-            })
+            .unseal_all(&shares, |p| eprintln!("    {}", super::progress_line(&p)))
             .await
             .with_context(|| format!("unsealing Vault with the key from {source}"))?;
         if status.sealed {
@@ -180,9 +178,7 @@ impl Fixer<'_, '_> {
         let proven = if status.sealed {
             let after = vault
                 .client
-                .unseal_all(&shares, |p| {
-                    eprintln!("    unseal progress {}/{}", p.progress, p.threshold)
-                })
+                .unseal_all(&shares, |p| eprintln!("    {}", super::progress_line(&p)))
                 .await
                 .context("the offline backup's key does not unseal this Vault; the Secret was not recreated")?;
             !after.sealed

@@ -135,6 +135,19 @@ impl Action {
     }
 }
 
+/// One line of unseal progress: shares accepted so far of those needed (Vault resets its
+/// progress to 0 once unsealed, so the last step shows the threshold).
+pub fn progress_line(p: &crate::vault::UnsealProgress) -> String {
+    if p.sealed {
+        format!("unseal progress {}/{}", p.progress, p.threshold)
+    } else {
+        format!(
+            "unseal progress {}/{}: Vault unsealed",
+            p.threshold, p.threshold
+        )
+    }
+}
+
 /// A set of checks, as `doctor` and `status` print them.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
