@@ -169,41 +169,61 @@ fn shares_of_secret_count(lab: &Lab) -> usize {
 }
 
 #[test]
-fn doctor_unseal_refuses_a_backup_the_identity_cannot_open_before_touching_the_server() {
-    let lab = Lab::start(LabOptions::default());
-    lab.trust();
-    let stranger = lab.dir.path().join("stranger.age");
-    assert!(std::process::Command::new("age-keygen")
-        .arg("-o")
-        .arg(&stranger)
-        .output()
-        .unwrap()
-        .status
-        .success());
-    let (_, public) = lab.age_identity();
-    let backup = lab.dir.path().join("b.age");
-    // A backup for the operator's key, opened with a stranger's.
-    let doc = lab.dir.path().join("doc.txt");
-    std::fs::write(&doc, "not a backup document").unwrap();
-    assert!(std::process::Command::new("age")
-        .args(["-r", &public, "-o"])
+fn doctor_unseal_refuses_a_backup_the_identity_cannot_open_before_connecting() {
+    // No server at all: the backup is opened first, so its error is the one reported.
+    let dir = tempfile::tempdir().unwrap();
+    let keygen = |name: &str| {
+        let id = dir.path().join(name);
+        let out = std::process::Command::new("age-keygen")
+            .arg("-o")
+            .arg(&id)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let public = std::process::Command::new("age-keygen")
+            .arg("-y")
+            .arg(&id)
+            .output()
+            .unwrap();
+        (
+            id,
+            String::from_utf8(public.stdout).unwrap().trim().to_string(),
+        )
+    };
+    let (_, operator) = keygen("operator.age");
+    let (stranger, _) = keygen("stranger.age");
+    let doc = dir.path().join("doc.txt");
+    std::fs::write(&doc, "[unseal]\n").unwrap();
+    let backup = dir.path().join("vault-key.age");
+    let out = std::process::Command::new("age")
+        .args(["-a", "-r", &operator, "-o"])
         .arg(&backup)
         .arg(&doc)
         .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(
+        dir.path().join("rebox.toml"),
+        "[server]\nhost = \"127.0.0.1\"\nport = 1\n",
+    )
+    .unwrap();
+    let out = assert_cmd::Command::cargo_bin("rebox")
         .unwrap()
-        .status
-        .success());
-    let out = unseal(
-        &lab,
-        &[
-            "--from",
-            backup.to_str().unwrap(),
-            "-i",
-            stranger.to_str().unwrap(),
-        ],
-    );
+        .env("HOME", dir.path())
+        .env_remove("SSH_AUTH_SOCK")
+        .arg("--config")
+        .arg(dir.path().join("rebox.toml"))
+        .args(["unseal", "--from"])
+        .arg(&backup)
+        .arg("-i")
+        .arg(&stranger)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(!err.contains("SSH") || !err.contains("connected"), "{err}");
-    assert!(err.contains("b.age"), "{err}");
+    assert!(err.contains("vault-key.age"), "{err}");
+    assert!(
+        !err.contains("127.0.0.1"),
+        "it tried the server before opening the backup: {err}"
+    );
 }

@@ -22,6 +22,19 @@ use crate::remote::Remote;
 /// How long a fix waits for its result.
 const DEADLINE: Duration = Duration::from_secs(120);
 const REFRESH: &str = "argocd.argoproj.io/refresh";
+/// How long a hard-refreshed app whose sync failed gets to recover before the fix reports it.
+const SYNC_GRACE: Duration = Duration::from_secs(10);
+
+/// No sync running, and the last one failed or the app reports an error condition.
+fn app_failed(o: &DynamicObject) -> bool {
+    let st = &o.data["status"];
+    let phase = st["operationState"]["phase"].as_str().unwrap_or("");
+    let error_condition = st["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"].as_str().is_some_and(|t| t.ends_with("Error")))
+    });
+    phase != "Running" && (matches!(phase, "Failed" | "Error") || error_condition)
+}
 
 /// Where the unseal key comes from when a fix needs it: the Secret, else the offline backup
 /// (opened on first use, so nothing is asked for when no fix needs it).
@@ -353,8 +366,12 @@ impl Fixer<'_, '_> {
             if !wait_for(api.clone(), name, Duration::from_secs(60), refreshed).await? {
                 bail!("Argo CD did not act on the hard refresh of {ns}/{name} within 60s (is argocd-application-controller running?)");
             }
+            // Settled: synced, or a finished sync that failed (Argo CD retries on its own;
+            // a short grace lets a retry that succeeds be seen).
+            let settled = |o: Option<&DynamicObject>| o.is_some_and(|o| app_ok(o) || app_failed(o));
+            wait_for(api.clone(), name, Duration::from_secs(60), settled).await?;
             let synced = |o: Option<&DynamicObject>| o.is_some_and(app_ok);
-            if !wait_for(api.clone(), name, Duration::from_secs(60), synced).await? {
+            if !wait_for(api.clone(), name, SYNC_GRACE, synced).await? {
                 let seen = api.get(name).await?;
                 bail!(
                     "Application {ns}/{name} was hard-refreshed but is still not Synced and Healthy: {}\n  next: the sync error is the reason; fix it in the Git repository, then rerun",
