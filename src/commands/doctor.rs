@@ -64,6 +64,28 @@ fn exit(report: &Report) -> ExitCode {
     }
 }
 
+/// Why a fix cannot help yet, judged on the current report (the fix it waits for failed).
+fn blocked(action: &Action, report: &Report, config: &Config) -> Option<String> {
+    let failing = |id: &str| {
+        report
+            .checks
+            .iter()
+            .find(|c| c.id == id)
+            .is_some_and(|c| matches!(c.verdict, Verdict::Fail | Verdict::Skip))
+    };
+    match action {
+        Action::RestartEso if failing("vault") => {
+            Some("Vault is not unsealed, so ESO could not validate the store".into())
+        }
+        Action::RunCronJob { name, .. }
+            if *name == config.vault.unseal_cronjob && failing("unseal-secret") =>
+        {
+            Some("the unseal key Secret is not usable, so its Job would fail again".into())
+        }
+        _ => None,
+    }
+}
+
 /// The fixes to apply, in check order (which is the order of the recovery), each once.
 fn plan(report: &Report) -> Vec<(&'static str, Action)> {
     let mut out: Vec<(&'static str, Action)> = vec![];
@@ -141,7 +163,7 @@ pub async fn run(global: &GlobalArgs, args: DoctorArgs) -> Result<ExitCode> {
         if round > 0 {
             todo = plan(&report)
                 .into_iter()
-                .filter(|(_, a)| !attempted.contains(a))
+                .filter(|(_, a)| !attempted.contains(a) && blocked(a, &report, &config).is_none())
                 .collect();
             if todo.is_empty() {
                 break;
@@ -158,7 +180,6 @@ The re-check found more that --fix can repair:"
             }
         }
         for (check_id, action) in std::mem::take(&mut todo) {
-            attempted.push(action.clone());
             // Re-checked first: an earlier fix may have repaired this one too.
             let still = report
                 .checks
@@ -179,6 +200,18 @@ The re-check found more that --fix can repair:"
                 });
                 continue;
             }
+            if let Some(why) = blocked(&action, &report, &config) {
+                eprintln!("  - not now: {} ({why})", action.describe(&config));
+                applied.push(Applied {
+                    check: check_id,
+                    action,
+                    result: "skipped",
+                    message: why,
+                    verdict_after: None,
+                });
+                continue;
+            }
+            attempted.push(action.clone());
             eprintln!("  - {}", action.describe(&config));
             let mut fixer = Fixer {
                 remote: &remote,
@@ -198,7 +231,8 @@ The re-check found more that --fix can repair:"
                 Err(e) => ("failed", format!("{e:#}")),
             };
             eprintln!(
-                "    {result}: {message}\n    re-checked: {}",
+                "    {result}: {}\n    re-checked: {}",
+                message.replace('\n', "\n      "),
                 after.map(|v| v.mark().trim()).unwrap_or("?")
             );
             applied.push(Applied {

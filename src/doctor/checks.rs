@@ -427,7 +427,7 @@ fn longhorn_volumes(config: &Config, s: &Snapshot) -> Check {
     let faulted: Vec<&str> = vols
         .iter()
         .filter(|o| state(o).1 == "faulted")
-        .map(|o| dyn_name(o))
+        .map(dyn_name)
         .collect();
     let vault_state = vault_vol
         .as_deref()
@@ -638,10 +638,17 @@ fn vault(config: &Config, s: &Snapshot) -> Check {
         )
         .with_evidence(evidence)
         .with_fix(
-            format!(
-                "unseal it through the SSH tunnel with the key from Secret {}/{}, or from the offline backup",
-                v.namespace, v.unseal_secret
-            ),
+            if matches!(s.secret, Ok(None)) {
+                format!(
+                    "unseal it through the SSH tunnel with the key from the offline backup (Secret {}/{} is missing)",
+                    v.namespace, v.unseal_secret
+                )
+            } else {
+                format!(
+                    "unseal it through the SSH tunnel with the key from Secret {}/{}, or from the offline backup",
+                    v.namespace, v.unseal_secret
+                )
+            },
             vec![
                 "rebox unseal".into(),
                 "rebox unseal --from vault-key.age -i IDENTITY".into(),
@@ -1082,12 +1089,16 @@ pub fn app_problem(o: &DynamicObject) -> String {
             str_of(&st["operationState"]["phase"], "?")
         ));
     }
+    let op_message = st["operationState"]["message"].as_str().unwrap_or("");
     for c in st["conditions"].as_array().into_iter().flatten() {
-        parts.push(format!(
-            "{}: {}",
-            str_of(&c["type"], "?"),
-            str_of(&c["message"], "")
-        ));
+        // Argo CD repeats the sync error as a SyncError condition: say it once.
+        if str_of(&c["message"], "") != op_message {
+            parts.push(format!(
+                "{}: {}",
+                str_of(&c["type"], "?"),
+                str_of(&c["message"], "")
+            ));
+        }
     }
     if let Some(m) = st["health"]["message"].as_str().filter(|m| !m.is_empty()) {
         parts.push(format!("health: {m}"));

@@ -159,6 +159,9 @@ where
     })
 }
 
+/// The polled state: the API's version (or why not) and Vault's seal status (or why not).
+type Polled = (Result<String, String>, Result<SealStatus, String>);
+
 /// Every watch of the recovery sequence, and the polled state.
 struct Watches {
     nodes: Slot<Node>,
@@ -172,7 +175,7 @@ struct Watches {
     stores: Slot<DynamicObject>,
     external_secrets: Slot<DynamicObject>,
     apps: Slot<DynamicObject>,
-    polled: Arc<Mutex<(Result<String, String>, Result<SealStatus, String>)>>,
+    polled: Arc<Mutex<Polled>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
