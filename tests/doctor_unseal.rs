@@ -162,6 +162,23 @@ fn doctor_unseal_from_the_secret_and_from_the_backup_shows_progress_and_never_th
     assert_no_share("rebox -vvv doctor --fix", &all, &shares);
     assert_eq!(vault_ready(&lab), "True");
     assert_eq!(shares_of_secret_count(&lab), 3);
+
+    // status and status --watch read the Secret too (the watch receives it whole): at -vvv
+    // neither prints it.
+    for args in [
+        &["-vvv", "status"][..],
+        &["-vvv", "status", "--watch", "--timeout", "60"][..],
+    ] {
+        let out = lab
+            .rebox()
+            .args(args)
+            .args(lab.conn_args())
+            .output()
+            .unwrap();
+        let all = text_of(&out);
+        assert!(out.status.success(), "{args:?}: {all}");
+        assert_no_share(&format!("rebox {args:?}"), &all, &shares);
+    }
 }
 
 fn shares_of_secret_count(lab: &Lab) -> usize {
