@@ -38,11 +38,16 @@ struct FixReport<'a> {
     ok: bool,
 }
 
-async fn examine(remote: &Remote, cluster: Option<&Cluster>, config: &Config) -> Result<Report> {
+/// Checks everything; `cluster` is the connected client or why it could not connect.
+async fn examine(
+    remote: &Remote,
+    cluster: Result<&Cluster, &str>,
+    config: &Config,
+) -> Result<Report> {
     let addr = remote.target.addr();
     let snap = match cluster {
-        Some(c) => snapshot::gather(remote, c, config, true).await?,
-        None => Snapshot::unreachable(addr.clone(), "the k3s API does not answer"),
+        Ok(c) => snapshot::gather(remote, c, config, true).await?,
+        Err(why) => Snapshot::unreachable(addr.clone(), why),
     };
     Ok(Report::doctor(addr, doctor::all_checks(config, &snap)))
 }
@@ -105,34 +110,42 @@ fn plan(report: &Report) -> Vec<(&'static str, Action)> {
 pub async fn run(global: &GlobalArgs, args: DoctorArgs) -> Result<ExitCode> {
     let (config, target, policy) = super::connection_settings(global, &args.conn)?;
     let remote = Remote::connect(target, policy).await?;
-    let cluster = match Cluster::connect(&remote).await {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::info!("cluster: {e:#}");
-            None
-        }
-    };
-    let mut report = examine(&remote, cluster.as_ref(), &config).await?;
-    let (Some(cluster), true) = (cluster.as_ref(), args.fix) else {
+    let cluster = Cluster::connect(&remote).await.map_err(|e| {
+        // The cause, without the advice lines (the check carries its own fix).
+        let text = format!("{e:#}");
+        text.lines().next().unwrap_or_default().to_string()
+    });
+    let mut report = examine(&remote, cluster.as_ref().map_err(|e| e.as_str()), &config).await?;
+    if !args.fix {
         print(global, &report)?;
-        if args.fix && !report.ok {
-            eprintln!("--fix: the k3s API does not answer, so nothing can be fixed from here; see the fix above");
-        }
         remote.close().await;
         return Ok(exit(&report));
-    };
+    }
     let todo = plan(&report);
+    let cluster = match (&cluster, todo.is_empty()) {
+        (Ok(c), false) => c,
+        _ => {
+            // Nothing --fix can do: the same report shape as after fixes, with none applied.
+            if global.json {
+                let r = FixReport {
+                    before: &report,
+                    fixes: &[],
+                    after: &report,
+                    ok: report.ok,
+                };
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                print!("{}", doctor::render_doctor(&report));
+                if !report.ok {
+                    println!("\nNothing here that --fix can repair: the fixes above are for the operator.");
+                }
+            }
+            remote.close().await;
+            return Ok(exit(&report));
+        }
+    };
     if !global.json {
         print!("{}", doctor::render_doctor(&report));
-    }
-    if todo.is_empty() {
-        if global.json {
-            print(global, &report)?;
-        } else if !report.ok {
-            println!("\nNothing here that --fix can repair: the fixes above are for the operator.");
-        }
-        remote.close().await;
-        return Ok(exit(&report));
     }
     eprintln!("\nrebox doctor --fix will, in this order (re-checking after each):");
     for (i, (_, a)) in todo.iter().enumerate() {
@@ -220,7 +233,7 @@ The re-check found more that --fix can repair:"
                 key: &mut key,
             };
             let outcome = fixer.apply(&action).await;
-            report = examine(&remote, Some(cluster), &config).await?;
+            report = examine(&remote, Ok(cluster), &config).await?;
             let after = report
                 .checks
                 .iter()
