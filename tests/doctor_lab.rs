@@ -228,7 +228,18 @@ fn doctor_argocd_app_stuck_out_of_sync_is_hard_refreshed() {
 #[test]
 fn doctor_missing_unseal_secret_is_recreated_from_the_offline_backup() {
     let (lab, _) = healthy_lab(1);
+    // The Secret is gone and Vault sealed: the CronJob's Job cannot unseal it.
     kubectl(&lab, "-n security delete secret vault-unseal-key");
+    seal(&lab);
+    kubectl(
+        &lab,
+        "-n security create job unseal-now --from=cronjob/vault-auto-unseal",
+    );
+    kubectl(
+        &lab,
+        "-n security wait --for=condition=failed job/unseal-now --timeout=60s",
+    );
+
     let (code, report, _) = doctor(&lab, &[]);
     assert_eq!(code, 2);
     assert_eq!(verdict(&report, "unseal-secret"), "fail");
@@ -238,6 +249,19 @@ fn doctor_missing_unseal_secret_is_recreated_from_the_offline_backup() {
         "{s}"
     );
     assert!(s.contains("\"kind\":\"recreate-secret\""), "{s}");
+    // The failed run, with its log tail as evidence.
+    assert_eq!(verdict(&report, "unseal-cronjob"), "fail");
+    let cj = all_text(&report, "unseal-cronjob");
+    assert!(cj.contains("failed") && cj.contains("log of Job"), "{cj}");
+    assert!(
+        cj.contains("secret \\\"vault-unseal-key\\\" not found"),
+        "{cj}"
+    );
+    let v = all_text(&report, "vault");
+    assert!(
+        v.contains("from the offline backup (Secret security/vault-unseal-key is missing)"),
+        "{v}"
+    );
 
     // Without the backup --fix cannot do it, and says what to pass.
     let (code, fixed, _) = doctor_fix(&lab, &[]);
@@ -245,8 +269,9 @@ fn doctor_missing_unseal_secret_is_recreated_from_the_offline_backup() {
     let f = fix(&fixed, "recreate-secret");
     assert_eq!(f["result"], "failed");
     assert!(f["message"].as_str().unwrap().contains("--from"), "{f}");
+    assert_eq!(fix(&fixed, "unseal")["result"], "failed");
 
-    // With it, the Secret comes back with the backup's key.
+    // With it, the Secret comes back with the backup's key, proven by unsealing Vault.
     let (id, _) = lab.age_identity();
     let backup = lab.backup_path();
     let (code, fixed, stderr) = doctor_fix(
@@ -258,15 +283,25 @@ fn doctor_missing_unseal_secret_is_recreated_from_the_offline_backup() {
             id.to_str().unwrap(),
         ],
     );
+    let f = fix(&fixed, "recreate-secret");
+    assert_eq!(f["result"], "applied", "{fixed:#}\n{stderr}");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("the key unsealed Vault"),
+        "{f}"
+    );
+    assert_eq!(fix(&fixed, "unseal")["result"], "skipped", "{fixed:#}");
     assert_eq!(
-        fix(&fixed, "recreate-secret")["result"],
+        fix(&fixed, "run-cron-job")["result"],
         "applied",
-        "{fixed:#}\n{stderr}"
+        "{fixed:#}"
     );
     assert_eq!(code, 0, "{fixed:#}\n{stderr}");
     let (_, report, _) = doctor(&lab, &[]);
     assert_clean(&report);
-    // The recreated key still unseals Vault: seal it and let the CronJob's Job do it.
+    // The recreated Secret unseals Vault the next time.
     suspend(&lab, "vault-auto-unseal", true);
     seal(&lab);
     let (code, fixed, stderr) = doctor_fix(&lab, &[]);

@@ -75,6 +75,35 @@ fn status_checklist_of_a_healthy_then_a_sealed_lab() {
         "{human}"
     );
     assert!(human.contains("rebox doctor"), "{human}");
+
+    // k3s down: both commands say so, and what to do; nothing else is guessed at.
+    lab.server.run_as_root_ok("systemctl stop k3s").unwrap();
+    let out = lab
+        .rebox()
+        .args(["--json", "status"])
+        .args(lab.conn_args())
+        .output()
+        .unwrap();
+    let (code, report, _) = parse(out, "status");
+    assert_eq!(code, 2);
+    assert_eq!(verdict(&report, "k3s-api"), "fail");
+    assert_eq!(verdict(&report, "vault"), "skip");
+    let (code, report, _) = doctor(&lab, &[]);
+    assert_eq!(code, 2);
+    let api = all_text(&report, "k3s-api");
+    assert!(
+        api.contains("does not answer") && api.contains("sudo systemctl restart k3s"),
+        "{api}"
+    );
+    assert!(
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["id"] != "k3s-api")
+            .all(|c| c["verdict"] == "skip"),
+        "{report:#}"
+    );
 }
 
 /// Reads `status --watch --json` lines until the final event (or the deadline).

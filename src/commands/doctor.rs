@@ -92,6 +92,8 @@ fn blocked(action: &Action, report: &Report, config: &Config) -> Option<String> 
 }
 
 /// The fixes to apply, in check order (which is the order of the recovery), each once.
+/// One exception: a missing Secret is recreated before Vault is unsealed, because recreating
+/// it unseals a sealed Vault with the backup's key (proving the key before it is stored).
 fn plan(report: &Report) -> Vec<(&'static str, Action)> {
     let mut out: Vec<(&'static str, Action)> = vec![];
     for c in &report.checks {
@@ -102,6 +104,14 @@ fn plan(report: &Report) -> Vec<(&'static str, Action)> {
             if !out.iter().any(|(_, b)| *b == a) {
                 out.push((c.id, a));
             }
+        }
+    }
+    let unseal = out.iter().position(|(_, a)| *a == Action::Unseal);
+    let recreate = out.iter().position(|(_, a)| *a == Action::RecreateSecret);
+    if let (Some(u), Some(r)) = (unseal, recreate) {
+        if r > u {
+            let item = out.remove(r);
+            out.insert(u, item);
         }
     }
     out
