@@ -5,7 +5,7 @@
 mod common;
 mod doctor_support;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -75,6 +75,34 @@ fn status_checklist_of_a_healthy_then_a_sealed_lab() {
         "{human}"
     );
     assert!(human.contains("rebox doctor"), "{human}");
+
+    // Ctrl-C ends a watch that cannot finish, with what is still not healthy.
+    let mut child = watch_command(&lab, &["--json", "status", "--watch"])
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains("\"event\":\"step\""), "{line}");
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut rest = String::new();
+    reader.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    let last: Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
+    assert_eq!(last["event"], "interrupted", "{rest}");
+    assert!(
+        last["not_healthy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "Vault"),
+        "{last}"
+    );
 
     // k3s down: both commands say so, and what to do; nothing else is guessed at.
     lab.server.run_as_root_ok("systemctl stop k3s").unwrap();
@@ -155,6 +183,20 @@ impl Watch {
     }
 }
 
+/// `rebox ARGS` with the lab's flags, stdout piped (lines are read as they come).
+fn watch_command(lab: &common::Lab, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("rebox"));
+    cmd.env("HOME", lab.dir.path())
+        .env_remove("SSH_AUTH_SOCK")
+        .arg("--config")
+        .arg(lab.dir.path().join("rebox.toml"))
+        .args(args)
+        .args(lab.conn_args())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    cmd
+}
+
 fn is_step(v: &Value, id: &str, verdict: &str) -> bool {
     v["event"] == "step" && v["id"] == id && v["verdict"] == verdict
 }
@@ -192,15 +234,7 @@ YAML",
 
     // Power loss: k3s (and with it every pod, Vault included) stops.
     lab.server.run_as_root_ok("systemctl stop k3s").unwrap();
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("rebox"))
-        .env("HOME", lab.dir.path())
-        .env_remove("SSH_AUTH_SOCK")
-        .arg("--config")
-        .arg(lab.dir.path().join("rebox.toml"))
-        .args(["--json", "status", "--watch", "--timeout", "150"])
-        .args(lab.conn_args())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+    let mut child = watch_command(&lab, &["--json", "status", "--watch", "--timeout", "150"])
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();

@@ -496,13 +496,18 @@ enum Wake {
 }
 
 /// Waits for a change (or `max`), Ctrl-C or the deadline.
-async fn wait(notify: &Notify, max: Duration, deadline: Option<tokio::time::Instant>) -> Wake {
+async fn wait(
+    notify: &Notify,
+    sigint: &mut tokio::signal::unix::Signal,
+    max: Duration,
+    deadline: Option<tokio::time::Instant>,
+) -> Wake {
     let until =
         deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
     tokio::select! {
         _ = notify.notified() => Wake::Changed,
         _ = tokio::time::sleep(max) => Wake::Changed,
-        _ = tokio::signal::ctrl_c() => Wake::Interrupted,
+        _ = sigint.recv() => Wake::Interrupted,
         _ = tokio::time::sleep_until(until) => Wake::TimedOut,
     }
 }
@@ -526,10 +531,24 @@ pub async fn run<W: Write>(
         healthy_at: vec![],
     };
     let notify = Arc::new(Notify::new());
+    // Ctrl-C is caught from the start (before the first line is printed), so it always ends
+    // the watch with its summary.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut last_checks = unreachable_checks(config, &addr, "not connected yet");
+    macro_rules! interruptible {
+        ($fut:expr) => {
+            tokio::select! {
+                r = $fut => r,
+                _ = sigint.recv() => {
+                    p.finish(Outcome::Interrupted, &last_checks)?;
+                    return Ok(Outcome::Interrupted);
+                }
+            }
+        };
+    }
     macro_rules! pause {
         ($max:expr) => {
-            match wait(&notify, $max, deadline).await {
+            match wait(&notify, &mut sigint, $max, deadline).await {
                 Wake::Changed => {}
                 Wake::Interrupted => {
                     p.finish(Outcome::Interrupted, &last_checks)?;
@@ -544,7 +563,7 @@ pub async fn run<W: Write>(
     }
     loop {
         // The server (it may still be booting).
-        let remote = match Remote::connect(target.clone(), policy.clone()).await {
+        let remote = match interruptible!(Remote::connect(target.clone(), policy.clone())) {
             Ok(r) => r,
             Err(e) => {
                 last_checks = unreachable_checks(
@@ -559,7 +578,7 @@ pub async fn run<W: Write>(
         };
         // k3s's API.
         let cluster = loop {
-            match Cluster::connect(&remote).await {
+            match interruptible!(Cluster::connect(&remote)) {
                 Ok(c) => break Some(c),
                 Err(e) => {
                     if remote.is_closed() {
