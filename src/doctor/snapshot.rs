@@ -41,8 +41,9 @@ impl SecretInfo {
         let mut keys = Vec::new();
         let mut shares = None;
         for (k, v) in secret.data.unwrap_or_default() {
+            // Every value is wiped when dropped here, not only the key's.
+            let bytes = zeroize::Zeroizing::new(v.0);
             if k == key {
-                let bytes = zeroize::Zeroizing::new(v.0);
                 shares = Some(match std::str::from_utf8(&bytes) {
                     Err(_) => Err("is not text".to_string()),
                     Ok(text) => crate::keys::source::parse_shares(text)
