@@ -98,6 +98,12 @@ pub enum Command {
     /// Rotate the Vault unseal key: rekey with verification, new offline backup, Secret
     /// updated; crash-safe (rerun, or --resume, after any interruption)
     RotateUnsealKey(RotateArgs),
+    /// The recovery sequence as a checklist (k3s, node, volumes, Vault, ESO, Argo CD)
+    Status(StatusArgs),
+    /// Diagnose the recovery guide's scenarios (Vault sealed, store degraded, app stuck); --fix repairs
+    Doctor(DoctorArgs),
+    /// Unseal Vault through the SSH tunnel, with the key from an offline backup or the Secret
+    Unseal(UnsealArgs),
     /// Print shell completions
     Completions {
         /// Shell to generate completions for
@@ -366,4 +372,60 @@ pub struct KeyShowArgs {
     pub extra: Option<String>,
     /// Backup file
     pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 everything healthy, 2 something is not (yet), 1 rebox itself failed.\n\
+    With --watch: follows the cluster until everything is healthy (exit 0) or Ctrl-C (exit 130)."
+)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Follow the cluster until everything is healthy (or Ctrl-C), printing each change with
+    /// the time since the start. With --json: one JSON object per line.
+    #[arg(long)]
+    pub watch: bool,
+    /// Give up watching after this many seconds (exit 2) [default: never]
+    #[arg(long, value_name = "SECS", requires = "watch")]
+    pub timeout: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit status: 0 no check fails (warnings allowed), 2 a check fails, 1 rebox itself failed.\n\
+    Examples:\n  rebox doctor\n  rebox doctor --fix                       (asks before changing anything)\n  \
+    rebox doctor --fix --yes --from vault-key.age --key-identity id.age"
+)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Apply the fixes the checks propose (after a confirmation, or --yes), each checked after
+    #[arg(long)]
+    pub fix: bool,
+    /// Offline backup of the unseal key, for fixes that need the key when the Secret cannot
+    /// give it (unseal Vault, recreate the Secret)
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+    /// age identity or SSH private key that opens --from (repeatable); a passphrase-protected
+    /// backup asks on the terminal
+    #[arg(long = "key-identity", value_name = "FILE")]
+    pub key_identities: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  rebox unseal                                  (the key from Secret security/vault-unseal-key)\n  \
+    rebox unseal --from vault-key.age -i ~/.config/age/key.txt --ssh-identity ~/.ssh/id_ed25519"
+)]
+pub struct UnsealArgs {
+    /// Offline backup file holding the unseal key [default: the cluster's Secret]
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+    /// Identity that opens --from (age or SSH private key, repeatable); a passphrase-protected
+    /// backup asks on the terminal
+    #[arg(short = 'i', long = "identity", value_name = "FILE", requires = "from")]
+    pub identities: Vec<PathBuf>,
+    #[command(flatten)]
+    pub conn: KeyConnArgs,
 }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cluster;
 pub mod commands;
 pub mod config;
+pub mod doctor;
 pub mod embedded;
 pub mod flow;
 pub mod keys;

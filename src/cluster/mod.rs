@@ -99,6 +99,22 @@ impl Cluster {
         })
     }
 
+    /// The cluster IP of Service `namespace/name` (where the node reaches it, e.g. Vault's).
+    pub async fn service_ip(&self, namespace: &str, name: &str) -> Result<String> {
+        let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+            kube::Api::namespaced(self.client.clone(), namespace);
+        let svc = api
+            .get_opt(name)
+            .await
+            .with_context(|| format!("reading Service {namespace}/{name}"))?
+            .ok_or_else(|| anyhow::anyhow!("Service {namespace}/{name} does not exist yet"))?;
+        svc.spec
+            .as_ref()
+            .and_then(|s| s.cluster_ip.clone())
+            .filter(|ip| !ip.is_empty() && ip != "None")
+            .ok_or_else(|| anyhow::anyhow!("Service {namespace}/{name} has no cluster IP"))
+    }
+
     /// One key of a Secret, or None when the Secret or the key does not exist.
     pub async fn secret_value(
         &self,

@@ -563,7 +563,10 @@ fn show(args: KeyShowArgs) -> Result<ExitCode> {
 }
 
 /// Reads, decrypts and fully checks a backup file. Returns how it was protected.
-fn open_backup(path: &Path, identity_paths: &[PathBuf]) -> Result<(BackupDocument, &'static str)> {
+pub(super) fn open_backup(
+    path: &Path,
+    identity_paths: &[PathBuf],
+) -> Result<(BackupDocument, &'static str)> {
     crate::keys::backup::open_file(path, identity_paths)
 }
 

@@ -8,11 +8,14 @@ use crate::cli::{Cli, Command, ConnArgs, GlobalArgs};
 use crate::config::Config;
 use crate::remote::{known_hosts, HostKeyPolicy, Target};
 
+mod doctor;
 mod init;
 mod key;
 mod preflight;
 mod rebuild;
 mod rotate;
+mod status;
+mod unseal;
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let global = cli.global;
@@ -23,6 +26,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rebuild(args) => rebuild::run(&global, args).await,
         Command::Key(cmd) => key::run(&global, cmd).await,
         Command::RotateUnsealKey(args) => rotate::run(&global, args).await,
+        Command::Status(args) => status::run(&global, args).await,
+        Command::Doctor(args) => doctor::run(&global, args).await,
+        Command::Unseal(args) => unseal::run(&global, args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

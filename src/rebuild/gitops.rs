@@ -25,7 +25,7 @@ const APP_DEADLINE: Duration = Duration::from_secs(600);
 /// The annotation `kubectl rollout restart` sets on the pod template.
 pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 
-fn store_resource() -> ApiResource {
+pub(crate) fn store_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(
         "external-secrets.io",
         "v1",
@@ -33,7 +33,7 @@ fn store_resource() -> ApiResource {
     ))
 }
 
-fn app_resource() -> ApiResource {
+pub(crate) fn app_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(
         "argoproj.io",
         "v1alpha1",
@@ -56,7 +56,7 @@ pub fn store_ready(obj: Option<&DynamicObject>) -> bool {
 }
 
 /// What the store last said, for messages: `Ready=False (ValidationFailed: …)`.
-fn store_state(obj: Option<&DynamicObject>) -> String {
+pub(crate) fn store_state(obj: Option<&DynamicObject>) -> String {
     match obj {
         None => "it does not exist".into(),
         Some(o) => match ready_condition(o) {
@@ -80,7 +80,7 @@ pub fn app_synced(obj: Option<&DynamicObject>) -> bool {
 }
 
 /// `name: sync=…, health=… (message)` for an Application.
-fn app_state(o: &DynamicObject) -> String {
+pub(crate) fn app_state(o: &DynamicObject) -> String {
     let s = &o.data["status"];
     let mut line = format!(
         "{}: sync={}, health={}",
@@ -129,7 +129,7 @@ pub async fn app_states(
 }
 
 /// RFC 3339 UTC now, seconds precision (as Kubernetes timestamps are).
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
     time::OffsetDateTime::now_utc()
         .format(&fmt)
@@ -164,25 +164,35 @@ impl StoreReady {
     async fn restart_eso(ctx: &mut Ctx) -> Result<()> {
         let ns = ctx.config.eso.namespace.clone();
         let names = ctx.config.eso.deployments.clone();
-        let api: Api<Deployment> = Api::namespaced(ctx.cluster().await?.client.clone(), &ns);
-        let at = now_rfc3339();
-        for name in names {
-            let d = api.get(&name).await.with_context(|| {
-                format!("reading Deployment {ns}/{name} (is External Secrets installed?)")
-            })?;
-            if d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false) {
-                anyhow::bail!(
-                    "Deployment {ns}/{name} is paused, so it cannot be restarted\n  next: `kubectl -n {ns} rollout resume deployment/{name}` on the server, then rerun"
-                );
-            }
-            let patch =
-                json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: at}}}}});
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .with_context(|| format!("restarting Deployment {ns}/{name}"))?;
-        }
-        Ok(())
+        rollout_restart(&ctx.cluster().await?.client, &ns, &names).await
     }
+}
+
+/// `kubectl rollout restart` for each named Deployment: a new pod-template annotation.
+/// Refuses a paused Deployment (as kubectl does).
+pub(crate) async fn rollout_restart(
+    client: &kube::Client,
+    ns: &str,
+    names: &[String],
+) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let at = now_rfc3339();
+    for name in names {
+        let d = api.get(name).await.with_context(|| {
+            format!("reading Deployment {ns}/{name} (is External Secrets installed?)")
+        })?;
+        if d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false) {
+            anyhow::bail!(
+                "Deployment {ns}/{name} is paused, so it cannot be restarted\n  next: `kubectl -n {ns} rollout resume deployment/{name}` on the server, then rerun"
+            );
+        }
+        let patch =
+            json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: at}}}}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("restarting Deployment {ns}/{name}"))?;
+    }
+    Ok(())
 }
 
 #[async_trait]

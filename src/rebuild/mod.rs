@@ -144,18 +144,7 @@ impl Ctx {
                 self.config.vault.namespace.clone(),
                 self.config.vault.service.clone(),
             );
-            let api: kube::Api<k8s_openapi::api::core::v1::Service> =
-                kube::Api::namespaced(self.cluster().await?.client.clone(), &ns);
-            let svc = api
-                .get_opt(&name)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("Service {ns}/{name} does not exist yet"))?;
-            let ip = svc
-                .spec
-                .as_ref()
-                .and_then(|s| s.cluster_ip.clone())
-                .filter(|ip| !ip.is_empty() && ip != "None")
-                .ok_or_else(|| anyhow::anyhow!("Service {ns}/{name} has no cluster IP"))?;
+            let ip = self.cluster().await?.service_ip(&ns, &name).await?;
             let tunnel = self.remote.tunnel(&ip, self.config.vault.port).await?;
             let client = VaultClient::new(format!("http://{}", tunnel.local_addr))?;
             self.vault = Some((client, tunnel));

@@ -12,6 +12,7 @@
 //!           {"path": "/apis/longhorn.io", "delayMs": 3000}],
 //!   "stuckRestores": ["vault-data-lh"],
 //!   "argocdOutOfSync": ["immich"],
+//!   "argocdStaleUntilHardRefresh": ["root"],
 //!   "vaultRefuseUnseal": true
 //! }
 //! ```
@@ -26,6 +27,9 @@
 //!   while listed (it resumes when removed).
 //! - `argocdOutOfSync`: Argo CD Application names (or `*`) that stay OutOfSync with a sync
 //!   error, whatever refresh is asked for.
+//! - `argocdStaleUntilHardRefresh`: Argo CD Application names (or `*`) whose cached manifests
+//!   are stale: they stay `OutOfSync` with a `ComparisonError` until a `hard` refresh is asked
+//!   for (a `normal` one does not help), then sync as usual (guide scenario 4).
 //! - `vaultRefuseUnseal`: lab-vault refuses every unseal share (even the right one) as Vault
 //!   does a wrong one. lab-vault reads this file only when started with `LAB_FAULTS=<path>`
 //!   (the workloads controller passes it).
@@ -51,6 +55,8 @@ pub struct Faults {
     pub stuck_restores: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub argocd_out_of_sync: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub argocd_stale_until_hard_refresh: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub vault_refuse_unseal: bool,
 }
@@ -77,6 +83,11 @@ impl Faults {
     }
     pub fn argocd_out_of_sync(&self, app: &str) -> bool {
         self.argocd_out_of_sync.iter().any(|v| v == app || v == "*")
+    }
+    pub fn argocd_stale(&self, app: &str) -> bool {
+        self.argocd_stale_until_hard_refresh
+            .iter()
+            .any(|v| v == app || v == "*")
     }
 }
 

@@ -15,6 +15,9 @@
 //! - Fault switch `argocdOutOfSync` ([`crate::k3s::faults`]): the app stays `OutOfSync`,
 //!   health `Degraded`, condition `SyncError` and `operationState.phase: Failed` with the
 //!   message; a refresh is still removed (and does not help) until the switch is cleared.
+//! - Fault switch `argocdStaleUntilHardRefresh`: the app stays `OutOfSync` with a
+//!   `ComparisonError` condition (stale cached manifests) until a `hard` refresh is seen; from
+//!   then on (for this process) it syncs as usual.
 //!
 //! The revision is a stable fake commit id (sha256 of repo, path and target revision, 40 hex).
 //! Left out: Git, rendering and applying manifests, child apps of an app-of-apps,
@@ -71,6 +74,8 @@ pub fn spawn_with(store: Arc<Store>, env: ArgoEnv) -> tokio::task::JoinHandle<()
 struct AppState {
     synced_spec: Option<Value>,
     sync_until: Option<Instant>,
+    /// A hard refresh cleared the `argocdStaleUntilHardRefresh` fault.
+    stale_cleared: bool,
 }
 
 pub async fn run(store: Arc<Store>, env: ArgoEnv) {
@@ -140,6 +145,38 @@ fn pass(store: &Store, env: &ArgoEnv, apps: &mut HashMap<(String, String), AppSt
             let compared =
                 json!({"source": app["spec"]["source"], "destination": app["spec"]["destination"]});
             let t = now();
+            if faults.argocd_stale(&name) && !st.stale_cleared {
+                if refresh.as_deref() == Some("hard") {
+                    // The manifest cache is dropped: compare and sync again below.
+                    st.stale_cleared = true;
+                    st.synced_spec = None;
+                    st.sync_until = None;
+                } else {
+                    let msg = format!("rpc error: code = Unknown desc = Manifest generation error (cached): the lab's fault switch argocdStaleUntilHardRefresh holds {name}; a hard refresh regenerates the manifests");
+                    let _ = ops::modify(
+                        store,
+                        GROUP,
+                        "applications",
+                        &ns,
+                        &name,
+                        Some("status"),
+                        MANAGER,
+                        |o| {
+                            let lt = o["status"]["conditions"][0]["lastTransitionTime"]
+                                .as_str()
+                                .map(String::from)
+                                .unwrap_or(t.clone());
+                            o["status"]["sync"] = json!({"status": "OutOfSync", "revision": rev, "comparedTo": compared});
+                            o["status"]["conditions"] = json!([{"type": "ComparisonError", "message": msg, "lastTransitionTime": lt}]);
+                            if refresh.is_some() || o["status"]["reconciledAt"].is_null() {
+                                o["status"]["reconciledAt"] = json!(t);
+                            }
+                            true
+                        },
+                    );
+                    continue;
+                }
+            }
             if faults.argocd_out_of_sync(&name) {
                 st.sync_until = None;
                 st.synced_spec = None;

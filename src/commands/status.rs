@@ -1,0 +1,62 @@
+//! `rebox status [--watch]`: the recovery sequence as a checklist; `--watch` follows it live.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::cli::{GlobalArgs, StatusArgs};
+use crate::cluster::Cluster;
+use crate::doctor::{self, snapshot, watch, Report, Snapshot};
+use crate::remote::Remote;
+
+/// Exit status when a step is not healthy (1 is kept for errors of rebox itself).
+pub const NOT_HEALTHY: u8 = 2;
+/// Exit status after Ctrl-C, as shells report SIGINT.
+const INTERRUPTED: u8 = 130;
+
+pub async fn run(global: &GlobalArgs, args: StatusArgs) -> Result<ExitCode> {
+    let (config, target, policy) = super::connection_settings(global, &args.conn)?;
+    if args.watch {
+        eprintln!(
+            "watching the recovery on {} until everything is healthy (Ctrl-C to stop)",
+            target.addr()
+        );
+        let mut out = std::io::stdout();
+        let outcome = watch::run(
+            &config,
+            target,
+            policy,
+            global.json,
+            args.timeout.map(Duration::from_secs),
+            &mut out,
+        )
+        .await?;
+        return Ok(match outcome {
+            watch::Outcome::Healthy => ExitCode::SUCCESS,
+            watch::Outcome::TimedOut => ExitCode::from(NOT_HEALTHY),
+            watch::Outcome::Interrupted => ExitCode::from(INTERRUPTED),
+        });
+    }
+    let remote = Remote::connect(target, policy).await?;
+    let addr = remote.target.addr();
+    let snap = match Cluster::connect(&remote).await {
+        Ok(cluster) => snapshot::gather(&remote, &cluster, &config, false).await?,
+        Err(e) => {
+            let text = format!("{e:#}");
+            Snapshot::unreachable(addr.clone(), text.lines().next().unwrap_or_default())
+        }
+    };
+    remote.close().await;
+    let report = Report::status(addr, doctor::status_checks(&config, &snap));
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", doctor::render_status(&report));
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(NOT_HEALTHY)
+    })
+}

@@ -1,0 +1,388 @@
+//! The guide's fixes, applied by `rebox doctor --fix`. Each waits (a watch with a deadline)
+//! for the state it is meant to produce and fails with what it saw instead.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::wait::await_condition;
+use kube::Api;
+use serde_json::json;
+
+use super::checks::{app_ok, app_problem};
+use super::snapshot::{app_resource, job_log_tail, store_resource, VaultConn};
+use super::Action;
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::keys::SecretText;
+use crate::remote::Remote;
+
+/// How long a fix waits for its result.
+const DEADLINE: Duration = Duration::from_secs(120);
+const REFRESH: &str = "argocd.argoproj.io/refresh";
+/// How long a hard-refreshed app whose sync failed gets to recover before the fix reports it.
+const SYNC_GRACE: Duration = Duration::from_secs(10);
+
+/// No sync running, and the last one failed or the app reports an error condition.
+fn app_failed(o: &DynamicObject) -> bool {
+    let st = &o.data["status"];
+    let phase = st["operationState"]["phase"].as_str().unwrap_or("");
+    let error_condition = st["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"].as_str().is_some_and(|t| t.ends_with("Error")))
+    });
+    phase != "Running" && (matches!(phase, "Failed" | "Error") || error_condition)
+}
+
+/// Where the unseal key comes from when a fix needs it: the Secret, else the offline backup
+/// (opened on first use, so nothing is asked for when no fix needs it).
+pub struct KeyMaterial<'a> {
+    backup: Option<Box<dyn FnMut() -> Result<Vec<SecretText>> + 'a>>,
+    loaded: Option<Vec<SecretText>>,
+}
+
+impl<'a> KeyMaterial<'a> {
+    pub fn new(backup: Option<Box<dyn FnMut() -> Result<Vec<SecretText>> + 'a>>) -> Self {
+        KeyMaterial {
+            backup,
+            loaded: None,
+        }
+    }
+
+    /// The shares of the offline backup, if one was given.
+    pub fn backup(&mut self) -> Result<Option<Vec<SecretText>>> {
+        if self.loaded.is_none() {
+            if let Some(open) = self.backup.as_mut() {
+                self.loaded = Some(open()?);
+            }
+        }
+        Ok(self.loaded.clone())
+    }
+}
+
+/// What the fixes need.
+pub struct Fixer<'a, 'k> {
+    pub remote: &'a Remote,
+    pub cluster: &'a Cluster,
+    pub config: &'a Config,
+    pub key: &'a mut KeyMaterial<'k>,
+}
+
+/// Waits for `cond` on the named object, up to `deadline`; false on timeout.
+async fn wait_for<K>(
+    api: Api<K>,
+    name: &str,
+    deadline: Duration,
+    cond: impl kube::runtime::wait::Condition<K>,
+) -> Result<bool>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    match tokio::time::timeout(deadline, await_condition(api, name, cond)).await {
+        Ok(r) => {
+            r.with_context(|| format!("watching {name}"))?;
+            Ok(true)
+        }
+        Err(_) => Ok(false),
+    }
+}
+
+impl Fixer<'_, '_> {
+    /// Applies one fix and waits for its effect. Ok(message) says what was done.
+    pub async fn apply(&mut self, action: &Action) -> Result<String> {
+        match action {
+            Action::RebindVolume { pv } => self.rebind(pv).await,
+            Action::Unseal => self.unseal().await,
+            Action::RecreateSecret => self.recreate_secret().await,
+            Action::ResumeCronJob { namespace, name } => self.resume(namespace, name).await,
+            Action::RunCronJob { namespace, name } => self.run_cronjob(namespace, name).await,
+            Action::RestartEso => self.restart_eso().await,
+            Action::RefreshApps { apps } => self.refresh(apps).await,
+        }
+    }
+
+    async fn rebind(&self, pv: &str) -> Result<String> {
+        let (ns, name) = (&self.config.vault.namespace, &self.config.vault.pvc);
+        let pvs: Api<PersistentVolume> = Api::all(self.cluster.client.clone());
+        let patch = json!({"spec": {"claimRef": {"uid": null, "resourceVersion": null}}});
+        pvs.patch(pv, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("clearing the old claim's uid from PersistentVolume {pv}"))?;
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.cluster.client.clone(), ns);
+        let bound = |p: Option<&PersistentVolumeClaim>| {
+            p.and_then(|p| p.status.as_ref()?.phase.as_deref()) == Some("Bound")
+        };
+        if !wait_for(pvcs, name, Duration::from_secs(60), bound).await? {
+            bail!(
+                "PVC {ns}/{name} did not bind to {pv} within 60s after the PV's claim was cleared"
+            );
+        }
+        Ok(format!("PVC {ns}/{name} is Bound to {pv} again"))
+    }
+
+    /// The key: from the Secret when it holds one, else from the offline backup.
+    async fn shares(&mut self) -> Result<(Vec<SecretText>, String)> {
+        let v = &self.config.vault;
+        let from_secret = self
+            .cluster
+            .secret_value(&v.namespace, &v.unseal_secret, &v.unseal_secret_key)
+            .await?;
+        if let Some(raw) = from_secret {
+            let parsed = std::str::from_utf8(&raw)
+                .ok()
+                .and_then(|t| crate::keys::source::parse_shares(t).ok())
+                .filter(|s| !s.is_empty());
+            if let Some(shares) = parsed {
+                return Ok((
+                    shares,
+                    format!("Secret {}/{}", v.namespace, v.unseal_secret),
+                ));
+            }
+        }
+        match self.key.backup()? {
+            Some(shares) => Ok((shares, "the offline backup".into())),
+            None => bail!(
+                "no unseal key: Secret {}/{} does not hold one and no offline backup was given\n  next: rerun with --from vault-key.age --key-identity IDENTITY",
+                v.namespace,
+                v.unseal_secret
+            ),
+        }
+    }
+
+    async fn unseal(&mut self) -> Result<String> {
+        let (shares, source) = self.shares().await?;
+        let vault = VaultConn::open(self.remote, self.cluster, self.config).await?;
+        let status = vault
+            .client
+            .unseal_all(&shares, |p| eprintln!("    {}", super::progress_line(&p)))
+            .await
+            .with_context(|| format!("unsealing Vault with the key from {source}"))?;
+        if status.sealed {
+            bail!("Vault is still sealed after every share from {source} was given");
+        }
+        let v = &self.config.vault;
+        let pods: Api<Pod> = Api::namespaced(self.cluster.client.clone(), &v.namespace);
+        let ready = |p: Option<&Pod>| {
+            p.and_then(|p| p.status.as_ref()?.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        };
+        let note = if wait_for(pods, &v.pod, Duration::from_secs(60), ready).await? {
+            format!("; {} is Ready", v.pod)
+        } else {
+            format!("; {} is not Ready yet", v.pod)
+        };
+        Ok(format!("Vault unsealed with the key from {source}{note}"))
+    }
+
+    async fn recreate_secret(&mut self) -> Result<String> {
+        let v = self.config.vault.clone();
+        let Some(shares) = self.key.backup()? else {
+            bail!(
+                "recreating Secret {}/{} needs the offline backup\n  next: rerun with --from vault-key.age --key-identity IDENTITY",
+                v.namespace,
+                v.unseal_secret
+            );
+        };
+        // A key Vault refuses must not become the Secret: a sealed Vault proves it first.
+        let vault = VaultConn::open(self.remote, self.cluster, self.config).await?;
+        let status = vault.client.seal_status().await?;
+        let proven = if status.sealed {
+            let after = vault
+                .client
+                .unseal_all(&shares, |p| eprintln!("    {}", super::progress_line(&p)))
+                .await
+                .context("the offline backup's key does not unseal this Vault; the Secret was not recreated")?;
+            !after.sealed
+        } else {
+            false
+        };
+        if (shares.len() as u32) < status.threshold {
+            bail!(
+                "the offline backup holds {} share(s) but Vault needs {}; the Secret was not recreated",
+                shares.len(),
+                status.threshold
+            );
+        }
+        let texts: Vec<&str> = shares.iter().map(|s| s.expose()).collect();
+        let secret = crate::manifests::unseal_key_secret(self.config, &texts);
+        self.cluster.apply_all(&[secret]).await?;
+        let back = self
+            .cluster
+            .secret_value(&v.namespace, &v.unseal_secret, &v.unseal_secret_key)
+            .await?;
+        if back.is_none() {
+            bail!(
+                "Secret {}/{} is still missing after it was written",
+                v.namespace,
+                v.unseal_secret
+            );
+        }
+        Ok(format!(
+            "Secret {}/{} recreated from the offline backup ({} share(s)){}",
+            v.namespace,
+            v.unseal_secret,
+            shares.len(),
+            if proven {
+                "; the key unsealed Vault, so it is the right one"
+            } else {
+                "; Vault is unsealed, so the key could not be tried (`rebox key verify --against-cluster` compares the backup with the Secret)"
+            }
+        ))
+    }
+
+    async fn resume(&self, ns: &str, name: &str) -> Result<String> {
+        let api: Api<CronJob> = Api::namespaced(self.cluster.client.clone(), ns);
+        api.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": false}})),
+        )
+        .await
+        .with_context(|| format!("resuming CronJob {ns}/{name}"))?;
+        let cj = api.get(name).await?;
+        if cj.spec.and_then(|s| s.suspend).unwrap_or(false) {
+            bail!("CronJob {ns}/{name} is still suspended after the patch");
+        }
+        Ok(format!("CronJob {ns}/{name} resumed"))
+    }
+
+    /// What `kubectl create job NAME --from=cronjob/CJ` does, then waits for the result.
+    async fn run_cronjob(&self, ns: &str, name: &str) -> Result<String> {
+        let client = self.cluster.client.clone();
+        let cjs: Api<CronJob> = Api::namespaced(client.clone(), ns);
+        let cj = cjs
+            .get(name)
+            .await
+            .with_context(|| format!("reading CronJob {ns}/{name}"))?;
+        let template = cj
+            .spec
+            .as_ref()
+            .map(|s| s.job_template.clone())
+            .context("the CronJob has no spec")?;
+        let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut job_name = format!("{name}-rebox-{stamp}");
+        job_name.truncate(63);
+        let meta = template.metadata.unwrap_or_default();
+        let mut annotations = meta.annotations.unwrap_or_default();
+        annotations.insert("cronjob.kubernetes.io/instantiate".into(), "manual".into());
+        let job: Job = serde_json::from_value(json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": job_name,
+                "namespace": ns,
+                "labels": meta.labels.unwrap_or_default(),
+                "annotations": annotations,
+                "ownerReferences": [{
+                    "apiVersion": "batch/v1", "kind": "CronJob",
+                    "name": name, "uid": cj.metadata.uid.clone().unwrap_or_default(),
+                }],
+            },
+            "spec": template.spec,
+        }))?;
+        let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+        jobs.create(&PostParams::default(), &job)
+            .await
+            .with_context(|| format!("creating Job {ns}/{job_name} from CronJob {name}"))?;
+        let finished =
+            |j: Option<&Job>| j.is_some_and(|j| super::checks::job_result(j) != "Running");
+        if !wait_for(jobs.clone(), &job_name, DEADLINE, finished).await? {
+            bail!(
+                "Job {ns}/{job_name} did not finish within {}s",
+                DEADLINE.as_secs()
+            );
+        }
+        let result = super::checks::job_result(&jobs.get(&job_name).await?);
+        let log = job_log_tail(&client, ns, &job_name)
+            .await
+            .unwrap_or_default();
+        if result != "Complete" {
+            bail!("Job {ns}/{job_name} from CronJob {name} failed; its log:\n{log}");
+        }
+        Ok(format!(
+            "Job {ns}/{job_name} from CronJob {name} completed{}",
+            log.lines()
+                .last()
+                .map(|l| format!(": {l}"))
+                .unwrap_or_default()
+        ))
+    }
+
+    async fn restart_eso(&self) -> Result<String> {
+        let e = &self.config.eso;
+        let vault = VaultConn::open(self.remote, self.cluster, self.config).await?;
+        if vault.client.seal_status().await?.sealed {
+            bail!("Vault is sealed: restarting ESO would not help until it is unsealed (the unseal fix comes first)");
+        }
+        crate::rebuild::gitops::rollout_restart(&self.cluster.client, &e.namespace, &e.deployments)
+            .await?;
+        let stores: Api<DynamicObject> =
+            Api::all_with(self.cluster.client.clone(), &store_resource());
+        let ready = |o: Option<&DynamicObject>| crate::rebuild::gitops::store_ready(o);
+        if !wait_for(stores.clone(), &e.store, DEADLINE, ready).await? {
+            let seen = stores.get_opt(&e.store).await.ok().flatten();
+            bail!(
+                "ClusterSecretStore {} is not Ready {}s after ESO was restarted: {}",
+                e.store,
+                DEADLINE.as_secs(),
+                crate::rebuild::gitops::store_state(seen.as_ref())
+            );
+        }
+        Ok(format!(
+            "restarted {} in {}; ClusterSecretStore {} is Ready",
+            e.deployments.join(", "),
+            e.namespace,
+            e.store
+        ))
+    }
+
+    async fn refresh(&self, apps: &[String]) -> Result<String> {
+        let ns = &self.config.argocd.namespace;
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.cluster.client.clone(), ns, &app_resource());
+        let mut done = vec![];
+        for name in apps {
+            let before = api
+                .get(name)
+                .await
+                .with_context(|| format!("reading Application {ns}/{name}"))?;
+            let reconciled_before = before.data["status"]["reconciledAt"].clone();
+            let patch = json!({"metadata": {"annotations": {REFRESH: "hard"}}});
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .with_context(|| format!("asking Argo CD for a hard refresh of {ns}/{name}"))?;
+            // Refresh done: the annotation is gone and reconciledAt moved.
+            let refreshed = move |o: Option<&DynamicObject>| {
+                o.is_some_and(|o| {
+                    o.metadata
+                        .annotations
+                        .as_ref()
+                        .is_none_or(|a| !a.contains_key(REFRESH))
+                        && o.data["status"]["reconciledAt"] != reconciled_before
+                })
+            };
+            if !wait_for(api.clone(), name, Duration::from_secs(60), refreshed).await? {
+                bail!("Argo CD did not act on the hard refresh of {ns}/{name} within 60s (is argocd-application-controller running?)");
+            }
+            // Settled: synced, or a finished sync that failed (Argo CD retries on its own;
+            // a short grace lets a retry that succeeds be seen).
+            let settled = |o: Option<&DynamicObject>| o.is_some_and(|o| app_ok(o) || app_failed(o));
+            wait_for(api.clone(), name, Duration::from_secs(60), settled).await?;
+            let synced = |o: Option<&DynamicObject>| o.is_some_and(app_ok);
+            if !wait_for(api.clone(), name, SYNC_GRACE, synced).await? {
+                let seen = api.get(name).await?;
+                bail!(
+                    "Application {ns}/{name} was hard-refreshed but is still not Synced and Healthy: {}\n  next: the sync error is the reason; fix it in the Git repository, then rerun",
+                    app_problem(&seen)
+                );
+            }
+            done.push(name.clone());
+        }
+        Ok(format!(
+            "hard-refreshed {}: Synced and Healthy",
+            done.join(", ")
+        ))
+    }
+}
