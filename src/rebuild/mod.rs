@@ -249,7 +249,8 @@ pub fn restore_phases() -> Vec<Box<dyn Phase<Ctx>>> {
                 phases.push(Box::new(restore::Guard));
             }
             // The restored volume replaces the fresh PVC; Vault's key comes from the backup.
-            "vault-storage" | "vault-init" | "vault-key-secret" | "vault-unseal" => {}
+            id if id == Group::VaultStorage.name() && !Group::VaultStorage.on_restore_path() => {}
+            "vault-init" | "vault-key-secret" | "vault-unseal" => {}
             "vault" => {
                 phases.push(Box::new(restore::Volumes));
                 phases.push(phase);
