@@ -155,10 +155,7 @@ pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
     let Some(table) = read_nas(&ctx, &args.skip_volumes, !args.dry_run).await? else {
         // Only a dry run gets here: it may not install the NFS client the read needs.
         eprintln!("note: the server has no NFS client yet; the backups are listed once a real run has installed nfs-common");
-        let entries = flow::plan(&rebuild::restore_phases(), &mut ctx).await?;
-        print_plan(global, &ctx, &entries)?;
-        eprintln!("dry run: nothing was changed");
-        return Ok(ExitCode::SUCCESS);
+        return dry_run(global, &mut ctx).await;
     };
     let rendered = table.render();
     if global.json {
@@ -172,13 +169,10 @@ pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
         table,
         outcomes: Vec::new(),
     });
-    let phases = rebuild::restore_phases();
     if args.dry_run {
-        let entries = flow::plan(&phases, &mut ctx).await?;
-        print_plan(global, &ctx, &entries)?;
-        eprintln!("dry run: nothing was changed");
-        return Ok(ExitCode::SUCCESS);
+        return dry_run(global, &mut ctx).await;
     }
+    let phases = rebuild::restore_phases();
     let question = format!(
         "Restore {count} volume(s) onto {} ({}@{}){}? This installs k3s and brings every volume back as of its last backup",
         ctx.remote.target.alias,
@@ -216,6 +210,14 @@ pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
     if let Some(p) = report_path {
         println!("  - the report is in {}", p.display());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--dry-run`: the phases and what each would do; nothing changes.
+async fn dry_run(global: &GlobalArgs, ctx: &mut Ctx) -> Result<ExitCode> {
+    let entries = flow::plan(&rebuild::restore_phases(), ctx).await?;
+    print_plan(global, ctx, &entries)?;
+    eprintln!("dry run: nothing was changed");
     Ok(ExitCode::SUCCESS)
 }
 
