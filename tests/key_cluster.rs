@@ -6,9 +6,8 @@
 mod common;
 mod key_support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use base64::Engine as _;
 use common::{lab_bundle, Lab};
@@ -88,22 +87,7 @@ impl ClusterLab {
 
     /// Runs a shell command as root on the server with `stdin` piped in; panics on failure.
     fn root_with_stdin(&self, shell: &str, stdin: &str) {
-        let mut child = self
-            .lab
-            .server
-            .command_as_root(shell)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = self.lab.root_with_stdin(shell, stdin);
         assert!(
             out.status.success(),
             "`{shell}` failed: {}",

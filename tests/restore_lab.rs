@@ -380,7 +380,7 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
         "-n security get pod vault-0 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'",
     );
     assert_eq!(ready.trim(), "True", "Vault is not unsealed");
-    let share = backup_share(&lab, &key_file);
+    let share = share_of(&decrypted_backup(&lab, &key_file));
     let in_secret =
         lab.kubectl("-n security get secret vault-unseal-key -o jsonpath='{.data.key}'");
     use base64::Engine;
@@ -396,7 +396,7 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
                 .unwrap()
         )
         .unwrap(),
-        backup_extra(&lab, &key_file, "vault-root-token"),
+        extra_of(&decrypted_backup(&lab, &key_file), "vault-root-token"),
         "the bootstrap Secret does not hold the backup's value"
     );
     // ESO's store Ready, the root app Synced and Healthy.
@@ -440,8 +440,8 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
     );
 }
 
-/// The unseal share in the offline backup, decrypted by the stock age CLI.
-fn backup_share(lab: &Lab, key_file: &Path) -> String {
+/// The offline backup's document, decrypted by the stock age CLI.
+fn decrypted_backup(lab: &Lab, key_file: &Path) -> toml::Value {
     let (id, _) = lab.age_identity();
     let plain = Command::new("age")
         .arg("-d")
@@ -451,28 +451,19 @@ fn backup_share(lab: &Lab, key_file: &Path) -> String {
         .output()
         .unwrap();
     assert!(plain.status.success(), "{}", text(&plain.stderr));
-    text(&plain.stdout)
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("key = \"")
-                .and_then(|r| r.strip_suffix('"'))
-                .map(String::from)
-        })
-        .expect("a key in the backup")
+    toml::from_str(&text(&plain.stdout)).unwrap()
 }
 
-/// The value of an extra secret in the offline backup (age CLI).
-fn backup_extra(lab: &Lab, key_file: &Path, name: &str) -> String {
-    let (id, _) = lab.age_identity();
-    let plain = Command::new("age")
-        .arg("-d")
-        .arg("-i")
-        .arg(&id)
-        .arg(key_file)
-        .output()
-        .unwrap();
-    let doc: toml::Value = toml::from_str(&text(&plain.stdout)).unwrap();
+/// The (first) unseal share of a decrypted backup.
+fn share_of(doc: &toml::Value) -> String {
+    doc["unseal"]["shares"][0]["key"]
+        .as_str()
+        .expect("a key in the backup")
+        .to_string()
+}
+
+/// The value of a decrypted backup's extra secret.
+fn extra_of(doc: &toml::Value, name: &str) -> String {
     doc["extra"]
         .as_array()
         .unwrap()
@@ -484,8 +475,8 @@ fn backup_extra(lab: &Lab, key_file: &Path, name: &str) -> String {
 }
 
 fn assert_no_secret(lab: &Lab, key_file: &Path, out: &Output) {
-    let share = backup_share(lab, key_file);
-    let token = backup_extra(lab, key_file, "vault-root-token");
+    let doc = decrypted_backup(lab, key_file);
+    let (share, token) = (share_of(&doc), extra_of(&doc, "vault-root-token"));
     for stream in [&out.stdout, &out.stderr] {
         assert!(
             !text(stream).contains(&share),

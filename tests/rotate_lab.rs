@@ -14,9 +14,8 @@
 mod common;
 mod key_support;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use base64::Engine as _;
 use common::{lab_bundle, Lab};
@@ -122,22 +121,7 @@ impl RotLab {
 
     /// `bash -c shell` as root in the lab with `stdin`; (status ok, stdout).
     fn root_stdin(&self, shell: &str, stdin: &str) -> (bool, String) {
-        let mut child = self
-            .lab
-            .server
-            .command_as_root(shell)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = self.lab.root_with_stdin(shell, stdin);
         (out.status.success(), text(&out.stdout))
     }
 

@@ -24,7 +24,8 @@ const HEADER: &str = "\
 # Anyone holding `threshold` of the shares below can unseal Vault. To do it by hand:
 #   kubectl -n security port-forward svc/vault 8200:8200 &
 #   VAULT_ADDR=http://127.0.0.1:8200 vault operator unseal
-# and paste one share's `key` when asked (repeat for `threshold` different shares).
+# with no key argument, and paste one share's `key` when it asks (never put a share on a
+# command line); repeat for `threshold` different shares.
 # `rebox key show --reveal BACKUP.age` prints the shares, one per line.
 #
 # `sha256` is the hex SHA-256 of the `key` (or `value`) text exactly as written here; it

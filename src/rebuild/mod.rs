@@ -21,6 +21,7 @@ use crate::manifests::{Artifacts, Group, RenderInputs};
 use crate::remote::{Remote, Tunnel};
 use crate::vault::VaultClient;
 use source::K3sBinary;
+pub use vault::shares_of;
 
 /// Where the new unseal key's offline backup goes, and how to prove it decrypts.
 pub struct KeyBackup {

@@ -33,7 +33,9 @@ const HEADER: &str = "\
 # reads may already hold the new key; if Vault seals before the rotation is finished, that
 # key does not open it yet. To repair by hand: unseal with `old_shares`
 #   kubectl -n security port-forward svc/vault 8200:8200 &
-#   VAULT_ADDR=http://127.0.0.1:8200 vault operator unseal      (paste one share; repeat)
+#   VAULT_ADDR=http://127.0.0.1:8200 vault operator unseal
+# with no key argument: it asks for the share on the terminal (never put a share on a
+# command line); repeat for `threshold` different shares.
 # Better: rerun `rebox rotate-unseal-key --resume` with the same -i/-r flags: it finds out
 # which key Vault accepts, puts that key in the Secret, and finishes or rolls back.
 ";

@@ -107,6 +107,28 @@ impl Lab {
         cmd
     }
 
+    /// `bash -c shell` as root on the server with `stdin` piped in (a secret never goes on a
+    /// command line); its output.
+    pub fn root_with_stdin(&self, shell: &str, stdin: &str) -> std::process::Output {
+        use std::io::Write;
+        use std::process::Stdio;
+        let mut child = self
+            .server
+            .command_as_root(shell)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     /// Real kubectl on the lab server with the k3s kubeconfig; stdout.
     pub fn kubectl(&self, args: &str) -> String {
         self.server

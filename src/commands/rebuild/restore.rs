@@ -138,20 +138,13 @@ fn secret_values(global: &GlobalArgs, ctx: &mut Ctx, doc: &BackupDocument) -> Re
 }
 
 pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
-    let cluster_name = crate::config::Config::load(global.config.as_deref())?
-        .0
-        .cluster_name;
-    let doc = if args.dry_run {
-        None
-    } else {
-        Some(open_key(global, &args, &cluster_name)?)
-    };
     let mut ctx = prepare(global, &args).await?;
-    if let Some(doc) = &doc {
-        ctx.unseal_shares = Some(doc.unseal.shares.iter().map(|s| s.key.clone()).collect());
-        secret_values(global, &mut ctx, doc)?;
+    // The key and the secrets are settled before the server is changed in any way.
+    if !args.dry_run {
+        let doc = open_key(global, &args, &ctx.config.cluster_name)?;
+        ctx.unseal_shares = Some(rebuild::shares_of(&doc));
+        secret_values(global, &mut ctx, &doc)?;
     }
-    drop(doc);
     let Some(table) = read_nas(&ctx, &args.skip_volumes, !args.dry_run).await? else {
         // Only a dry run gets here: it may not install the NFS client the read needs.
         eprintln!("note: the server has no NFS client yet; the backups are listed once a real run has installed nfs-common");
