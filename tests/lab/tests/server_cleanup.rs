@@ -286,7 +286,9 @@ fn cleanup_removes_labs_of_dead_owners_only() {
 
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(cleanup_stale().unwrap() >= 1);
+    // Another test of this binary may run a cleanup at the same moment and be the one that
+    // removes it, so the proof is that it is gone, not this call's count.
+    cleanup_stale().unwrap();
     assert_gone(&t);
     assert_eq!(mine.run_as_root_ok("echo alive").unwrap().trim(), "alive");
 }
