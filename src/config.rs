@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::ConnArgs;
-
 pub const DEFAULT_FILE: &str = "rebox.toml";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -377,28 +375,6 @@ impl Config {
             }
         }
         Ok((Config::default(), None))
-    }
-
-    /// Applies connection flags on top of the `[server]` table.
-    pub fn apply_conn_args(&mut self, args: &ConnArgs) {
-        if let Some(h) = &args.host {
-            self.server.host = h.clone();
-        }
-        if let Some(p) = args.port {
-            self.server.port = Some(p);
-        }
-        if let Some(u) = &args.user {
-            self.server.user = Some(u.clone());
-        }
-        if !args.identity.is_empty() {
-            self.server.identity_files = args.identity.clone();
-        }
-        if let Some(k) = &args.known_hosts {
-            self.server.known_hosts = Some(k.clone());
-        }
-        if let Some(t) = args.connect_timeout {
-            self.server.connect_timeout_secs = t;
-        }
     }
 }
 

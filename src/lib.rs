@@ -18,6 +18,8 @@ pub mod rebuild;
 pub mod remote;
 pub mod restore;
 pub mod rotate;
+pub mod secret;
+pub mod site;
 pub mod ui;
 pub mod vault;
 

@@ -1068,7 +1068,8 @@ fn rotate_crash_at_every_boundary_then_seal_then_rerun_converges() {
 #[test]
 fn rotate_with_a_passphrase_on_the_terminal_resumes_after_a_crash() {
     use key_support::{run_pty, PASS};
-    use rebox::keys::{crypt, BackupDocument, SecretText};
+    use rebox::keys::{crypt, BackupDocument};
+    use rebox::secret::SecretText;
 
     let l = RotLab::start();
     let current = l.lab.backup_path();

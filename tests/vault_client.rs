@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use rebox::keys::SecretText;
+use rebox::secret::SecretText;
 use rebox::vault::{
     KeyUse, RekeyKeys, RekeyUpdate, UnsealProgress, VaultClient, VaultError, VerifyUpdate,
 };

@@ -18,9 +18,10 @@ use crate::cli::{
 use crate::config::Config;
 use crate::keys::crypt::{self, NamedRecipient};
 use crate::keys::document::{self, Summary};
-use crate::keys::output::Pending;
-use crate::keys::source::ClusterSecret;
-use crate::keys::{passphrase, BackupDocument, KeySource, SecretText};
+
+use crate::keys::{export, input, passphrase, BackupDocument};
+use crate::secret::SecretText;
+use crate::site::SecretLocation;
 
 /// Exit status of `verify --against-cluster` when the backup and the cluster disagree
 /// (as `preflight` uses 2 for "checks ran and one failed").
@@ -32,19 +33,6 @@ pub async fn run(global: &GlobalArgs, cmd: KeyCommand) -> Result<ExitCode> {
         KeyCommand::Verify(args) => verify(global, args).await,
         KeyCommand::Show(args) => show(args),
     }
-}
-
-/// How one output file is protected.
-enum Protection {
-    Passphrase,
-    Keys,
-}
-
-/// One file `export` will write, with its optional paper page.
-struct Target {
-    protection: Protection,
-    file: Pending,
-    paper: Option<Pending>,
 }
 
 async fn export(global: &GlobalArgs, args: KeyExportArgs) -> Result<ExitCode> {
@@ -65,23 +53,28 @@ async fn export(global: &GlobalArgs, args: KeyExportArgs) -> Result<ExitCode> {
         None => Config::load(global.config.as_deref())?.0.cluster_name,
     };
     let extras = collect_extras(&args)?;
-    let mut targets = plan_targets(&args, !recipients.is_empty())?;
+    let targets = export::plan(
+        &args.output,
+        args.passphrase,
+        !recipients.is_empty(),
+        args.paper,
+        args.force,
+    )?;
 
     // 2. The key.
-    let shares =
-        if args.from_stdin {
-            KeySource::Stdin.read().await?
-        } else {
-            let c = cluster_secret(global, &args.conn)?;
-            let (what, addr) = (c.describe(), c.target.addr());
-            eprintln!(
-                "reading the unseal key from Secret {what} (key `{}`) on {addr}",
-                c.key
-            );
-            KeySource::Cluster(Box::new(c)).read().await.with_context(|| {
-            format!("cannot read the unseal key from Secret {what} on {addr}; nothing was written")
+    let shares = if args.from_stdin {
+        input::read_stdin()?
+    } else {
+        let c = cluster_secret(global, &args.conn)?;
+        let (what, addr) = (c.describe(), c.target.addr());
+        eprintln!(
+            "reading the unseal key from Secret {what} (key `{}`) on {addr}",
+            c.key()
+        );
+        c.read().await.with_context(|| {
+            format!("cannot read the unseal key from Secret {what} on {addr}; nothing was written (a key you hold yourself can be given with --from-stdin)")
         })?
-        };
+    };
     let given = shares.len() as u32;
     let share_count = args
         .share_count
@@ -108,52 +101,19 @@ async fn export(global: &GlobalArgs, args: KeyExportArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let armor = !args.binary;
-    let mut reports = Vec::new();
-    for t in &mut targets {
-        let label = t.file.path().display().to_string();
-        let ciphertext = match t.protection {
-            Protection::Passphrase => {
-                let p = pass.as_ref().expect("passphrase asked above");
-                crypt::encrypt_with_passphrase(text.as_bytes(), p, armor)?
-            }
-            Protection::Keys => crypt::encrypt_to_recipients(text.as_bytes(), &recipients, armor)?,
-        };
-        tracing::debug!(file = %label, bytes = ciphertext.len(), armor, "encrypted");
-        t.file.write(&ciphertext)?;
-        let back = t.file.read_back()?;
-        if back != ciphertext {
-            bail!("{label}: what was read back differs from what was written (failing disk or stick?); nothing was written");
-        }
-        let check = read_back_check(&back, &label, t, pass.as_ref(), &identities, &expected)?;
-        tracing::info!(file = %label, check = %check, "read back");
-        if let Some(paper) = &t.paper {
-            let page = paper_page(t, &back, &doc.summary(), &recipients, &args.identities)?;
-            paper.write(page.as_bytes())?;
-            if paper.read_back()? != page.as_bytes() {
-                bail!(
-                    "{}: read-back mismatch; nothing was written",
-                    paper.path().display()
-                );
-            }
-        }
-        reports.push((label, check));
-    }
+    let reports = export::write(
+        text.as_bytes(),
+        &expected,
+        targets,
+        &export::Protect {
+            recipients: &recipients,
+            pass: pass.as_ref(),
+            identities: &identities,
+            identity_files: &args.identities,
+            armor: !args.binary,
+        },
+    )?;
     drop(text);
-    for t in targets {
-        let paper = t.paper;
-        t.file.commit()?;
-        if let Some(p) = paper {
-            let shown = p.path().display().to_string();
-            p.commit()?;
-            eprintln!(
-                "wrote {shown} (printable page; contains only encrypted text and fingerprints)"
-            );
-        }
-    }
-    for (label, check) in &reports {
-        eprintln!("wrote {label}: {check}");
-    }
     print_summary(global, &expected, None, &reports)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -208,172 +168,14 @@ fn collect_extras(args: &KeyExportArgs) -> Result<Vec<(String, SecretText)>> {
     Ok(out)
 }
 
-/// Decides the output files and creates their temp files (so an unwritable directory or an
-/// existing file is reported before the key or a passphrase is asked for).
-fn plan_targets(args: &KeyExportArgs, keys: bool) -> Result<Vec<Target>> {
-    let mut plan = Vec::new();
-    match (args.passphrase, keys) {
-        (true, true) => {
-            plan.push((Protection::Passphrase, sibling(&args.output, "pass")));
-            plan.push((Protection::Keys, sibling(&args.output, "keys")));
-        }
-        (true, false) => plan.push((Protection::Passphrase, args.output.clone())),
-        _ => plan.push((Protection::Keys, args.output.clone())),
-    }
-    plan.into_iter()
-        .map(|(protection, path)| {
-            let paper = if args.paper {
-                let mut p = path.clone().into_os_string();
-                p.push(".paper.txt");
-                Some(Pending::create(Path::new(&p), args.force)?)
-            } else {
-                None
-            };
-            Ok(Target {
-                protection,
-                file: Pending::create(&path, args.force)?,
-                paper,
-            })
-        })
-        .collect()
-}
-
-/// `vault-key.age` → `vault-key.pass.age` / `vault-key.keys.age`.
-fn sibling(output: &Path, kind: &str) -> PathBuf {
-    let name = output
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stem = name.strip_suffix(".age").unwrap_or(&name);
-    output.with_file_name(format!("{stem}.{kind}.age"))
-}
-
-/// Decrypts what reached the disk, where the operator's passphrase or identities allow,
-/// and checks that it holds exactly the document we meant to write.
-fn read_back_check(
-    data: &[u8],
-    label: &str,
-    t: &Target,
-    pass: Option<&SecretText>,
-    ids: &[Box<dyn age::Identity>],
-    expected: &Summary,
-) -> Result<String> {
-    let opened = crypt::open(data, label)?;
-    let plaintext = match t.protection {
-        Protection::Passphrase => {
-            opened.decrypt_with_passphrase(pass.expect("passphrase target has a passphrase"))?
-        }
-        Protection::Keys if ids.is_empty() => {
-            return Ok("read back; its age header is valid, but it was not decrypted (pass -i \
-                       with a matching private key to prove that it decrypts)"
-                .into())
-        }
-        Protection::Keys => opened.decrypt_with_identities(ids).map_err(|e| {
-            anyhow!("{e}\nthe identities given with -i do not match the -r/-R recipients; nothing was written")
-        })?,
-    };
-    let doc = BackupDocument::parse(&plaintext)
-        .map_err(|e| anyhow!("{label}: {e}; nothing was written"))?;
-    let got = doc.summary();
-    if got
-        .shares
-        .iter()
-        .map(|f| &f.sha256)
-        .ne(expected.shares.iter().map(|f| &f.sha256))
-        || got
-            .extra
-            .iter()
-            .map(|f| &f.sha256)
-            .ne(expected.extra.iter().map(|f| &f.sha256))
-    {
-        bail!("{label}: decrypted content differs from what was meant to be written; nothing was written");
-    }
-    Ok("read back, decrypted and every fingerprint checked".into())
-}
-
-/// The printable page: encrypted text, fingerprints, date and the recovery command.
-fn paper_page(
-    t: &Target,
-    data: &[u8],
-    s: &Summary,
-    recipients: &[NamedRecipient],
-    ids: &[PathBuf],
-) -> Result<String> {
-    let name = t
-        .file
-        .path()
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let (protected, command) = match t.protection {
-        Protection::Passphrase => ("a passphrase".to_string(), format!("age -d {name}")),
-        Protection::Keys => {
-            let who: Vec<&str> = recipients.iter().map(|r| r.name.as_str()).collect();
-            let id = ids
-                .first()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "YOUR_PRIVATE_KEY_FILE".into());
-            (
-                format!("these keys: {}", who.join(", ")),
-                format!("age -d -i {id} {name}"),
-            )
-        }
-    };
-    let mut out = String::new();
-    use std::fmt::Write as _;
-    writeln!(
-        out,
-        "REBOX OFFLINE BACKUP OF THE VAULT UNSEAL KEY (printed copy)"
-    )?;
-    writeln!(
-        out,
-        "============================================================"
-    )?;
-    writeln!(out, "File:       {name}")?;
-    writeln!(out, "Cluster:    {}", s.cluster)?;
-    writeln!(out, "Created:    {} by {}", s.created_at, s.created_by)?;
-    writeln!(out, "Encrypted:  with age, to {protected}")?;
-    writeln!(
-        out,
-        "Unseal:     {} of {} shares needed; this backup holds {}",
-        s.threshold,
-        s.share_count,
-        s.shares.len()
-    )?;
-    writeln!(
-        out,
-        "\nSHA-256 fingerprints (compare the recovered key with these):"
-    )?;
-    for f in s.shares.iter().chain(&s.extra) {
-        writeln!(out, "  {:<24} {}", f.name, f.sha256)?;
-    }
-    writeln!(out, "\nTo recover the key with only the stock age tool:")?;
-    writeln!(
-        out,
-        "  1. Type (or scan) everything from the BEGIN line to the END line below,"
-    )?;
-    writeln!(out, "     both included, into a file named {name}.")?;
-    writeln!(out, "  2. Run:  {command}")?;
-    writeln!(
-        out,
-        "     It prints a TOML document; each `key = \"…\"` line is an unseal key share."
-    )?;
-    writeln!(
-        out,
-        "     (Or: rebox key verify {name}  to check it without printing the key.)"
-    )?;
-    writeln!(out)?;
-    out.push_str(&crypt::to_armor(data)?);
-    if !out.ends_with('\n') {
-        out.push('\n');
-    }
-    Ok(out)
-}
-
 /// Where the cluster's unseal key Secret is, from rebox.toml and the connection flags.
-fn cluster_secret(global: &GlobalArgs, conn: &KeyConnArgs) -> Result<ClusterSecret> {
+fn cluster_secret(global: &GlobalArgs, conn: &KeyConnArgs) -> Result<SecretLocation> {
     let (config, target, policy) = super::connection_settings(global, &ConnArgs::from(conn))?;
-    Ok(ClusterSecret::from_config(&config, target, policy))
+    Ok(SecretLocation {
+        config,
+        target,
+        policy,
+    })
 }
 
 async fn verify(global: &GlobalArgs, args: KeyVerifyArgs) -> Result<ExitCode> {
@@ -413,7 +215,7 @@ async fn verify(global: &GlobalArgs, args: KeyVerifyArgs) -> Result<ExitCode> {
         v["valid"] = true.into();
         v["against_cluster"] = serde_json::json!({
             "secret": secret.describe(),
-            "key": secret.key,
+            "key": secret.key(),
             "server": secret.target.addr(),
             "cluster_shares": cluster,
             "matches": cmp.matches,
@@ -472,7 +274,7 @@ impl Comparison {
 
 /// Both fingerprint lists and the verdict (stdout). Never a key.
 fn print_comparison(
-    secret: &ClusterSecret,
+    secret: &SecretLocation,
     s: &Summary,
     cluster: &[String],
     cmp: &Comparison,
@@ -482,7 +284,7 @@ fn print_comparison(
         out,
         "compared with Secret {} (key `{}`) on {}:",
         secret.describe(),
-        secret.key,
+        secret.key(),
         secret.target.addr()
     )?;
     writeln!(out, "  backup shares   ({})", s.shares.len())?;

@@ -49,7 +49,7 @@ pub fn connection_settings(
     conn: &ConnArgs,
 ) -> Result<(Config, Target, HostKeyPolicy)> {
     let (mut config, _) = Config::load(global.config.as_deref())?;
-    config.apply_conn_args(conn);
+    apply_conn_args(&mut config.server, conn);
     let target = Target::resolve(&config.server)?;
     let known_hosts = match &config.server.known_hosts {
         Some(p) => p.clone(),
@@ -62,4 +62,26 @@ pub fn connection_settings(
         interactive: !global.yes && crate::ui::interactive(),
     };
     Ok((config, target, policy))
+}
+
+/// Applies connection flags on top of the `[server]` table.
+fn apply_conn_args(server: &mut crate::config::Server, args: &ConnArgs) {
+    if let Some(h) = &args.host {
+        server.host = h.clone();
+    }
+    if let Some(p) = args.port {
+        server.port = Some(p);
+    }
+    if let Some(u) = &args.user {
+        server.user = Some(u.clone());
+    }
+    if !args.identity.is_empty() {
+        server.identity_files = args.identity.clone();
+    }
+    if let Some(k) = &args.known_hosts {
+        server.known_hosts = Some(k.clone());
+    }
+    if let Some(t) = args.connect_timeout {
+        server.connect_timeout_secs = t;
+    }
 }

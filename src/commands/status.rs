@@ -6,9 +6,8 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::cli::{GlobalArgs, StatusArgs};
-use crate::cluster::Cluster;
-use crate::doctor::{self, snapshot, watch, Report, Snapshot};
-use crate::remote::Remote;
+use crate::doctor::{self, snapshot, watch, Report};
+use crate::site::Site;
 
 /// Exit status when a step is not healthy (1 is kept for errors of rebox itself).
 pub const NOT_HEALTHY: u8 = 2;
@@ -38,17 +37,13 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> Result<ExitCode> {
             watch::Outcome::Interrupted => ExitCode::from(INTERRUPTED),
         });
     }
-    let remote = Remote::connect(target, policy).await?;
-    let addr = remote.target.addr();
-    let snap = match Cluster::connect(&remote).await {
-        Ok(cluster) => snapshot::gather(&remote, &cluster, &config, false).await?,
-        Err(e) => {
-            let text = format!("{e:#}");
-            Snapshot::unreachable(addr.clone(), text.lines().next().unwrap_or_default())
-        }
-    };
-    remote.close().await;
-    let report = Report::status(addr, doctor::status_checks(&config, &snap));
+    let site = Site::connect(config, target, policy).await?;
+    let snap = snapshot::of(&site, false).await;
+    site.close().await;
+    let report = Report::status(
+        site.remote.target.addr(),
+        doctor::status_checks(&site.config, &snap?),
+    );
     if global.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -5,7 +5,7 @@
 //! the store, ExternalSecrets, Argo CD apps); `doctor` adds the evidence of the guide's
 //! scenarios 2–4 (Vault's PVC and pod, the unseal Secret, the ESO recovery CronJob).
 
-use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::DynamicObject;
@@ -767,40 +767,6 @@ fn unseal_secret(config: &Config, s: &Snapshot) -> Check {
     }
 }
 
-/// The Jobs a CronJob made (by owner uid), newest first.
-pub fn jobs_of<'a>(s: &'a Snapshot, ns: &str, cronjob: &str) -> Vec<&'a Job> {
-    let Some(uid) = find_cronjob(s, ns, cronjob).and_then(|c| c.metadata.uid.clone()) else {
-        return vec![];
-    };
-    let mut jobs: Vec<&Job> = s
-        .jobs
-        .as_ref()
-        .map(|j| {
-            j.iter()
-                .filter(|j| j.metadata.namespace.as_deref() == Some(ns))
-                .filter(|j| {
-                    j.metadata
-                        .owner_references
-                        .as_ref()
-                        .is_some_and(|o| o.iter().any(|o| o.uid == uid))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    jobs.sort_by(|a, b| {
-        b.metadata
-            .creation_timestamp
-            .cmp(&a.metadata.creation_timestamp)
-    });
-    jobs
-}
-
-fn find_cronjob<'a>(s: &'a Snapshot, ns: &str, name: &str) -> Option<&'a CronJob> {
-    s.cronjobs.as_ref().ok()?.iter().find(|c| {
-        c.metadata.namespace.as_deref() == Some(ns) && c.metadata.name.as_deref() == Some(name)
-    })
-}
-
 /// `Complete`, `Failed` or `Running` from a Job's conditions.
 pub fn job_result(j: &Job) -> &'static str {
     let conds = j.status.as_ref().and_then(|s| s.conditions.as_ref());
@@ -826,7 +792,7 @@ fn cronjob(
     if let Err(e) = &s.cronjobs {
         return unreadable(id, title, s, "the CronJobs", e);
     }
-    let Some(cj) = find_cronjob(s, ns, name) else {
+    let Some(cj) = s.cronjob(ns, name) else {
         return check(id, title, Verdict::Fail, format!("CronJob {ns}/{name} does not exist")).with_fix(
             "the rebuild installs the self-healing CronJobs; rerun it (every finished phase is skipped)",
             vec!["rebox rebuild".into()],
@@ -849,7 +815,7 @@ fn cronjob(
             .map(|t| format!("{} ({})", ts(t), ago(t)))
             .unwrap_or_else(|| "never".into()),
     )];
-    let jobs = jobs_of(s, ns, name);
+    let jobs = s.jobs_of(ns, name);
     for j in jobs.iter().take(3) {
         let jname = j.metadata.name.clone().unwrap_or_default();
         let when = j
@@ -1190,11 +1156,11 @@ mod tests {
         s.pvcs = Ok(vec![serde_json::from_value(json!({"metadata": {"name": "vault-data-lh", "namespace": "security", "uid": "new"}, "spec": {"volumeName": "pv1"}, "status": {"phase": "Bound"}})).unwrap()]);
         s.pvs = Ok(vec![serde_json::from_value(json!({"metadata": {"name": "pv1"}, "spec": {"csi": {"driver": "driver.longhorn.io", "volumeHandle": "pv1"}, "claimRef": {"namespace": "security", "name": "vault-data-lh", "uid": "new"}}, "status": {"phase": "Bound"}})).unwrap()]);
         let mut vol =
-            DynamicObject::new("pv1", &super::super::snapshot::longhorn_volume_resource());
+            DynamicObject::new("pv1", &crate::site::readiness::longhorn_volume_resource());
         vol.data = json!({"status": {"state": "attached", "robustness": "healthy"}});
         s.volumes = Ok(vec![vol]);
         s.pods = Ok(vec![serde_json::from_value(json!({"metadata": {"name": "vault-0"}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})).unwrap()]);
-        s.secret = Ok(Some(super::super::snapshot::SecretInfo {
+        s.secret = Ok(Some(crate::site::SecretInfo {
             keys: vec!["key".into()],
             shares: Some(Ok(1)),
         }));
@@ -1277,9 +1243,7 @@ mod tests {
         }))
         .unwrap();
         let mut s = healthy();
-        s.secret = Ok(Some(super::super::snapshot::SecretInfo::from_secret(
-            secret, "key",
-        )));
+        s.secret = Ok(Some(crate::site::SecretInfo::from_secret(secret, "key")));
         let c = all_checks(&Config::default(), &s);
         let text = serde_json::to_string(&c).unwrap();
         assert!(!text.contains("c2VjcmV0"), "{text}");

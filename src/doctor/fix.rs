@@ -5,22 +5,25 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::Api;
 use serde_json::json;
 
 use super::checks::{app_ok, app_problem};
-use super::snapshot::{app_resource, job_log_tail, store_resource, VaultConn};
+use super::snapshot::job_log_tail;
 use super::Action;
-use crate::cluster::Cluster;
-use crate::config::Config;
-use crate::keys::SecretText;
-use crate::remote::Remote;
+use crate::secret::SecretText;
+use crate::site::readiness::{
+    app_resource, rollout_restart, store_ready, store_resource, store_state,
+};
+use crate::site::{progress_line, Site, Stored, Unsealed};
 
 /// How long a fix waits for its result.
 const DEADLINE: Duration = Duration::from_secs(120);
+/// How long vault-0 gets to turn Ready after an unseal.
+const VAULT_READY: Duration = Duration::from_secs(60);
 const REFRESH: &str = "argocd.argoproj.io/refresh";
 /// How long a hard-refreshed app whose sync failed gets to recover before the fix reports it.
 const SYNC_GRACE: Duration = Duration::from_secs(10);
@@ -64,9 +67,7 @@ impl<'a> KeyMaterial<'a> {
 
 /// What the fixes need.
 pub struct Fixer<'a, 'k> {
-    pub remote: &'a Remote,
-    pub cluster: &'a Cluster,
-    pub config: &'a Config,
+    pub site: &'a Site,
     pub key: &'a mut KeyMaterial<'k>,
 }
 
@@ -104,13 +105,17 @@ impl Fixer<'_, '_> {
     }
 
     async fn rebind(&self, pv: &str) -> Result<String> {
-        let (ns, name) = (&self.config.vault.namespace, &self.config.vault.pvc);
-        let pvs: Api<PersistentVolume> = Api::all(self.cluster.client.clone());
+        let (ns, name) = (
+            &self.site.config.vault.namespace,
+            &self.site.config.vault.pvc,
+        );
+        let pvs: Api<PersistentVolume> = Api::all(self.site.cluster().await?.client.clone());
         let patch = json!({"spec": {"claimRef": {"uid": null, "resourceVersion": null}}});
         pvs.patch(pv, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .with_context(|| format!("clearing the old claim's uid from PersistentVolume {pv}"))?;
-        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.cluster.client.clone(), ns);
+        let pvcs: Api<PersistentVolumeClaim> =
+            Api::namespaced(self.site.cluster().await?.client.clone(), ns);
         let bound = |p: Option<&PersistentVolumeClaim>| {
             p.and_then(|p| p.status.as_ref()?.phase.as_deref()) == Some("Bound")
         };
@@ -124,116 +129,73 @@ impl Fixer<'_, '_> {
 
     /// The key: from the Secret when it holds one, else from the offline backup.
     async fn shares(&mut self) -> Result<(Vec<SecretText>, String)> {
-        let v = &self.config.vault;
-        let from_secret = self
-            .cluster
-            .secret_value(&v.namespace, &v.unseal_secret, &v.unseal_secret_key)
-            .await?;
-        if let Some(raw) = from_secret {
-            let parsed = std::str::from_utf8(&raw)
-                .ok()
-                .and_then(|t| crate::keys::source::parse_shares(t).ok())
-                .filter(|s| !s.is_empty());
-            if let Some(shares) = parsed {
-                return Ok((
-                    shares,
-                    format!("Secret {}/{}", v.namespace, v.unseal_secret),
-                ));
+        // An unreadable Secret is what the backup is for: fall through to it.
+        if let Ok(Stored::Shares(shares)) = self.site.read_unseal_secret().await {
+            if !shares.is_empty() {
+                return Ok((shares, format!("Secret {}", self.site.unseal_secret_name())));
             }
         }
         match self.key.backup()? {
             Some(shares) => Ok((shares, "the offline backup".into())),
             None => bail!(
-                "no unseal key: Secret {}/{} does not hold one and no offline backup was given\n  next: rerun with --from vault-key.age --key-identity IDENTITY",
-                v.namespace,
-                v.unseal_secret
+                "no unseal key: Secret {} does not hold one and no offline backup was given\n  next: rerun with --from vault-key.age --key-identity IDENTITY",
+                self.site.unseal_secret_name()
             ),
         }
     }
 
     async fn unseal(&mut self) -> Result<String> {
         let (shares, source) = self.shares().await?;
-        let vault = VaultConn::open(self.remote, self.cluster, self.config).await?;
-        let status = vault
-            .client
-            .unseal_all(&shares, |p| eprintln!("    {}", super::progress_line(&p)))
+        self.site
+            .unseal(&shares, &source, |p| eprintln!("    {}", progress_line(&p)))
             .await
             .with_context(|| format!("unsealing Vault with the key from {source}"))?;
-        if status.sealed {
-            bail!("Vault is still sealed after every share from {source} was given");
-        }
-        let v = &self.config.vault;
-        let pods: Api<Pod> = Api::namespaced(self.cluster.client.clone(), &v.namespace);
-        let ready = |p: Option<&Pod>| {
-            p.and_then(|p| p.status.as_ref()?.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        };
-        let note = if wait_for(pods, &v.pod, Duration::from_secs(60), ready).await? {
-            format!("; {} is Ready", v.pod)
+        let pod = &self.site.config.vault.pod;
+        let note = if self.site.vault_pod_ready(VAULT_READY).await? {
+            format!("; {pod} is Ready")
         } else {
-            format!("; {} is not Ready yet", v.pod)
+            format!("; {pod} is not Ready yet")
         };
         Ok(format!("Vault unsealed with the key from {source}{note}"))
     }
 
     async fn recreate_secret(&mut self) -> Result<String> {
-        let v = self.config.vault.clone();
+        let name = self.site.unseal_secret_name();
         let Some(shares) = self.key.backup()? else {
             bail!(
-                "recreating Secret {}/{} needs the offline backup\n  next: rerun with --from vault-key.age --key-identity IDENTITY",
-                v.namespace,
-                v.unseal_secret
+                "recreating Secret {name} needs the offline backup\n  next: rerun with --from vault-key.age --key-identity IDENTITY"
             );
         };
         // A key Vault refuses must not become the Secret: a sealed Vault proves it first.
-        let vault = VaultConn::open(self.remote, self.cluster, self.config).await?;
-        let status = vault.client.seal_status().await?;
-        let proven = if status.sealed {
-            let after = vault
-                .client
-                .unseal_all(&shares, |p| eprintln!("    {}", super::progress_line(&p)))
-                .await
-                .context("the offline backup's key does not unseal this Vault; the Secret was not recreated")?;
-            !after.sealed
-        } else {
-            false
-        };
-        if (shares.len() as u32) < status.threshold {
+        let unsealed = self
+            .site
+            .unseal(&shares, "the offline backup", |p| {
+                eprintln!("    {}", progress_line(&p))
+            })
+            .await
+            .context(
+                "the offline backup's key does not unseal this Vault; the Secret was not recreated",
+            )?;
+        if (shares.len() as u32) < unsealed.threshold() {
             bail!(
                 "the offline backup holds {} share(s) but Vault needs {}; the Secret was not recreated",
                 shares.len(),
-                status.threshold
+                unsealed.threshold()
             );
         }
-        let texts: Vec<&str> = shares.iter().map(|s| s.expose()).collect();
-        let secret = crate::manifests::unseal_key_secret(self.config, &texts);
-        self.cluster.apply_all(&[secret]).await?;
-        let back = self
-            .cluster
-            .secret_value(&v.namespace, &v.unseal_secret, &v.unseal_secret_key)
-            .await?;
-        if back.is_none() {
-            bail!(
-                "Secret {}/{} is still missing after it was written",
-                v.namespace,
-                v.unseal_secret
-            );
-        }
+        self.site.write_unseal_secret(&shares).await?;
         Ok(format!(
-            "Secret {}/{} recreated from the offline backup ({} share(s)){}",
-            v.namespace,
-            v.unseal_secret,
+            "Secret {name} recreated from the offline backup ({} share(s)){}",
             shares.len(),
-            if proven {
-                "; the key unsealed Vault, so it is the right one"
-            } else {
-                "; Vault is unsealed, so the key could not be tried (`rebox key verify --against-cluster` compares the backup with the Secret)"
+            match unsealed {
+                Unsealed::Now(_) => "; the key unsealed Vault, so it is the right one",
+                Unsealed::Already(_) => "; Vault is unsealed, so the key could not be tried (`rebox key verify --against-cluster` compares the backup with the Secret)",
             }
         ))
     }
 
     async fn resume(&self, ns: &str, name: &str) -> Result<String> {
-        let api: Api<CronJob> = Api::namespaced(self.cluster.client.clone(), ns);
+        let api: Api<CronJob> = Api::namespaced(self.site.cluster().await?.client.clone(), ns);
         api.patch(
             name,
             &PatchParams::default(),
@@ -250,7 +212,7 @@ impl Fixer<'_, '_> {
 
     /// What `kubectl create job NAME --from=cronjob/CJ` does, then waits for the result.
     async fn run_cronjob(&self, ns: &str, name: &str) -> Result<String> {
-        let client = self.cluster.client.clone();
+        let client = self.site.cluster().await?.client.clone();
         let cjs: Api<CronJob> = Api::namespaced(client.clone(), ns);
         let cj = cjs
             .get(name)
@@ -311,23 +273,26 @@ impl Fixer<'_, '_> {
     }
 
     async fn restart_eso(&self) -> Result<String> {
-        let e = &self.config.eso;
-        let vault = VaultConn::open(self.remote, self.cluster, self.config).await?;
-        if vault.client.seal_status().await?.sealed {
+        let e = &self.site.config.eso;
+        if self.site.vault().await?.seal_status().await?.sealed {
             bail!("Vault is sealed: restarting ESO would not help until it is unsealed (the unseal fix comes first)");
         }
-        crate::rebuild::gitops::rollout_restart(&self.cluster.client, &e.namespace, &e.deployments)
-            .await?;
+        rollout_restart(
+            &self.site.cluster().await?.client,
+            &e.namespace,
+            &e.deployments,
+        )
+        .await?;
         let stores: Api<DynamicObject> =
-            Api::all_with(self.cluster.client.clone(), &store_resource());
-        let ready = |o: Option<&DynamicObject>| crate::rebuild::gitops::store_ready(o);
+            Api::all_with(self.site.cluster().await?.client.clone(), &store_resource());
+        let ready = |o: Option<&DynamicObject>| store_ready(o);
         if !wait_for(stores.clone(), &e.store, DEADLINE, ready).await? {
             let seen = stores.get_opt(&e.store).await.ok().flatten();
             bail!(
                 "ClusterSecretStore {} is not Ready {}s after ESO was restarted: {}",
                 e.store,
                 DEADLINE.as_secs(),
-                crate::rebuild::gitops::store_state(seen.as_ref())
+                store_state(seen.as_ref())
             );
         }
         Ok(format!(
@@ -339,9 +304,12 @@ impl Fixer<'_, '_> {
     }
 
     async fn refresh(&self, apps: &[String]) -> Result<String> {
-        let ns = &self.config.argocd.namespace;
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.cluster.client.clone(), ns, &app_resource());
+        let ns = &self.site.config.argocd.namespace;
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.site.cluster().await?.client.clone(),
+            ns,
+            &app_resource(),
+        );
         let mut done = vec![];
         for name in apps {
             let before = api

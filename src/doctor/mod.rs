@@ -16,7 +16,9 @@
 
 pub mod checks;
 pub mod fix;
+pub mod repair;
 pub mod snapshot;
+pub mod unseal;
 pub mod watch;
 
 use serde::Serialize;
@@ -132,19 +134,6 @@ impl Action {
                 apps.join(", ")
             ),
         }
-    }
-}
-
-/// One line of unseal progress: shares accepted so far of those needed (Vault resets its
-/// progress to 0 once unsealed, so the last step shows the threshold).
-pub fn progress_line(p: &crate::vault::UnsealProgress) -> String {
-    if p.sealed {
-        format!("unseal progress {}/{}", p.progress, p.threshold)
-    } else {
-        format!(
-            "unseal progress {}/{}: Vault unsealed",
-            p.threshold, p.threshold
-        )
     }
 }
 

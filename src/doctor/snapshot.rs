@@ -5,57 +5,27 @@
 //! installed) is kept as its error, which the checks report as evidence.
 //!
 //! The unseal Secret is reduced to a [`SecretInfo`] as soon as it is read: key names and a
-//! share count, never the value.
+//! share count, never the value. Vault and the cluster are reached through [`Site`].
 
 use std::collections::BTreeMap;
 
 use anyhow::Result;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, LogParams};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use kube::api::{DynamicObject, ListParams, LogParams};
 use kube::Api;
 
-use crate::cluster::Cluster;
-use crate::config::Config;
-use crate::remote::{Remote, Tunnel};
-use crate::vault::{SealStatus, VaultClient};
+use crate::site::readiness::{
+    app_resource, external_secret_resource, longhorn_volume_resource, store_resource,
+};
+use crate::site::{SecretInfo, Site, VaultTunnel};
+use crate::vault::SealStatus;
 
 /// A list, or why it could not be read.
 pub type Listed<T> = Result<Vec<T>, String>;
 
 /// How many lines of a Job's log the evidence shows.
 pub const LOG_TAIL_LINES: i64 = 8;
-
-/// The unseal Secret as the checks see it: never its value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SecretInfo {
-    /// Names of the keys in `data`.
-    pub keys: Vec<String>,
-    /// Shares in the configured key field (non-empty lines), or why they do not parse.
-    pub shares: Option<Result<usize, String>>,
-}
-
-impl SecretInfo {
-    /// Reduces a Secret to key names and the share count of `key` (the value is dropped here).
-    pub fn from_secret(secret: Secret, key: &str) -> SecretInfo {
-        let mut keys = Vec::new();
-        let mut shares = None;
-        for (k, v) in secret.data.unwrap_or_default() {
-            // Every value is wiped when dropped here, not only the key's.
-            let bytes = zeroize::Zeroizing::new(v.0);
-            if k == key {
-                shares = Some(match std::str::from_utf8(&bytes) {
-                    Err(_) => Err("is not text".to_string()),
-                    Ok(text) => crate::keys::source::parse_shares(text)
-                        .map(|s| s.len())
-                        .map_err(|e| e.to_string()),
-                });
-            }
-            keys.push(k);
-        }
-        SecretInfo { keys, shares }
-    }
-}
 
 /// Everything the checks look at.
 #[derive(Debug, Clone)]
@@ -86,6 +56,44 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// CronJob `ns/name`, if it was listed.
+    pub fn cronjob(&self, ns: &str, name: &str) -> Option<&CronJob> {
+        self.cronjobs.as_ref().ok()?.iter().find(|c| {
+            c.metadata.namespace.as_deref() == Some(ns) && c.metadata.name.as_deref() == Some(name)
+        })
+    }
+
+    /// The Jobs a CronJob made (by owner uid), newest first.
+    pub fn jobs_of(&self, ns: &str, cronjob: &str) -> Vec<&Job> {
+        let Some(uid) = self
+            .cronjob(ns, cronjob)
+            .and_then(|c| c.metadata.uid.clone())
+        else {
+            return vec![];
+        };
+        let mut jobs: Vec<&Job> = self
+            .jobs
+            .as_ref()
+            .map(|j| {
+                j.iter()
+                    .filter(|j| j.metadata.namespace.as_deref() == Some(ns))
+                    .filter(|j| {
+                        j.metadata
+                            .owner_references
+                            .as_ref()
+                            .is_some_and(|o| o.iter().any(|o| o.uid == uid))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        jobs.sort_by(|a, b| {
+            b.metadata
+                .creation_timestamp
+                .cmp(&a.metadata.creation_timestamp)
+        });
+        jobs
+    }
+
     /// A snapshot where nothing could be read because `why` (e.g. the API is down).
     pub fn unreachable(target: String, why: &str) -> Snapshot {
         macro_rules! e {
@@ -113,20 +121,6 @@ impl Snapshot {
     }
 }
 
-pub fn longhorn_volume_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk("longhorn.io", "v1beta2", "Volume"))
-}
-
-pub fn external_secret_resource() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "external-secrets.io",
-        "v1",
-        "ExternalSecret",
-    ))
-}
-
-pub(crate) use crate::rebuild::gitops::{app_resource, store_resource};
-
 /// An error as one line (kube's errors carry the API's message).
 pub fn one_line(e: &dyn std::fmt::Display) -> String {
     e.to_string().replace('\n', " ")
@@ -145,44 +139,31 @@ where
     }
 }
 
-/// A Vault client through a tunnel to the Vault Service's cluster IP (as the node sees it).
-pub struct VaultConn {
-    pub client: VaultClient,
-    _tunnel: Tunnel,
-}
-
-impl VaultConn {
-    pub async fn open(remote: &Remote, cluster: &Cluster, config: &Config) -> Result<VaultConn> {
-        let ip = cluster
-            .service_ip(&config.vault.namespace, &config.vault.service)
-            .await?;
-        let tunnel = remote.tunnel(&ip, config.vault.port).await?;
-        let client = VaultClient::builder(format!("http://{}", tunnel.local_addr))
-            .connect_timeout(std::time::Duration::from_secs(3))
-            .timeout(std::time::Duration::from_secs(5))
-            .build()?;
-        Ok(VaultConn {
-            client,
-            _tunnel: tunnel,
-        })
-    }
-}
-
 /// Vault's seal status, or why it cannot be read.
-pub async fn vault_status(vault: Option<&VaultConn>) -> Result<SealStatus, String> {
+pub async fn vault_status(vault: Option<&VaultTunnel>) -> Result<SealStatus, String> {
     match vault {
         None => Err("no tunnel to Vault's Service".into()),
         Some(v) => v.client.seal_status().await.map_err(|e| one_line(&e)),
     }
 }
 
+/// Reads everything once; when the k3s API cannot be reached, a snapshot that says why (the
+/// cause's first line: the check carries its own fix).
+pub async fn of(site: &Site, logs: bool) -> Result<Snapshot> {
+    match site.cluster().await {
+        Ok(_) => gather(site, logs).await,
+        Err(e) => {
+            let text = format!("{e:#}");
+            let why = text.lines().next().unwrap_or_default();
+            Ok(Snapshot::unreachable(site.remote.target.addr(), why))
+        }
+    }
+}
+
 /// Reads everything once. `logs`: also the log tails of the CronJobs' latest Jobs.
-pub async fn gather(
-    remote: &Remote,
-    cluster: &Cluster,
-    config: &Config,
-    logs: bool,
-) -> Result<Snapshot> {
+async fn gather(site: &Site, logs: bool) -> Result<Snapshot> {
+    let (remote, config) = (&site.remote, &site.config);
+    let cluster = site.cluster().await?;
     let client = &cluster.client;
     let vns = config.vault.namespace.as_str();
     let api = client
@@ -190,7 +171,6 @@ pub async fn gather(
         .await
         .map(|v| format!("{} at {}", v.git_version, cluster.api_addr))
         .map_err(|e| one_line(&e));
-    let secret_api: Api<Secret> = Api::namespaced(client.clone(), vns);
     let (nodes, pvcs, pvs, volumes, pods, secret, cronjobs, jobs, stores, ess, apps) = tokio::join!(
         list(Api::<Node>::all(client.clone())),
         list(Api::<PersistentVolumeClaim>::namespaced(
@@ -203,7 +183,7 @@ pub async fn gather(
             &longhorn_volume_resource()
         )),
         list(Api::<Pod>::namespaced(client.clone(), vns)),
-        secret_api.get_opt(&config.vault.unseal_secret),
+        site.unseal_secret_info(),
         list(Api::<CronJob>::all(client.clone())),
         list(Api::<Job>::all(client.clone())),
         list(Api::<DynamicObject>::all_with(
@@ -220,13 +200,8 @@ pub async fn gather(
             &app_resource()
         )),
     );
-    let secret = secret
-        .map(|s| s.map(|s| SecretInfo::from_secret(s, &config.vault.unseal_secret_key)))
-        .map_err(|e| one_line(&e));
-    let vault = match VaultConn::open(remote, cluster, config).await {
-        Ok(v) => vault_status(Some(&v)).await,
-        Err(e) => Err(format!("{e:#}")),
-    };
+    let secret = secret.map_err(|e| one_line(&format!("{e:#}")));
+    let vault = site.seal_status().await;
     let mut snap = Snapshot {
         target: remote.target.addr(),
         api,
@@ -252,7 +227,7 @@ pub async fn gather(
                 config.eso.recovery_cronjob.as_str(),
             ),
         ] {
-            if let Some(job) = super::checks::jobs_of(&snap, ns, cj).first() {
+            if let Some(job) = snap.jobs_of(ns, cj).first() {
                 let name = job.metadata.name.clone().unwrap_or_default();
                 if let Some(tail) = job_log_tail(client, ns, &name).await {
                     snap.job_logs.insert(format!("{ns}/{name}"), tail);

@@ -23,14 +23,15 @@ use kube::{Api, Resource};
 use serde_json::json;
 use tokio::sync::Notify;
 
-use super::snapshot::{
-    app_resource, external_secret_resource, longhorn_volume_resource, one_line, store_resource,
-    vault_status, Listed, SecretInfo, Snapshot, VaultConn,
-};
+use super::snapshot::{one_line, vault_status, Listed, Snapshot};
 use super::{status_checks, Check, Verdict};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::remote::{HostKeyPolicy, Remote, Target};
+use crate::site::readiness::{
+    app_resource, external_secret_resource, longhorn_volume_resource, store_resource,
+};
+use crate::site::{SecretInfo, VaultTunnel};
 use crate::vault::SealStatus;
 
 /// How often Vault's seal status and the API's liveness are polled (neither has a watch).
@@ -311,7 +312,7 @@ impl Watches {
         let polled = w.polled.clone();
         let (remote, config, notify) = (remote.clone(), config.clone(), notify.clone());
         w.tasks.push(tokio::spawn(async move {
-            let mut vault: Option<VaultConn> = None;
+            let mut vault: Option<VaultTunnel> = None;
             loop {
                 let api = match tokio::time::timeout(
                     Duration::from_secs(3),
@@ -324,7 +325,9 @@ impl Watches {
                     Err(_) => Err("no answer within 3s".into()),
                 };
                 if vault.is_none() {
-                    vault = VaultConn::open(&remote, &cluster, &config).await.ok();
+                    vault = VaultTunnel::open(&remote, &cluster, &config.vault)
+                        .await
+                        .ok();
                 }
                 let sealed = match &vault {
                     Some(_) => vault_status(vault.as_ref()).await,

@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use zeroize::Zeroizing;
 
 use super::passphrase;
-use super::secret::SecretText;
+use crate::secret::SecretText;
 
 /// scrypt work factor (log2 N) for every passphrase file: Go age's default. Fixed, because
 /// the age crate would otherwise tune it to this machine's speed (a slow build picks less).

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use zeroize::Zeroizing;
 
-use super::secret::SecretText;
+use crate::secret::SecretText;
 
 /// The `format` field: tells a rebox backup apart from any other TOML someone encrypted.
 pub const FORMAT_NAME: &str = "rebox-unseal-key-backup";
@@ -69,6 +69,7 @@ pub struct Unseal {
 pub struct Share {
     /// 1-based position in this backup.
     pub index: u32,
+    #[serde(serialize_with = "SecretText::serialize_exposed")]
     pub key: SecretText,
     pub sha256: String,
 }
@@ -78,6 +79,7 @@ pub struct Share {
 #[serde(deny_unknown_fields)]
 pub struct ExtraSecret {
     pub name: String,
+    #[serde(serialize_with = "SecretText::serialize_exposed")]
     pub value: SecretText,
     pub sha256: String,
 }
@@ -166,6 +168,11 @@ impl BackupDocument {
         };
         doc.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(doc)
+    }
+
+    /// The unseal key: the shares as the backup holds them, in order.
+    pub fn shares(&self) -> Vec<SecretText> {
+        self.unseal.shares.iter().map(|s| s.key.clone()).collect()
     }
 
     /// The commented TOML text. Zeroizing, since it contains every secret.

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use rustix::termios::{self, LocalModes, OptionalActions};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::secret::SecretText;
+use crate::secret::SecretText;
 
 /// Attempts allowed for a new passphrase (empty or mismatched) before giving up.
 const NEW_PASSPHRASE_ATTEMPTS: usize = 3;

@@ -102,7 +102,7 @@ impl Phase<Ctx> for Apply {
     }
     async fn pending(&self, ctx: &mut Ctx) -> Result<bool> {
         let objects = self.objects(ctx)?;
-        let Ok(cluster) = ctx.cluster().await else {
+        let Ok(cluster) = ctx.site.cluster().await else {
             return Ok(true);
         };
         if !cluster.all_exist(&objects).await? {
@@ -139,11 +139,11 @@ impl Phase<Ctx> for Apply {
     }
     async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let objects = self.objects(ctx)?;
-        ctx.cluster().await?.apply_all(&objects).await
+        ctx.site.cluster().await?.apply_all(&objects).await
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
         let objects = self.objects(ctx)?;
-        let cluster = ctx.cluster().await?;
+        let cluster = ctx.site.cluster().await?;
         for (ns, name) in helm_charts(&objects) {
             let job = format!("helm-install-{name}");
             let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), &ns);

@@ -40,12 +40,13 @@ impl Phase<Ctx> for Guard {
             "for p in {}; do [ -e \"$p\" ] && echo \"$p\"; done; true",
             K3S_TRACES.join(" ")
         );
-        let found = ctx.remote.sudo_ok(&script).await?;
+        let found = ctx.site.remote.sudo_ok(&script).await?;
         let found: Vec<&str> = found.lines().filter(|l| !l.is_empty()).collect();
         if found.is_empty() {
             return Ok(());
         }
         let ours = ctx
+            .site
             .remote
             .sudo(&format!("test -s {SERVER_PATH}"))
             .await?
@@ -73,6 +74,7 @@ async fn missing(ctx: &Ctx) -> Result<bool> {
         "for p in {PACKAGES}; do dpkg-query -W -f='${{db:Status-Abbrev}}' $p 2>/dev/null | grep -q '^ii' || echo $p; done; systemctl is-active --quiet iscsid || echo iscsid"
     );
     Ok(!ctx
+        .site
         .remote
         .exec(&script)
         .await?
@@ -104,7 +106,7 @@ impl Phase<Ctx> for Prerequisites {
             "set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; apt-get install -y -qq {PACKAGES}; \
              systemctl enable --now iscsid; echo iscsi_tcp > /etc/modules-load.d/rebox-longhorn.conf"
         );
-        let out = ctx.remote.sudo(&script).await?;
+        let out = ctx.site.remote.sudo(&script).await?;
         if !out.success() {
             anyhow::bail!(
                 "installing {PACKAGES} failed: {}\n  next: check the server's apt sources and network (`sudo apt-get update`)",

@@ -20,6 +20,7 @@ const START_DEADLINE: Duration = Duration::from_secs(180);
 /// sha256 of a file on the server, or None when it does not exist.
 async fn remote_sha256(ctx: &Ctx, path: &str) -> Result<Option<String>> {
     let out = ctx
+        .site
         .remote
         .sudo(&format!("sha256sum {} 2>/dev/null", shell_quote(path)))
         .await?;
@@ -66,7 +67,7 @@ impl Phase<Ctx> for Binary {
             mode: 0o755,
             owner: "root:root",
         };
-        ctx.remote.upload(&spec).await?;
+        ctx.site.remote.upload(&spec).await?;
         Ok(())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
@@ -84,8 +85,8 @@ pub struct Configuration;
 
 fn rendered(ctx: &Ctx) -> Result<[(&'static str, String, &'static str); 2]> {
     Ok([
-        (UNIT, render_k3s_unit(&ctx.config)?, "0644"),
-        (CONFIG, render_k3s_config(&ctx.config)?, "0600"),
+        (UNIT, render_k3s_unit(&ctx.site.config)?, "0644"),
+        (CONFIG, render_k3s_config(&ctx.site.config)?, "0600"),
     ])
 }
 
@@ -119,6 +120,7 @@ impl Phase<Ctx> for Configuration {
                 p = shell_quote(path)
             );
             let out = ctx
+                .site
                 .remote
                 .sudo_with(
                     &script,
@@ -134,7 +136,7 @@ impl Phase<Ctx> for Configuration {
                 out.stderr_str().trim()
             );
         }
-        ctx.remote.sudo_ok("systemctl daemon-reload").await?;
+        ctx.site.remote.sudo_ok("systemctl daemon-reload").await?;
         Ok(())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
@@ -159,6 +161,7 @@ impl Phase<Ctx> for Running {
     }
     async fn pending(&self, ctx: &mut Ctx) -> Result<bool> {
         if !ctx
+            .site
             .remote
             .exec("systemctl is-active --quiet k3s")
             .await?
@@ -167,7 +170,7 @@ impl Phase<Ctx> for Running {
             return Ok(true);
         }
         let node = ctx.node_name().await?;
-        match ctx.cluster().await {
+        match ctx.site.cluster().await {
             Ok(cluster) => {
                 let api: kube::Api<k8s_openapi::api::core::v1::Node> =
                     kube::Api::all(cluster.client.clone());
@@ -188,10 +191,11 @@ impl Phase<Ctx> for Running {
         ]
     }
     async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
-        ctx.drop_cluster();
+        ctx.site.drop_cluster();
         // A kubeconfig left by an earlier k3s (a --force takeover) would be read before the new
         // k3s writes its own: remove it when k3s is not running, so the wait sees the new one.
-        ctx.remote
+        ctx.site
+            .remote
             .sudo_ok(&format!(
                 "systemctl is-active --quiet k3s || rm -f {KUBECONFIG}; systemctl enable --now k3s"
             ))
@@ -202,13 +206,13 @@ impl Phase<Ctx> for Running {
         // The kubeconfig appears once the API serves; k3s gives no other signal to a client.
         let deadline = tokio::time::Instant::now() + START_DEADLINE;
         let wait = format!("i=0; while [ ! -s {KUBECONFIG} ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done; test -s {KUBECONFIG}");
-        while !ctx.remote.sudo(&wait).await?.success() {
+        while !ctx.site.remote.sudo(&wait).await?.success() {
             if tokio::time::Instant::now() > deadline {
                 anyhow::bail!("k3s wrote no kubeconfig at {KUBECONFIG} within {}s\n  next: `sudo systemctl status k3s` and `sudo journalctl -u k3s` on the server", START_DEADLINE.as_secs());
             }
         }
         let node = ctx.node_name().await?;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        ctx.cluster().await?.wait_node_ready(&node, left).await
+        ctx.site.cluster().await?.wait_node_ready(&node, left).await
     }
 }

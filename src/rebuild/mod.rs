@@ -12,16 +12,12 @@ mod vault;
 
 use anyhow::Result;
 
-use crate::cluster::Cluster;
-use crate::config::Config;
 use crate::flow::Phase;
 use crate::keys::crypt::NamedRecipient;
-use crate::keys::SecretText;
 use crate::manifests::{Artifacts, Group, RenderInputs};
-use crate::remote::{Remote, Tunnel};
-use crate::vault::VaultClient;
+use crate::secret::SecretText;
+use crate::site::Site;
 use source::K3sBinary;
-pub use vault::shares_of;
 
 /// Where the new unseal key's offline backup goes, and how to prove it decrypts.
 pub struct KeyBackup {
@@ -62,8 +58,8 @@ pub struct RestoreState {
 
 /// Everything the rebuild phases share.
 pub struct Ctx {
-    pub config: Config,
-    pub remote: Remote,
+    /// The server, its cluster and Vault, over one SSH connection (and the config).
+    pub site: Site,
     pub artifacts: Artifacts,
     pub inputs: RenderInputs,
     /// The checked k3s binary on the laptop.
@@ -78,24 +74,20 @@ pub struct Ctx {
     pub restore: Option<RestoreState>,
     /// Secret values by source name (the offline backup's extra secrets, or prompts).
     pub secret_values: std::collections::BTreeMap<String, SecretText>,
-    cluster: Option<Cluster>,
-    vault: Option<(VaultClient, Tunnel)>,
     /// The embedded manifests rendered from the config, once per run.
     manifests: std::sync::OnceLock<Vec<crate::manifests::Manifest>>,
 }
 
 impl Ctx {
     pub fn new(
-        config: Config,
-        remote: Remote,
+        site: Site,
         artifacts: Artifacts,
         inputs: RenderInputs,
         k3s: K3sBinary,
         force: bool,
     ) -> Ctx {
         Ctx {
-            config,
-            remote,
+            site,
             artifacts,
             inputs,
             k3s,
@@ -104,8 +96,6 @@ impl Ctx {
             unseal_shares: None,
             restore: None,
             secret_values: Default::default(),
-            cluster: None,
-            vault: None,
             manifests: std::sync::OnceLock::new(),
         }
     }
@@ -115,7 +105,7 @@ impl Ctx {
         if let Some(m) = self.manifests.get() {
             return Ok(m);
         }
-        let rendered = crate::manifests::render_all(&self.config, &self.inputs)?;
+        let rendered = crate::manifests::render_all(&self.site.config, &self.inputs)?;
         Ok(self.manifests.get_or_init(|| rendered))
     }
 
@@ -133,50 +123,18 @@ impl Ctx {
             return Ok(shares.clone());
         }
         let doc = vault::open_backup(self)?;
-        let shares = vault::shares_of(&doc);
+        let shares = doc.shares();
         self.unseal_shares = Some(shares.clone());
         Ok(shares)
     }
 
-    /// A Vault client through a tunnel to the Vault Service's address as the node sees it.
-    pub async fn vault(&mut self) -> Result<&VaultClient> {
-        if self.vault.is_none() {
-            let (ns, name) = (
-                self.config.vault.namespace.clone(),
-                self.config.vault.service.clone(),
-            );
-            let ip = self.cluster().await?.service_ip(&ns, &name).await?;
-            let tunnel = self.remote.tunnel(&ip, self.config.vault.port).await?;
-            let client = VaultClient::new(format!("http://{}", tunnel.local_addr))?;
-            self.vault = Some((client, tunnel));
-        }
-        Ok(&self.vault.as_ref().expect("just connected").0)
-    }
-
-    /// Forgets the Vault connection (its pod may have moved).
-    pub fn drop_vault(&mut self) {
-        self.vault = None;
-    }
-
-    /// The cluster client, connected on first use (k3s must be running).
-    pub async fn cluster(&mut self) -> Result<&Cluster> {
-        if self.cluster.is_none() {
-            self.cluster = Some(Cluster::connect(&self.remote).await?);
-        }
-        Ok(self.cluster.as_ref().expect("just connected"))
-    }
-
-    /// Forgets the cluster connection (after k3s restarts, its tunnel may be stale).
-    pub fn drop_cluster(&mut self) {
-        self.cluster = None;
-    }
-
     /// The node name k3s registers: the configured one, else the server's hostname.
     pub async fn node_name(&self) -> Result<String> {
-        if !self.config.k3s.node_name.is_empty() {
-            return Ok(self.config.k3s.node_name.clone());
+        if !self.site.config.k3s.node_name.is_empty() {
+            return Ok(self.site.config.k3s.node_name.clone());
         }
         Ok(self
+            .site
             .remote
             .exec("hostname")
             .await?

@@ -27,8 +27,8 @@ pub struct Guard;
 impl Guard {
     /// What the cluster already holds that a restore could collide with.
     async fn occupants(ctx: &mut Ctx) -> Result<Vec<String>> {
-        let cfg = ctx.config.clone();
-        let client = ctx.cluster().await?.client.clone();
+        let cfg = ctx.site.config.clone();
+        let client = ctx.site.cluster().await?.client.clone();
         let mut found = Vec::new();
         let vols = longhorn::api(&client, &cfg.longhorn.namespace, "Volume", "volumes");
         if let Ok(list) = vols.list(&ListParams::default()).await {
@@ -100,6 +100,7 @@ impl Phase<Ctx> for Guard {
     }
     async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let installed = ctx
+            .site
             .remote
             .sudo(&format!("test -e {}", crate::cluster::K3S_KUBECONFIG))
             .await?
@@ -107,7 +108,7 @@ impl Phase<Ctx> for Guard {
         if !installed {
             return Ok(()); // a fresh server: nothing to collide with
         }
-        let remote = ctx.remote.clone();
+        let remote = ctx.site.remote.clone();
         let ours = ServerStore { remote: &remote }
             .load()
             .await
@@ -177,8 +178,8 @@ impl Phase<Ctx> for Volumes {
     }
     async fn pending(&self, ctx: &mut Ctx) -> Result<bool> {
         let wanted = Self::wanted(ctx);
-        let ns = ctx.config.longhorn.namespace.clone();
-        let Ok(cluster) = ctx.cluster().await else {
+        let ns = ctx.site.config.longhorn.namespace.clone();
+        let Ok(cluster) = ctx.site.cluster().await else {
             return Ok(true);
         };
         let client = cluster.client.clone();
@@ -202,7 +203,7 @@ impl Phase<Ctx> for Volumes {
             "ask Longhorn's backup target to read the NAS now; wait for every volume's BackupVolume and newest Completed Backup".into(),
             format!(
                 "restore {count}, {} at a time, each into a Volume of the same name (fromBackup)",
-                ctx.config.restore.concurrency
+                ctx.site.config.restore.concurrency
             ),
         ];
         for w in &wanted {
@@ -218,11 +219,11 @@ impl Phase<Ctx> for Volumes {
     async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let wanted = Self::wanted(ctx);
         let (ns, replicas, concurrency) = (
-            ctx.config.longhorn.namespace.clone(),
-            ctx.config.longhorn.replica_count,
-            ctx.config.restore.concurrency,
+            ctx.site.config.longhorn.namespace.clone(),
+            ctx.site.config.longhorn.replica_count,
+            ctx.site.config.restore.concurrency,
         );
-        let client = ctx.cluster().await?.client.clone();
+        let client = ctx.site.cluster().await?.client.clone();
         let outcomes = longhorn::restore_all(&client, &ns, replicas, &wanted, concurrency).await?;
         let failed: Vec<String> = outcomes
             .iter()
@@ -244,8 +245,8 @@ impl Phase<Ctx> for Volumes {
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
         let wanted = Self::wanted(ctx);
-        let ns = ctx.config.longhorn.namespace.clone();
-        let client = ctx.cluster().await?.client.clone();
+        let ns = ctx.site.config.longhorn.namespace.clone();
+        let client = ctx.site.cluster().await?.client.clone();
         for w in &wanted {
             anyhow::ensure!(
                 longhorn::is_restored(&client, &ns, w).await?,
@@ -274,7 +275,7 @@ impl Phase<Ctx> for VaultRestored {
     fn describe(&self, ctx: &Ctx) -> Vec<String> {
         vec![format!(
             "wait for Vault to answer; stop with an error if it reports uninitialised (PVC {}/{} did not bring its data back)",
-            ctx.config.vault.namespace, ctx.config.vault.pvc
+            ctx.site.config.vault.namespace, ctx.site.config.vault.pvc
         )]
     }
     async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
@@ -282,11 +283,11 @@ impl Phase<Ctx> for VaultRestored {
         if !status.initialized {
             bail!(
                 "Vault reports UNINITIALISED after the restore: its volume (PVC {}/{}) did not bring its data back. rebox never initialises Vault on a restore (that would make a new, empty Vault).\n  next: check the table above lists {} with a recent backup and that it restored; `kubectl -n {} describe pvc {}` on the server",
-                ctx.config.vault.namespace,
-                ctx.config.vault.pvc,
-                ctx.config.vault.pvc,
-                ctx.config.vault.namespace,
-                ctx.config.vault.pvc
+                ctx.site.config.vault.namespace,
+                ctx.site.config.vault.pvc,
+                ctx.site.config.vault.pvc,
+                ctx.site.config.vault.namespace,
+                ctx.site.config.vault.pvc
             );
         }
         Ok(())
@@ -304,7 +305,7 @@ impl BootstrapSecrets {
         use base64::Engine;
         let mut grouped: BTreeMap<(String, String), serde_json::Map<String, serde_json::Value>> =
             BTreeMap::new();
-        for s in &ctx.config.bootstrap_secrets {
+        for s in &ctx.site.config.bootstrap_secrets {
             let value = ctx.secret_values.get(&s.source).with_context(|| {
                 format!("no value for the bootstrap secret {:?} (it was not in the offline backup and not asked for)", s.source)
             })?;
@@ -341,25 +342,27 @@ impl Phase<Ctx> for BootstrapSecrets {
         "Create the bootstrap Secrets from the offline backup".into()
     }
     async fn pending(&self, ctx: &mut Ctx) -> Result<bool> {
-        if ctx.config.bootstrap_secrets.is_empty() {
+        if ctx.site.config.bootstrap_secrets.is_empty() {
             return Ok(false);
         }
         let secrets: Vec<serde_json::Value> = ctx
+            .site
             .config
             .bootstrap_secrets
             .iter()
             .map(|s| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": s.secret, "namespace": s.namespace}}))
             .collect();
-        let Ok(cluster) = ctx.cluster().await else {
+        let Ok(cluster) = ctx.site.cluster().await else {
             return Ok(true); // no cluster yet (a plan before k3s)
         };
         Ok(!cluster.all_exist(&secrets).await.unwrap_or(false))
     }
     fn describe(&self, ctx: &Ctx) -> Vec<String> {
-        if ctx.config.bootstrap_secrets.is_empty() {
+        if ctx.site.config.bootstrap_secrets.is_empty() {
             return vec!["none configured ([[bootstrap_secrets]] in rebox.toml)".into()];
         }
-        ctx.config
+        ctx.site
+            .config
             .bootstrap_secrets
             .iter()
             .map(|s| {
@@ -372,7 +375,7 @@ impl Phase<Ctx> for BootstrapSecrets {
     }
     async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let objects = Self::objects(ctx)?;
-        ctx.cluster().await?.apply_all(&objects).await
+        ctx.site.cluster().await?.apply_all(&objects).await
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
         anyhow::ensure!(

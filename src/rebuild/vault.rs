@@ -10,13 +10,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
 
 use super::Ctx;
 use crate::flow::Phase;
 use crate::keys::backup;
-use crate::keys::{BackupDocument, SecretText};
+use crate::keys::BackupDocument;
+use crate::site::{fingerprints, progress_line, Stored};
 
 /// How long Vault's pod may take to answer once installed.
 const VAULT_DEADLINE: Duration = Duration::from_secs(300);
@@ -26,7 +25,8 @@ pub(super) async fn vault_answering(ctx: &mut Ctx) -> Result<crate::vault::SealS
     let deadline = tokio::time::Instant::now() + VAULT_DEADLINE;
     loop {
         let attempt = async {
-            ctx.vault()
+            ctx.site
+                .vault()
                 .await?
                 .seal_status()
                 .await
@@ -39,13 +39,13 @@ pub(super) async fn vault_answering(ctx: &mut Ctx) -> Result<crate::vault::SealS
                 return Err(e.context(format!(
                     "Vault did not answer within {}s\n  next: `kubectl -n {} describe pod {}` on the server",
                     VAULT_DEADLINE.as_secs(),
-                    ctx.config.vault.namespace,
-                    ctx.config.vault.pod
+                    ctx.site.config.vault.namespace,
+                    ctx.site.config.vault.pod
                 )))
             }
             Err(e) => {
                 tracing::debug!("Vault not answering yet: {e:#}");
-                ctx.drop_vault();
+                ctx.site.drop_vault();
                 // Polling an external service's readiness; the pod watch cannot see Vault's API.
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -65,7 +65,7 @@ impl Phase<Ctx> for Init {
         "Initialise Vault; write the unseal key to the offline backup and verify it".into()
     }
     async fn pending(&self, ctx: &mut Ctx) -> Result<bool> {
-        let initialised = match ctx.vault().await {
+        let initialised = match ctx.site.vault().await {
             Ok(v) => v
                 .seal_status()
                 .await
@@ -83,13 +83,13 @@ impl Phase<Ctx> for Init {
         vec![
             format!(
                 "wait for Vault ({}/{}) to answer",
-                ctx.config.vault.namespace, ctx.config.vault.service
+                ctx.site.config.vault.namespace, ctx.site.config.vault.service
             ),
             "refuse if it is already initialised (a fresh rebuild never touches a Vault with data)"
                 .into(),
             format!(
                 "initialise it: {} share(s), threshold {}",
-                ctx.config.vault.key_shares, ctx.config.vault.key_threshold
+                ctx.site.config.vault.key_shares, ctx.site.config.vault.key_threshold
             ),
             format!("write the key to {out}, read it back and decrypt it, before anything else"),
         ]
@@ -114,10 +114,13 @@ impl Phase<Ctx> for Init {
             drop(crate::keys::output::Pending::create(&path, false)?);
             backup::check_identities_match(&settings.recipients()?, &settings.identities()?)?;
         }
-        let (shares, threshold) = (ctx.config.vault.key_shares, ctx.config.vault.key_threshold);
-        let init = ctx.vault().await?.init(shares, threshold).await?;
+        let (shares, threshold) = (
+            ctx.site.config.vault.key_shares,
+            ctx.site.config.vault.key_threshold,
+        );
+        let init = ctx.site.vault().await?.init(shares, threshold).await?;
         let doc = BackupDocument::new(
-            &ctx.config.cluster_name,
+            &ctx.site.config.cluster_name,
             threshold,
             shares,
             init.keys.clone(),
@@ -137,13 +140,11 @@ impl Phase<Ctx> for Init {
             // Only an I/O failure can get here (the checks above passed). The key must not die
             // with this process: put it in the cluster's Secret, from where `rebox key export`
             // writes the backup once the destination is fixed.
-            let texts: Vec<&str> = init.keys.iter().map(|k| k.expose()).collect();
-            let secret = crate::manifests::unseal_key_secret(&ctx.config, &texts);
-            let saved = ctx.cluster().await?.apply_all(&[secret]).await;
+            let saved = ctx.site.write_unseal_secret(&init.keys).await;
             let next = match saved {
                 Ok(()) => format!(
-                    "the key was saved to Secret {}/{} instead; fix the destination, then `rebox key export -o {} -r …` and rerun `rebox rebuild`",
-                    ctx.config.vault.namespace, ctx.config.vault.unseal_secret, path.display()
+                    "the key was saved to Secret {} instead; fix the destination, then `rebox key export -o {} -r …` and rerun `rebox rebuild`",
+                    ctx.site.unseal_secret_name(), path.display()
                 ),
                 Err(s) => format!("saving it to the Secret failed too ({s:#}); Vault must be initialised again by hand"),
             };
@@ -160,7 +161,7 @@ impl Phase<Ctx> for Init {
         let shares = ctx.shares_from_backup()?;
         anyhow::ensure!(!shares.is_empty(), "the offline backup holds no share");
         anyhow::ensure!(
-            ctx.vault().await?.seal_status().await?.initialized,
+            ctx.site.vault().await?.seal_status().await?.initialized,
             "Vault reports uninitialised after init"
         );
         Ok(())
@@ -169,17 +170,6 @@ impl Phase<Ctx> for Init {
 
 /// The unseal key in Secret `vault-unseal-key`, for the auto-unseal CronJob.
 pub struct KeySecret;
-
-impl KeySecret {
-    async fn current(ctx: &mut Ctx) -> Result<Option<Secret>> {
-        let (ns, name) = (
-            ctx.config.vault.namespace.clone(),
-            ctx.config.vault.unseal_secret.clone(),
-        );
-        let api: Api<Secret> = Api::namespaced(ctx.cluster().await?.client.clone(), &ns);
-        Ok(api.get_opt(&name).await?)
-    }
-}
 
 #[async_trait]
 impl Phase<Ctx> for KeySecret {
@@ -190,29 +180,30 @@ impl Phase<Ctx> for KeySecret {
         "Store the unseal key in the Secret the auto-unseal CronJob reads".into()
     }
     async fn pending(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(Self::current(ctx)
-            .await
-            .map(|s| s.is_none())
-            .unwrap_or(true))
+        Ok(!matches!(
+            ctx.site.read_unseal_secret().await,
+            Ok(Stored::Shares(_))
+        ))
     }
     fn describe(&self, ctx: &Ctx) -> Vec<String> {
         vec![format!(
             "create Secret {}/{} (key `{}`) from the verified offline backup",
-            ctx.config.vault.namespace,
-            ctx.config.vault.unseal_secret,
-            ctx.config.vault.unseal_secret_key
+            ctx.site.config.vault.namespace,
+            ctx.site.config.vault.unseal_secret,
+            ctx.site.config.vault.unseal_secret_key
         )]
     }
     async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let shares = ctx.shares_from_backup()?;
-        let texts: Vec<&str> = shares.iter().map(|s| s.expose()).collect();
-        let secret = crate::manifests::unseal_key_secret(&ctx.config, &texts);
-        ctx.cluster().await?.apply_all(&[secret]).await
+        ctx.site.write_unseal_secret(&shares).await
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
+        let shares = ctx.shares_from_backup()?;
+        let stored = ctx.site.read_unseal_secret().await?.shares();
         anyhow::ensure!(
-            Self::current(ctx).await?.is_some(),
-            "the unseal key Secret is missing after it was created"
+            stored.is_some_and(|s| fingerprints(&s) == fingerprints(&shares)),
+            "Secret {} does not hold the offline backup's key after it was written",
+            ctx.site.unseal_secret_name()
         );
         Ok(())
     }
@@ -230,7 +221,7 @@ impl Phase<Ctx> for Unseal {
         "Unseal Vault".into()
     }
     async fn pending(&self, ctx: &mut Ctx) -> Result<bool> {
-        Ok(match ctx.vault().await {
+        Ok(match ctx.site.vault().await {
             Ok(v) => v.seal_status().await.map(|s| s.sealed).unwrap_or(true),
             Err(_) => true,
         })
@@ -241,30 +232,19 @@ impl Phase<Ctx> for Unseal {
     async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let shares = ctx.shares_from_backup()?;
         vault_answering(ctx).await?;
-        let status = ctx
-            .vault()
-            .await?
-            .unseal_all(&shares, |p| {
-                eprintln!("    unseal progress {}/{}", p.progress, p.threshold)
+        ctx.site
+            .unseal(&shares, "the offline backup", |p| {
+                eprintln!("    {}", progress_line(&p))
             })
             .await
             .context("Vault did not accept the key from the offline backup: it stays sealed, and nothing was changed or deleted\n  next: use the offline backup of THIS Vault (`rebox key verify FILE` shows its fingerprints and cluster), then rerun")?;
-        anyhow::ensure!(
-            !status.sealed,
-            "Vault is still sealed after every share was given"
-        );
         Ok(())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
-        let status = ctx.vault().await?.seal_status().await?;
+        let status = ctx.site.vault().await?.seal_status().await?;
         anyhow::ensure!(!status.sealed, "Vault reports sealed after unsealing");
         Ok(())
     }
-}
-
-/// The shares as the backup holds them (from memory right after init, else decrypted).
-pub fn shares_of(doc: &BackupDocument) -> Vec<SecretText> {
-    doc.unseal.shares.iter().map(|s| s.key.clone()).collect()
 }
 
 /// Opens the offline backup with the configured identities.

@@ -120,3 +120,31 @@ fn age_at(from: &str, to: &str) -> Option<i64> {
     let b = time::OffsetDateTime::parse(to, &Rfc3339).ok()?;
     Some((b - a).whole_seconds())
 }
+
+/// Every Argo CD Application's sync and health, for the restore's report.
+pub async fn app_states(client: &kube::Client, ns: &str) -> Result<Vec<AppState>> {
+    let api: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(client.clone(), ns, &crate::site::readiness::app_resource());
+    let mut out: Vec<_> = api
+        .list(&kube::api::ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|o| {
+            let s = &o.data["status"];
+            AppState {
+                name: o.metadata.name.clone().unwrap_or_default(),
+                sync: s["sync"]["status"]
+                    .as_str()
+                    .unwrap_or("Unknown")
+                    .to_string(),
+                health: s["health"]["status"]
+                    .as_str()
+                    .unwrap_or("Unknown")
+                    .to_string(),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}

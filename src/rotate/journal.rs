@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 use crate::keys::crypt;
 use crate::keys::output::Pending;
-use crate::keys::SecretText;
+use crate::secret::SecretText;
 
 /// The `format` field of a rotation journal.
 pub const FORMAT_NAME: &str = "rebox-rotation-journal";
@@ -76,6 +76,7 @@ impl Step {
 #[serde(deny_unknown_fields)]
 pub struct Extra {
     pub name: String,
+    #[serde(serialize_with = "SecretText::serialize_exposed")]
     pub value: SecretText,
 }
 
@@ -110,8 +111,9 @@ pub struct Journal {
     pub old_threshold: u32,
     pub new_threshold: u32,
     pub new_share_count: u32,
+    #[serde(serialize_with = "crate::secret::serialize_exposed_all")]
     pub old_shares: Vec<SecretText>,
-    #[serde(default)]
+    #[serde(default, serialize_with = "crate::secret::serialize_exposed_all")]
     pub new_shares: Vec<SecretText>,
     #[serde(default)]
     pub extra: Vec<Extra>,

@@ -35,7 +35,7 @@
 
 pub mod journal;
 mod protect;
-mod site;
+mod rekey;
 
 use std::path::{Path, PathBuf};
 
@@ -43,13 +43,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::keys::{BackupDocument, SecretText};
+use crate::keys::BackupDocument;
 use crate::remote::{HostKeyPolicy, Target};
+use crate::secret::SecretText;
+pub use crate::site::fingerprints;
+use crate::site::Site;
 use crate::vault::VaultError;
 use journal::{Extra, Journal, Step};
 use protect::Protection;
-pub use site::fingerprints;
-use site::Site;
 
 /// The environment variable naming a step boundary to stop at (shared with the phase runner).
 pub const FAILPOINT_ENV: &str = "REBOX_FAILPOINT_EXIT_AFTER";
@@ -290,7 +291,7 @@ impl Rotation<'_> {
     // ---------------------------------------------------------------- fresh rotation
 
     async fn fresh(&mut self) -> Result<Report> {
-        let vault = self.site.vault.clone();
+        let vault = self.site.vault().await?.clone();
         let status = vault.seal_status().await?;
         if !status.initialized {
             return Err(VaultError::NotInitialized {
@@ -331,12 +332,12 @@ impl Rotation<'_> {
             Some(p) => Some(self.keys.open_current(p)?),
             None => None,
         };
-        let secret = self.site.read_secret().await?;
-        let secret_name = self.site.secret_name();
+        let secret = self.site.read_unseal_secret().await?.shares();
+        let secret_name = self.site.unseal_secret_name();
         let (old_shares, extra, cluster) = match (&from_doc, &secret) {
             (Some(doc), secret) => {
                 let shares: Vec<SecretText> =
-                    doc.unseal.shares.iter().map(|s| s.key.clone()).collect();
+                    doc.shares();
                 match secret {
                     Some(s) if fingerprints(s) != fingerprints(&shares) => bail!(
                         "the current backup {} and Secret {secret_name} hold different keys, so it is unclear which one opens Vault; nothing was changed\n  next: compare them with `rebox key verify -i ID {} --against-cluster`; give --from the backup that opens Vault, and fix the Secret (or make a new backup with `rebox key export`) first",
@@ -460,7 +461,7 @@ impl Rotation<'_> {
         failpoint("rotate-rekey-recorded");
 
         self.say("giving Vault the current key");
-        let keys = match site::give_current_key(&vault, &started.nonce, &j.old_shares).await {
+        let keys = match rekey::give_current_key(&vault, &started.nonce, &j.old_shares).await {
             Ok(k) => k,
             Err(e) => {
                 // Nothing new exists: cancel, forget the journal, report.
@@ -530,9 +531,9 @@ impl Rotation<'_> {
         if j.step < Step::SecretUpdated {
             self.say(&format!(
                 "putting the new key in Secret {} (Vault still opens only with the current key)",
-                self.site.secret_name()
+                self.site.unseal_secret_name()
             ));
-            self.site.write_secret(&j.new_shares).await?;
+            self.site.write_unseal_secret(&j.new_shares).await?;
             failpoint("rotate-secret-updated");
             j.set_step(Step::SecretUpdated);
             self.save(&j)?;
@@ -540,7 +541,7 @@ impl Rotation<'_> {
         }
         if j.step < Step::Verified {
             self.say("verifying the new key with Vault (this makes it the active key)");
-            site::verify_new_key(&self.site.vault, &j.new_shares)
+            rekey::verify_new_key(self.site.vault().await?, &j.new_shares)
                 .await
                 .context("the verification of the new key failed; the current key still opens Vault\n  next: rerun this command: it finishes or rolls back the rotation")?;
             failpoint("rotate-verified");
@@ -555,22 +556,32 @@ impl Rotation<'_> {
     /// the old backup, forget the journal.
     async fn finish(&mut self, j: Journal, resumed: bool) -> Result<Report> {
         let in_backup = self.ensure_backup(&j)?;
-        let in_secret = self.site.read_secret().await?.unwrap_or_default();
+        let in_secret = self
+            .site
+            .read_unseal_secret()
+            .await?
+            .shares()
+            .unwrap_or_default();
         if fingerprints(&in_secret) != fingerprints(&j.new_shares) {
             self.say(&format!(
                 "putting the new key in Secret {}",
-                self.site.secret_name()
+                self.site.unseal_secret_name()
             ));
-            self.site.write_secret(&j.new_shares).await?;
+            self.site.write_unseal_secret(&j.new_shares).await?;
         }
         // Confirm: Vault healthy, the Secret's key is the new backup's key.
-        let health = self.site.vault.health().await?;
+        let health = self.site.vault().await?.health().await?;
         let healthy = health.initialized && !health.sealed && health.code == 200;
-        let in_secret = self.site.read_secret().await?.unwrap_or_default();
+        let in_secret = self
+            .site
+            .read_unseal_secret()
+            .await?
+            .shares()
+            .unwrap_or_default();
         if fingerprints(&in_secret) != in_backup {
             bail!(
                 "after the rotation, Secret {} and {} hold different keys; the NEW key (in {}) is the one that opens Vault\n  next: rerun this command to repair the Secret",
-                self.site.secret_name(),
+                self.site.unseal_secret_name(),
                 new_backup_path(&j).display(),
                 new_backup_path(&j).display()
             );
@@ -606,7 +617,7 @@ impl Rotation<'_> {
         journal::remove(&self.journal_path)?;
         self.say(&format!(
             "done: the new key is the only one that opens Vault, and Secret {} and {} hold it",
-            self.site.secret_name(),
+            self.site.unseal_secret_name(),
             new_backup_path(&j).display()
         ));
         let new_fingerprints: Vec<String> = j.new_shares.iter().map(|s| s.sha256_hex()).collect();
@@ -618,7 +629,7 @@ impl Rotation<'_> {
             rolled_back: None,
             cluster: j.cluster.clone(),
             server: self.server.clone(),
-            secret: self.site.secret_name(),
+            secret: self.site.unseal_secret_name(),
             new_backup: new_backup_path(&j).to_path_buf(),
             superseded_backup: superseded,
             threshold: j.new_threshold,
@@ -651,8 +662,7 @@ impl Rotation<'_> {
         if let (false, Some(fin)) = (j.output.exists(), &j.final_output) {
             // In place and already renamed into its final name by an earlier run?
             if let Ok(doc) = self.keys.open_backup(fin) {
-                let shares: Vec<SecretText> =
-                    doc.unseal.shares.iter().map(|s| s.key.clone()).collect();
+                let shares: Vec<SecretText> = doc.shares();
                 if fingerprints(&shares) == fingerprints(&j.new_shares) {
                     return Ok(fingerprints(&shares));
                 }
@@ -663,7 +673,7 @@ impl Rotation<'_> {
                 .keys
                 .open_backup(&j.output)
                 .with_context(|| format!("checking the new backup {}", j.output.display()))?;
-            let shares: Vec<SecretText> = doc.unseal.shares.iter().map(|s| s.key.clone()).collect();
+            let shares: Vec<SecretText> = doc.shares();
             if fingerprints(&shares) != fingerprints(&j.new_shares) {
                 bail!(
                     "{} exists but does not hold the new key of this rotation; it was not touched\n  next: move it away and rerun (the journal {} holds the new key)",
@@ -712,7 +722,7 @@ impl Rotation<'_> {
         if self.output.is_none() {
             self.output = Some(new_backup_path(&j).to_path_buf());
         }
-        let vault = self.site.vault.clone();
+        let vault = self.site.vault().await?.clone();
         let status = vault.seal_status().await?;
         if !status.initialized {
             return Err(VaultError::NotInitialized {
@@ -738,15 +748,9 @@ impl Rotation<'_> {
                     Active::Old => &j.old_shares,
                     Active::New => &j.new_shares,
                 };
-                match vault.unseal_all(shares, |_| {}).await {
-                    Ok(s) if !s.sealed => {
-                        found = Some(which);
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.is_bad_key() => {}
-                    Err(VaultError::NotEnoughShares { .. }) => {}
-                    Err(e) => return Err(e.into()),
+                if self.site.try_unseal(shares).await? {
+                    found = Some(which);
+                    break;
                 }
             }
             let which = found.ok_or_else(|| {
@@ -847,15 +851,15 @@ impl Rotation<'_> {
         }
     }
 
-    /// Whether the old or the new key of `j` is the one Vault accepts (see `site::probe`);
+    /// Whether the old or the new key of `j` is the one Vault accepts (see `rekey::probe`);
     /// the probe's nonce is in the journal while the probe runs.
     async fn probe(&self, j: &mut Journal, which: Active) -> Result<bool> {
         let shares = match which {
             Active::Old => j.old_shares.clone(),
             Active::New => j.new_shares.clone(),
         };
-        let vault = self.site.vault.clone();
-        let answer = site::probe(&vault, &shares, |nonce| {
+        let vault = self.site.vault().await?.clone();
+        let answer = rekey::probe(&vault, &shares, |nonce| {
             j.probe_nonce = Some(nonce.to_string());
             self.save(j)?;
             recovery_failpoint("rotate-probe-started");
@@ -874,15 +878,15 @@ impl Rotation<'_> {
             "the interrupted rotation was rolled back (its new key never became active)"
                 .to_string(),
         ];
-        let in_secret = self.site.read_secret().await?;
+        let in_secret = self.site.read_unseal_secret().await?.shares();
         let secret_ok = in_secret
             .as_ref()
             .is_some_and(|s| fingerprints(s) == fingerprints(&j.old_shares));
         if !secret_ok && (j.secret_existed || in_secret.is_some()) {
-            self.site.write_secret(&j.old_shares).await?;
+            self.site.write_unseal_secret(&j.old_shares).await?;
             done.push(format!(
                 "Secret {} holds the current key again",
-                self.site.secret_name()
+                self.site.unseal_secret_name()
             ));
         }
         if j.output.exists() && !j.new_shares.is_empty() {
@@ -890,8 +894,7 @@ impl Rotation<'_> {
                 .keys
                 .open_backup(&j.output)
                 .map(|d| {
-                    let s: Vec<SecretText> =
-                        d.unseal.shares.iter().map(|s| s.key.clone()).collect();
+                    let s: Vec<SecretText> = d.shares();
                     fingerprints(&s) == fingerprints(&j.new_shares)
                 })
                 .unwrap_or(false);

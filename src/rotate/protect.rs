@@ -15,7 +15,8 @@ use zeroize::Zeroizing;
 use super::journal;
 use crate::keys::crypt::{self, NamedRecipient};
 use crate::keys::output::Pending;
-use crate::keys::{backup, passphrase, BackupDocument, SecretText};
+use crate::keys::{backup, passphrase, BackupDocument};
+use crate::secret::SecretText;
 
 /// The flags that say how to protect the new backup.
 pub struct Flags<'a> {

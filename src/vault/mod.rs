@@ -32,7 +32,7 @@ pub use types::{
     VerifyStatus, VerifyUpdate,
 };
 
-use crate::keys::SecretText;
+use crate::secret::SecretText;
 use error::{classify, scrub, Op};
 
 /// Settings for a [`VaultClient`].

@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 
-use crate::keys::SecretText;
+use crate::secret::SecretText;
 
 /// `GET /v1/sys/seal-status`, also the answer of `sys/unseal`.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

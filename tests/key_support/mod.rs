@@ -154,6 +154,7 @@ impl PtyOutput {
 /// Runs `cmd` with a new pseudo-terminal as its controlling terminal (`/dev/tty`).
 /// `stdin` feeds a pipe (the key) or, when `None`, stdin is the terminal too. `script`
 /// lists (prompt text to wait for, line to type). With `stdout_tty`, stdout is the terminal.
+#[allow(unsafe_code)] // pre_exec needs it: setsid and the controlling tty between fork and exec
 pub fn run_pty(
     mut cmd: Command,
     stdin: Option<&str>,
@@ -279,6 +280,7 @@ pub fn run_pty(
 
 /// Runs `cmd` in a new session without a controlling terminal (as in CI or cron), even
 /// when the tests themselves run in a terminal.
+#[allow(unsafe_code)] // pre_exec needs it: setsid between fork and exec
 pub fn run_without_tty(mut cmd: Command, stdin: &str) -> std::process::Output {
     // SAFETY: setsid is async-signal-safe.
     unsafe {

@@ -12,7 +12,7 @@ use crate::manifests::{Artifacts, RenderInputs};
 use crate::rebuild::{self, source, Ctx, KeyBackup};
 
 mod restore;
-use crate::remote::Remote;
+use crate::site::Site;
 
 pub(super) async fn prepare(global: &GlobalArgs, args: &RebuildArgs) -> Result<Ctx> {
     let (config, target, policy) = super::connection_settings(global, &args.conn)?;
@@ -20,8 +20,9 @@ pub(super) async fn prepare(global: &GlobalArgs, args: &RebuildArgs) -> Result<C
     if args.restore_from_nas && args.key_out.is_some() {
         anyhow::bail!("--key-out writes a NEW key's backup (fresh rebuild); a restore reads the existing one\n  next: pass --key-file FILE (the offline backup of the Vault being restored)");
     }
-    let remote = Remote::connect(target, policy).await?;
-    let machine = remote
+    let site = Site::connect(config, target, policy).await?;
+    let machine = site
+        .remote
         .exec("uname -m")
         .await?
         .stdout_str()
@@ -37,12 +38,12 @@ pub(super) async fn prepare(global: &GlobalArgs, args: &RebuildArgs) -> Result<C
                 .or_else(|| dirs::home_dir().map(|h| h.join(".cache")))
                 .context("no cache directory for the k3s download; pass --bundle DIR")?
                 .join("rebox");
-            let k3s =
-                source::download(&artifacts, &machine, &config.k3s.release_url, &cache).await?;
+            let k3s = source::download(&artifacts, &machine, &site.config.k3s.release_url, &cache)
+                .await?;
             (k3s, RenderInputs::online())
         }
     };
-    let mut ctx = Ctx::new(config, remote, artifacts, inputs, k3s, args.force);
+    let mut ctx = Ctx::new(site, artifacts, inputs, k3s, args.force);
     if !args.restore_from_nas {
         ctx.key_backup = key_backup(args)?;
     }
@@ -98,7 +99,7 @@ pub async fn plan(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
     } else {
         print_plan(global, &ctx, &entries)?;
     }
-    ctx.remote.close().await;
+    ctx.site.remote.close().await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -109,7 +110,7 @@ pub(super) fn print_plan(global: &GlobalArgs, ctx: &Ctx, entries: &[PlanEntry]) 
     }
     println!(
         "Rebuild plan for {} ({} phases):",
-        ctx.remote.target.addr(),
+        ctx.site.remote.target.addr(),
         entries.len()
     );
     for (i, e) in entries.iter().enumerate() {
@@ -138,16 +139,16 @@ pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
     }
     let question = format!(
         "Rebuild the homelab on {} ({}@{})? This installs k3s and changes the server",
-        ctx.remote.target.alias,
-        ctx.remote.target.user,
-        ctx.remote.target.addr()
+        ctx.site.remote.target.alias,
+        ctx.site.remote.target.user,
+        ctx.site.remote.target.addr()
     );
     if !crate::ui::confirm(&question, global.yes)? {
         anyhow::bail!("not confirmed; nothing was changed\n  next: answer yes, or pass --yes in scripts (`rebox plan` shows what would happen)");
     }
-    let local = LocalStore::for_host(&ctx.remote.target.host)?;
+    let local = LocalStore::for_host(&ctx.site.remote.target.host)?;
     let report = {
-        let remote = ctx.remote.clone();
+        let remote = ctx.site.remote.clone();
         let server = ServerStore { remote: &remote };
         let opts = RunOptions {
             flow: "rebuild".into(),
@@ -173,7 +174,7 @@ pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
             println!("  - {line}");
         }
     }
-    ctx.remote.close().await;
+    ctx.site.remote.close().await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -192,7 +193,7 @@ fn next_steps(ctx: &Ctx) -> Vec<String> {
     }
     out.push(format!(
         "watch Argo CD bring up the rest: `kubectl -n {} get applications` on the server",
-        ctx.config.argocd.namespace
+        ctx.site.config.argocd.namespace
     ));
     out.push(
         "keep rebox.toml and the bundle with the backup: a rerun of `rebox rebuild` resumes or confirms every phase"

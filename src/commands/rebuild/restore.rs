@@ -12,28 +12,30 @@ use super::{prepare, print_plan};
 use crate::cli::{GlobalArgs, RebuildArgs};
 use crate::flow::journal::{LocalStore, ServerStore};
 use crate::flow::{self, RunOptions};
-use crate::keys::{BackupDocument, SecretText};
+use crate::keys::BackupDocument;
 use crate::rebuild::{self, restore::FLOW, Ctx, RestoreState};
 use crate::restore::nas;
 use crate::restore::report::Report;
 use crate::restore::table::Table;
+use crate::secret::SecretText;
 
 /// Reads the NAS through the server and builds the data-loss table. Without an NFS client
 /// on the server: installs nfs-common first when `may_install`, else returns `None`.
 pub async fn read_nas(ctx: &Ctx, skip: &[String], may_install: bool) -> Result<Option<Table>> {
-    let target = ctx.config.nas.backup_target.trim().to_string();
+    let target = ctx.site.config.nas.backup_target.trim().to_string();
     if target.is_empty() {
         bail!("nas.backup_target is not set in rebox.toml\n  next: set it to the NAS's Longhorn backup target, e.g. nfs://nas.lan:/volume1/longhorn-backups");
     }
     if nas::nfs_source(&target).is_none() {
         bail!("the backup target {target} is not an nfs:// URL; --restore-from-nas reads NFS targets only in this version\n  next: restore S3/CIFS targets with Longhorn's UI after a fresh `rebox rebuild`");
     }
-    if !nas::server_has_nfs_client(&ctx.remote).await? {
+    if !nas::server_has_nfs_client(&ctx.site.remote).await? {
         if !may_install {
             return Ok(None);
         }
         eprintln!("installing nfs-common on the server to read the NAS (the rebuild needs it anyway; nothing else changes yet)");
         let out = ctx
+            .site
             .remote
             .sudo("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq nfs-common")
             .await?;
@@ -44,7 +46,7 @@ pub async fn read_nas(ctx: &Ctx, skip: &[String], may_install: bool) -> Result<O
             );
         }
     }
-    let volumes = nas::scan(&ctx.remote, &target).await?;
+    let volumes = nas::scan(&ctx.site.remote, &target).await?;
     if volumes.is_empty() {
         bail!("the NAS at {target} holds no Longhorn backups (no backupstore/volumes/*/volume.cfg): there is nothing to restore, and nothing on the server was changed\n  next: check nas.backup_target points at the directory Longhorn backed up to");
     }
@@ -56,7 +58,7 @@ pub async fn read_nas(ctx: &Ctx, skip: &[String], may_install: bool) -> Result<O
     Ok(Some(Table::build(
         &target,
         &volumes,
-        ctx.config.restore.max_backup_age_hours,
+        ctx.site.config.restore.max_backup_age_hours,
         skip,
         time::OffsetDateTime::now_utc(),
     )))
@@ -107,6 +109,7 @@ fn open_key(global: &GlobalArgs, args: &RebuildArgs, cluster: &str) -> Result<Ba
 /// secrets first, else a prompt (interactive only).
 fn secret_values(global: &GlobalArgs, ctx: &mut Ctx, doc: &BackupDocument) -> Result<()> {
     let mut needed: BTreeSet<String> = ctx
+        .site
         .config
         .bootstrap_secrets
         .iter()
@@ -141,8 +144,8 @@ pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
     let mut ctx = prepare(global, &args).await?;
     // The key and the secrets are settled before the server is changed in any way.
     if !args.dry_run {
-        let doc = open_key(global, &args, &ctx.config.cluster_name)?;
-        ctx.unseal_shares = Some(rebuild::shares_of(&doc));
+        let doc = open_key(global, &args, &ctx.site.config.cluster_name)?;
+        ctx.unseal_shares = Some(doc.shares());
         secret_values(global, &mut ctx, &doc)?;
     }
     let Some(table) = read_nas(&ctx, &args.skip_volumes, !args.dry_run).await? else {
@@ -168,9 +171,9 @@ pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
     let phases = rebuild::restore_phases();
     let question = format!(
         "Restore {count} volume(s) onto {} ({}@{}){}? This installs k3s and brings every volume back as of its last backup",
-        ctx.remote.target.alias,
-        ctx.remote.target.user,
-        ctx.remote.target.addr(),
+        ctx.site.remote.target.alias,
+        ctx.site.remote.target.user,
+        ctx.site.remote.target.addr(),
         if flagged > 0 {
             format!(", with {flagged} flagged above")
         } else {
@@ -180,9 +183,9 @@ pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
     if !crate::ui::confirm(&question, global.yes)? {
         bail!("not confirmed; nothing was changed\n  next: answer yes, or pass --yes in scripts (`rebox plan --restore-from-nas` shows the same table)");
     }
-    let local = LocalStore::for_host(&ctx.remote.target.host)?;
+    let local = LocalStore::for_host(&ctx.site.remote.target.host)?;
     let result = {
-        let remote = ctx.remote.clone();
+        let remote = ctx.site.remote.clone();
         let server = ServerStore { remote: &remote };
         let opts = RunOptions {
             flow: FLOW.into(),
@@ -191,13 +194,13 @@ pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
         flow::run(&phases, &mut ctx, &[&server, &local], &opts).await
     };
     let report_path = report(global, &mut ctx, &local, &result).await;
-    ctx.remote.close().await;
+    ctx.site.remote.close().await;
     result?;
     println!();
     println!("What to do next:");
     println!(
         "  - check the apps: Argo CD deploys them onto the restored volumes (`kubectl -n {} get applications` on the server)",
-        ctx.config.argocd.namespace
+        ctx.site.config.argocd.namespace
     );
     println!("  - keep the offline backup file: Vault still uses the same unseal key");
     if let Some(p) = report_path {
@@ -221,15 +224,16 @@ async fn report(
     local: &LocalStore,
     result: &Result<flow::RunReport>,
 ) -> Option<PathBuf> {
-    let (apps, recurring) = match ctx.cluster().await {
+    let (apps, recurring) = match ctx.site.cluster().await {
         Ok(c) => {
             let client = c.client.clone();
-            let apps = rebuild::gitops::app_states(&client, &ctx.config.argocd.namespace)
-                .await
-                .unwrap_or_default();
+            let apps =
+                crate::restore::report::app_states(&client, &ctx.site.config.argocd.namespace)
+                    .await
+                    .unwrap_or_default();
             let jobs = crate::restore::longhorn::api(
                 &client,
-                &ctx.config.longhorn.namespace,
+                &ctx.site.config.longhorn.namespace,
                 "RecurringJob",
                 "recurringjobs",
             )
@@ -245,7 +249,7 @@ async fn report(
                     .collect();
                 r.outcomes = crate::restore::longhorn::observed(
                     &client,
-                    &ctx.config.longhorn.namespace,
+                    &ctx.site.config.longhorn.namespace,
                     &wanted,
                 )
                 .await;
@@ -262,7 +266,7 @@ async fn report(
         None => "not checked (the cluster did not answer)".into(),
     };
     let report = Report {
-        host: ctx.remote.target.host.clone(),
+        host: ctx.site.remote.target.host.clone(),
         finished_at: crate::flow::journal::now(),
         succeeded: result.is_ok(),
         error: result.as_ref().err().map(|e| format!("{e:#}")),
