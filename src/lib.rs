@@ -13,6 +13,7 @@ pub mod embedded;
 pub mod flow;
 pub mod keys;
 pub mod manifests;
+pub mod next;
 pub mod preflight;
 pub mod rebuild;
 pub mod remote;

@@ -118,7 +118,7 @@ pub fn connection_checks(result: &anyhow::Result<Remote>, addr: &str) -> Report 
                 | Some(RemoteError::HostKeyRevoked { .. }) => (Status::Pass, Status::Fail),
                 _ => (Status::Pass, Status::Pass),
             };
-            let (summary, remedy) = split_remedy(&format!("{err:#}"));
+            let (summary, remedy) = split_remedy(err);
             let mut slot = |id, title, status: Status| match status {
                 Status::Fail => r.push(
                     id,
@@ -147,15 +147,19 @@ pub fn connection_checks(result: &anyhow::Result<Remote>, addr: &str) -> Report 
     r
 }
 
-/// Error texts carry their next step after "next:"; reports show it as the remedy.
-fn split_remedy(text: &str) -> (String, String) {
-    match text.split_once("next:") {
-        Some((what, next)) => (
-            what.trim().replace('\n', " "),
-            next.trim().replace('\n', " "),
-        ),
-        None => (text.trim().to_string(), "see the error above".to_string()),
-    }
+/// What went wrong, one line, and the error's next step (see `crate::next`) as the remedy.
+fn split_remedy(err: &anyhow::Error) -> (String, String) {
+    let what: Vec<String> = err
+        .chain()
+        .map(|c| {
+            crate::next::split(&c.to_string())
+                .0
+                .trim()
+                .replace('\n', " ")
+        })
+        .collect();
+    let next = crate::next::of(err).unwrap_or_else(|| "see the error above".to_string());
+    (what.join(": "), next.replace('\n', " "))
 }
 
 /// Names of server checks, listed as skipped when there is no connection.
@@ -220,7 +224,7 @@ async fn server_checks(
             "check sudo on the server",
         ),
         Err(e) => {
-            let (what, next) = split_remedy(&format!("{e:#}"));
+            let (what, next) = split_remedy(&e);
             r.fail("sudo", "passwordless sudo", what, next);
         }
     }

@@ -24,13 +24,28 @@ pub fn init_logging(verbose: u8) {
         .try_init();
 }
 
-/// Prints an error and its cause chain, cargo-style.
+/// Prints an error and its cause chain, cargo-style, then the one next step (see
+/// [`crate::next`]) last.
 pub fn report_error(err: &anyhow::Error) {
-    let mut out = format!("error: {err}");
-    for cause in err.chain().skip(1) {
-        out.push_str(&format!("\n  caused by: {cause}"));
+    eprintln!("{}", error_report(err));
+}
+
+/// The text [`report_error`] prints.
+pub fn error_report(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for (i, cause) in err.chain().enumerate() {
+        let text = cause.to_string();
+        let (message, _) = crate::next::split(&text);
+        if i == 0 {
+            out.push_str(&format!("error: {message}"));
+        } else {
+            out.push_str(&format!("\n  caused by: {message}"));
+        }
     }
-    eprintln!("{out}");
+    if let Some(next) = crate::next::of(err) {
+        out.push_str(&format!("\n  next: {next}"));
+    }
+    out
 }
 
 /// True when a human can answer prompts.
@@ -68,4 +83,26 @@ pub fn bytes_bar(len: u64, what: &str) -> ProgressBar {
     );
     bar.set_message(what.to_string());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::next::hinted;
+
+    #[test]
+    fn error_report_prints_one_next_step_last() {
+        let inner = anyhow::anyhow!("Vault refused the key\n  next: check the backup");
+        let err = inner.context(hinted(
+            "unsealing Vault",
+            "use the offline backup of THIS Vault",
+        ));
+        let text = error_report(&err);
+        assert_eq!(text.matches("next:").count(), 1, "{text}");
+        assert!(
+            text.ends_with("\n  next: use the offline backup of THIS Vault"),
+            "{text}"
+        );
+        assert!(text.contains("caused by: Vault refused the key"), "{text}");
+    }
 }

@@ -40,10 +40,13 @@ impl Cluster {
             )
             .await?;
         if !out.success() {
-            anyhow::bail!(
-                "cannot read {K3S_KUBECONFIG} on the server: {}\n  next: is k3s installed and running? `rebox status` shows what is up",
-                out.stderr_str().trim()
-            );
+            anyhow::bail!(crate::next::hinted(
+                format!(
+                    "cannot read {K3S_KUBECONFIG} on the server: {}",
+                    out.stderr_str().trim()
+                ),
+                "is k3s installed and running? `rebox status` shows what is up"
+            ));
         }
         let text = Zeroizing::new(
             String::from_utf8(out.stdout).context("the k3s kubeconfig is not UTF-8")?,
@@ -90,7 +93,10 @@ impl Cluster {
         let client = kube::Client::try_from(config).context("creating the cluster client")?;
         let api_addr = format!("{host}:{port}");
         client.apiserver_version().await.with_context(|| {
-            format!("the k3s API at {api_addr} (through the SSH tunnel) does not answer\n  next: check `sudo systemctl status k3s` on the server, or `rebox status`")
+            crate::next::hinted(
+                format!("the k3s API at {api_addr} (through the SSH tunnel) does not answer"),
+                "check `sudo systemctl status k3s` on the server, or `rebox status`",
+            )
         })?;
         Ok(Cluster {
             client,

@@ -30,10 +30,7 @@ impl Cluster {
                     None => "the node has not registered".to_string(),
                     Some(n) => format!("its conditions: {}", conditions(n)),
                 };
-                anyhow::bail!(
-                    "node {name} is not Ready after {}s ({state})\n  next: on the server, `sudo systemctl status k3s` and `sudo k3s kubectl describe node {name}`",
-                    deadline.as_secs()
-                )
+                anyhow::bail!(crate::next::hinted(format!("node {name} is not Ready after {}s ({state})", deadline.as_secs()), format!("on the server, `sudo systemctl status k3s` and `sudo k3s kubectl describe node {name}`")))
             }
         }
     }

@@ -75,9 +75,10 @@ async fn doctor(global: &GlobalArgs, args: &DoctorArgs, site: &Site) -> Result<E
         eprintln!("  {}. {}", i + 1, a.describe(&site.config));
     }
     if !crate::ui::confirm("Apply these fixes?", global.yes)? {
-        anyhow::bail!(
-            "not confirmed; nothing was changed\n  next: answer yes, or pass --yes in scripts"
-        );
+        anyhow::bail!(crate::next::hinted(
+            "not confirmed; nothing was changed",
+            "answer yes, or pass --yes in scripts"
+        ));
     }
     let backup = args.from.clone().map(|path| {
         let ids = args.key_identities.clone();

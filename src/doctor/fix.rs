@@ -137,10 +137,13 @@ impl Fixer<'_, '_> {
         }
         match self.key.backup()? {
             Some(shares) => Ok((shares, "the offline backup".into())),
-            None => bail!(
-                "no unseal key: Secret {} does not hold one and no offline backup was given\n  next: rerun with --from vault-key.age --key-identity IDENTITY",
-                self.site.unseal_secret_name()
-            ),
+            None => bail!(crate::next::hinted(
+                format!(
+                    "no unseal key: Secret {} does not hold one and no offline backup was given",
+                    self.site.unseal_secret_name()
+                ),
+                "rerun with --from vault-key.age --key-identity IDENTITY"
+            )),
         }
     }
 
@@ -162,9 +165,10 @@ impl Fixer<'_, '_> {
     async fn recreate_secret(&mut self) -> Result<String> {
         let name = self.site.unseal_secret_name();
         let Some(shares) = self.key.backup()? else {
-            bail!(
-                "recreating Secret {name} needs the offline backup\n  next: rerun with --from vault-key.age --key-identity IDENTITY"
-            );
+            bail!(crate::next::hinted(
+                format!("recreating Secret {name} needs the offline backup"),
+                "rerun with --from vault-key.age --key-identity IDENTITY"
+            ));
         };
         // A key Vault refuses must not become the Secret: a sealed Vault proves it first.
         let unsealed = self
@@ -341,10 +345,7 @@ impl Fixer<'_, '_> {
             let synced = |o: Option<&DynamicObject>| o.is_some_and(app_ok);
             if !wait_for(api.clone(), name, SYNC_GRACE, synced).await? {
                 let seen = api.get(name).await?;
-                bail!(
-                    "Application {ns}/{name} was hard-refreshed but is still not Synced and Healthy: {}\n  next: the sync error is the reason; fix it in the Git repository, then rerun",
-                    app_problem(&seen)
-                );
+                bail!(crate::next::hinted(format!("Application {ns}/{name} was hard-refreshed but is still not Synced and Healthy: {}", app_problem(&seen)), "the sync error is the reason; fix it in the Git repository, then rerun"));
             }
             done.push(name.clone());
         }

@@ -30,7 +30,10 @@ pub async fn unseal(site: &Site, from_backup: Option<(Vec<SecretText>, String)>)
     let status = site
         .vault()
         .await
-        .context("cannot reach Vault through the SSH tunnel\n  next: `rebox doctor` checks vault-0 and its volume")?
+        .context(crate::next::hinted(
+            "cannot reach Vault through the SSH tunnel",
+            "`rebox doctor` checks vault-0 and its volume",
+        ))?
         .seal_status()
         .await?;
     if !status.initialized {
@@ -48,9 +51,13 @@ pub async fn unseal(site: &Site, from_backup: Option<(Vec<SecretText>, String)>)
     let (shares, source) = match from_backup {
         Some(s) => s,
         None => {
-            let shares = site.require_unseal_secret().await.context(
-                "the Secret cannot give the key\n  next: `rebox unseal --from vault-key.age -i IDENTITY` with the offline backup",
-            )?;
+            let shares = site
+                .require_unseal_secret()
+                .await
+                .context(crate::next::hinted(
+                    "the Secret cannot give the key",
+                    "`rebox unseal --from vault-key.age -i IDENTITY` with the offline backup",
+                ))?;
             (shares, format!("Secret {}", site.unseal_secret_name()))
         }
     };

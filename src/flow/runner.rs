@@ -125,9 +125,20 @@ pub async fn run<C: Send>(
             }
             Err(e) => {
                 line.fail(elapsed);
-                return Err(e.context(format!(
-                    "phase `{title}` failed; everything before it is done and recorded\n  next: fix the cause above and run `{}` again: it resumes here",
-                    opts.resume_hint
+                // One next step: the cause's own, then the resume.
+                let next = match crate::next::of(&e) {
+                    Some(fix) => format!(
+                        "{fix}; then run `{}` again: it resumes here",
+                        opts.resume_hint
+                    ),
+                    None => format!(
+                        "fix the cause above and run `{}` again: it resumes here",
+                        opts.resume_hint
+                    ),
+                };
+                return Err(e.context(crate::next::hinted(
+                    format!("phase `{title}` failed; everything before it is done and recorded"),
+                    next,
                 )));
             }
         }
@@ -315,11 +326,17 @@ mod tests {
         let err = run(&phases(), &mut world, &[&store], &opts())
             .await
             .unwrap_err();
-        let text = format!("{err:#}");
+        // The resume command is the error's next step, printed once, last.
+        let text = crate::ui::error_report(&err);
         assert!(
-            text.contains("step b") && text.contains("rebox test") && text.contains("b broke"),
+            text.contains("step b") && text.contains("b broke"),
             "{text}"
         );
+        assert!(
+            text.ends_with("run `rebox test` again: it resumes here"),
+            "{text}"
+        );
+        assert_eq!(text.matches("next:").count(), 1, "{text}");
         assert_eq!(world.applied, vec!["a"]);
         let j = store.load().await.unwrap().unwrap();
         assert!(j.is_done("a") && !j.is_done("b"));

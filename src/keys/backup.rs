@@ -59,7 +59,12 @@ pub fn check_identities_match(
     let probe = crypt::encrypt_to_recipients(b"rebox identity probe", recipients, false)?;
     let opened = crypt::open(&probe, "identity probe")?
         .decrypt_with_identities(identities)
-        .map_err(|e| anyhow!("{e}\n  next: the --key-identity file must hold the private key of one --key-recipient"))?;
+        .map_err(|e| {
+            anyhow!(crate::next::hinted(
+                format!("{e}"),
+                "the --key-identity file must hold the private key of one --key-recipient"
+            ))
+        })?;
     if opened.as_slice() != b"rebox identity probe" {
         bail!("the identity probe decrypted to something else (an age defect)");
     }

@@ -29,11 +29,14 @@ impl Apply {
         let mut objects = Vec::new();
         for m in ctx.manifests()?.iter().filter(|m| m.group == self.group) {
             if !m.missing_config.is_empty() {
-                anyhow::bail!(
-                    "{} needs {} in rebox.toml before it can be applied\n  next: set it (`rebox init` writes a commented file) and rerun",
-                    m.name,
-                    m.missing_config.join(", ")
-                );
+                anyhow::bail!(crate::next::hinted(
+                    format!(
+                        "{} needs {} in rebox.toml before it can be applied",
+                        m.name,
+                        m.missing_config.join(", ")
+                    ),
+                    "set it (`rebox init` writes a commented file) and rerun"
+                ));
             }
             if !m.secret_inputs.is_empty()
                 && m.secret_inputs
@@ -59,11 +62,7 @@ impl Apply {
                         )
                     })
                     .collect();
-                anyhow::bail!(
-                    "{} needs secret values ({})\n  next: on a restore they come from the offline backup's extra secrets (or prompts); for a fresh rebuild of a public repository set argocd.repo_auth = \"none\" in rebox.toml",
-                    m.name,
-                    sources.join(", ")
-                );
+                anyhow::bail!(crate::next::hinted(format!("{} needs secret values ({})", m.name, sources.join(", ")), "on a restore they come from the offline backup's extra secrets (or prompts); for a fresh rebuild of a public repository set argocd.repo_auth = \"none\" in rebox.toml"));
             }
             objects.extend(m.objects.iter().cloned());
         }
@@ -147,14 +146,22 @@ impl Phase<Ctx> for Apply {
         for (ns, name) in helm_charts(&objects) {
             let job = format!("helm-install-{name}");
             let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), &ns);
-            match tokio::time::timeout(CHART_DEADLINE, await_condition(jobs, &job, conditions::is_job_completed())).await {
+            match tokio::time::timeout(
+                CHART_DEADLINE,
+                await_condition(jobs, &job, conditions::is_job_completed()),
+            )
+            .await
+            {
                 Ok(result) => {
                     result.with_context(|| format!("watching Job {ns}/{job}"))?;
                 }
-                Err(_) => anyhow::bail!(
-                    "chart {name} did not install within {}s (Job {ns}/{job} not complete)\n  next: `kubectl -n {ns} logs job/{job}` on the server shows why",
-                    CHART_DEADLINE.as_secs()
-                ),
+                Err(_) => anyhow::bail!(crate::next::hinted(
+                    format!(
+                        "chart {name} did not install within {}s (Job {ns}/{job} not complete)",
+                        CHART_DEADLINE.as_secs()
+                    ),
+                    format!("`kubectl -n {ns} logs job/{job}` on the server shows why")
+                )),
             }
         }
         Ok(())

@@ -101,11 +101,7 @@ impl Phase<Ctx> for StoreReady {
         let store = ctx.site.config.eso.store.clone();
         let ns = ctx.site.config.eso.namespace.clone();
         let seen = Self::api(ctx).await?.get_opt(&store).await.ok().flatten();
-        anyhow::bail!(
-            "ClusterSecretStore {store} is not Ready after {}s: {}\n  next: `kubectl describe clustersecretstore {store}` and `kubectl -n {ns} logs deployment/external-secrets` on the server",
-            STORE_DEADLINE.as_secs(),
-            store_state(seen.as_ref())
-        )
+        anyhow::bail!(crate::next::hinted(format!("ClusterSecretStore {store} is not Ready after {}s: {}", STORE_DEADLINE.as_secs(), store_state(seen.as_ref())), format!("`kubectl describe clustersecretstore {store}` and `kubectl -n {ns} logs deployment/external-secrets` on the server")))
     }
 }
 
@@ -183,10 +179,7 @@ impl Phase<Ctx> for AppsSynced {
                 } else {
                     stuck.join("\n    ")
                 };
-                anyhow::bail!(
-                    "Argo CD did not sync Application {ns}/{name} within {}s; not Synced and Healthy:\n    {stuck}\n  next: `kubectl -n {ns} get applications` and `kubectl -n {ns} describe application {name}` on the server",
-                    APP_DEADLINE.as_secs()
-                )
+                anyhow::bail!(crate::next::hinted(format!("Argo CD did not sync Application {ns}/{name} within {}s; not Synced and Healthy:\n    {stuck}", APP_DEADLINE.as_secs()), format!("`kubectl -n {ns} get applications` and `kubectl -n {ns} describe application {name}` on the server")))
             }
         }
     }

@@ -54,10 +54,7 @@ impl Phase<Ctx> for Guard {
         if ours || ctx.force {
             return Ok(());
         }
-        anyhow::bail!(
-            "this server already has k3s ({}) that rebox did not install; a rebuild will not clobber it\n  next: rebuild onto a freshly installed server, or pass --force if this k3s is expendable",
-            found.join(", ")
-        )
+        anyhow::bail!(crate::next::hinted(format!("this server already has k3s ({}) that rebox did not install; a rebuild will not clobber it", found.join(", ")), "rebuild onto a freshly installed server, or pass --force if this k3s is expendable"))
     }
     async fn verify(&self, _: &mut Ctx) -> Result<()> {
         Ok(())
@@ -108,10 +105,10 @@ impl Phase<Ctx> for Prerequisites {
         );
         let out = ctx.site.remote.sudo(&script).await?;
         if !out.success() {
-            anyhow::bail!(
-                "installing {PACKAGES} failed: {}\n  next: check the server's apt sources and network (`sudo apt-get update`)",
-                out.stderr_str().trim()
-            );
+            anyhow::bail!(crate::next::hinted(
+                format!("installing {PACKAGES} failed: {}", out.stderr_str().trim()),
+                "check the server's apt sources and network (`sudo apt-get update`)"
+            ));
         }
         Ok(())
     }

@@ -208,7 +208,13 @@ impl Phase<Ctx> for Running {
         let wait = format!("i=0; while [ ! -s {KUBECONFIG} ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done; test -s {KUBECONFIG}");
         while !ctx.site.remote.sudo(&wait).await?.success() {
             if tokio::time::Instant::now() > deadline {
-                anyhow::bail!("k3s wrote no kubeconfig at {KUBECONFIG} within {}s\n  next: `sudo systemctl status k3s` and `sudo journalctl -u k3s` on the server", START_DEADLINE.as_secs());
+                anyhow::bail!(crate::next::hinted(
+                    format!(
+                        "k3s wrote no kubeconfig at {KUBECONFIG} within {}s",
+                        START_DEADLINE.as_secs()
+                    ),
+                    "`sudo systemctl status k3s` and `sudo journalctl -u k3s` on the server"
+                ));
             }
         }
         let node = ctx.node_name().await?;

@@ -111,9 +111,7 @@ impl Ctx {
 
     pub fn key_backup(&self) -> Result<&KeyBackup> {
         self.key_backup.as_ref().ok_or_else(|| {
-            anyhow::anyhow!(
-                "no offline backup given for the new Vault unseal key\n  next: pass --key-out FILE (on the USB stick), --key-recipient age1… (or --key-recipients-file) and --key-identity FILE so rebox can prove the backup decrypts"
-            )
+            anyhow::anyhow!(crate::next::hinted("no offline backup given for the new Vault unseal key", "pass --key-out FILE (on the USB stick), --key-recipient age1… (or --key-recipients-file) and --key-identity FILE so rebox can prove the backup decrypts"))
         })
     }
 

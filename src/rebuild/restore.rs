@@ -125,9 +125,7 @@ impl Phase<Ctx> for Guard {
                 return Ok(());
             }
             Err(e) => {
-                return Err(e.context(
-                    "k3s is installed but rebox cannot list what the cluster holds, so it cannot prove a restore is safe\n  next: start k3s, or pass --force if this cluster is expendable",
-                ))
+                return Err(e.context(crate::next::hinted("k3s is installed but rebox cannot list what the cluster holds, so it cannot prove a restore is safe", "start k3s, or pass --force if this cluster is expendable")))
             }
         };
         if occupants.is_empty() || ctx.force {
@@ -141,15 +139,11 @@ impl Phase<Ctx> for Guard {
             return Ok(());
         }
         let shown: Vec<&str> = occupants.iter().take(6).map(String::as_str).collect();
-        bail!(
-            "this cluster already holds data: {}{}\n  A restore onto it could silently keep the wrong data or half-merge.\n  next: restore onto a freshly installed server, or pass --force if everything on this cluster is expendable",
-            shown.join(", "),
-            if occupants.len() > shown.len() {
+        bail!(crate::next::hinted(format!("this cluster already holds data: {}{}\n  A restore onto it could silently keep the wrong data or half-merge.", shown.join(", "), if occupants.len() > shown.len() {
                 format!(" and {} more", occupants.len() - shown.len())
             } else {
                 String::new()
-            }
-        )
+            }), "restore onto a freshly installed server, or pass --force if everything on this cluster is expendable"))
     }
     async fn verify(&self, _: &mut Ctx) -> Result<()> {
         Ok(())
@@ -234,12 +228,7 @@ impl Phase<Ctx> for Volumes {
             r.outcomes = outcomes;
         }
         if !failed.is_empty() {
-            bail!(
-                "{} of {} volume(s) did not restore (the others did and stay restored):\n    {}\n  next: a rerun retries only these; a backup that is corrupt on the NAS can be left out with --skip-volume NAME (its app then starts without its data)",
-                failed.len(),
-                wanted.len(),
-                failed.join("\n    ")
-            );
+            bail!(crate::next::hinted(format!("{} of {} volume(s) did not restore (the others did and stay restored):\n    {}", failed.len(), wanted.len(), failed.join("\n    ")), "a rerun retries only these; a backup that is corrupt on the NAS can be left out with --skip-volume NAME (its app then starts without its data)"));
         }
         Ok(())
     }
@@ -281,14 +270,7 @@ impl Phase<Ctx> for VaultRestored {
     async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
         let status = super::vault::vault_answering(ctx).await?;
         if !status.initialized {
-            bail!(
-                "Vault reports UNINITIALISED after the restore: its volume (PVC {}/{}) did not bring its data back. rebox never initialises Vault on a restore (that would make a new, empty Vault).\n  next: check the table above lists {} with a recent backup and that it restored; `kubectl -n {} describe pvc {}` on the server",
-                ctx.site.config.vault.namespace,
-                ctx.site.config.vault.pvc,
-                ctx.site.config.vault.pvc,
-                ctx.site.config.vault.namespace,
-                ctx.site.config.vault.pvc
-            );
+            bail!(crate::next::hinted(format!("Vault reports UNINITIALISED after the restore: its volume (PVC {}/{}) did not bring its data back. rebox never initialises Vault on a restore (that would make a new, empty Vault).", ctx.site.config.vault.namespace, ctx.site.config.vault.pvc), format!("check the table above lists {} with a recent backup and that it restored; `kubectl -n {} describe pvc {}` on the server", ctx.site.config.vault.pvc, ctx.site.config.vault.namespace, ctx.site.config.vault.pvc)));
         }
         Ok(())
     }

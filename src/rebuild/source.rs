@@ -46,12 +46,7 @@ pub async fn from_bundle(bundle: &Path, artifacts: &Artifacts, machine: &str) ->
         )
     })?;
     if actual != expected {
-        anyhow::bail!(
-            "checksum mismatch for {}: expected sha256 {expected}, the file has {actual}\n  Nothing was sent to the server.\n  next: copy the k3s {} binary onto the stick again (or fix {})",
-            path.display(),
-            release.version,
-            sums_path.display()
-        );
+        anyhow::bail!(crate::next::hinted(format!("checksum mismatch for {}: expected sha256 {expected}, the file has {actual}\n  Nothing was sent to the server.", path.display()), format!("copy the k3s {} binary onto the stick again (or fix {})", release.version, sums_path.display())));
     }
     Ok(K3sBinary {
         path,
@@ -126,9 +121,7 @@ pub async fn download(
     let (actual, _) = sha256_file(&part).await?;
     if actual != expected {
         let _ = std::fs::remove_file(&part);
-        anyhow::bail!(
-            "checksum mismatch for {url}: expected sha256 {expected}, downloaded {actual}; the download was deleted\n  Nothing was sent to the server.\n  next: retry; if it persists, use a bundle from a trusted copy (--bundle DIR)"
-        );
+        anyhow::bail!(crate::next::hinted(format!("checksum mismatch for {url}: expected sha256 {expected}, downloaded {actual}; the download was deleted\n  Nothing was sent to the server."), "retry; if it persists, use a bundle from a trusted copy (--bundle DIR)"));
     }
     std::fs::rename(&part, &path)?;
     Ok(K3sBinary {
@@ -140,10 +133,16 @@ pub async fn download(
 
 async fn fetch(http: &reqwest::Client, url: &str) -> Result<reqwest::Response> {
     let response = http.get(url).send().await.with_context(|| {
-        format!("cannot download {url}\n  next: check the laptop's network, or bring the binary on the stick (--bundle DIR)")
+        crate::next::hinted(
+            format!("cannot download {url}"),
+            "check the laptop's network, or bring the binary on the stick (--bundle DIR)",
+        )
     })?;
     if !response.status().is_success() {
-        anyhow::bail!("{url} answered {}\n  next: check the k3s version pinned in this rebox, or use --bundle DIR", response.status());
+        anyhow::bail!(crate::next::hinted(
+            format!("{url} answered {}", response.status()),
+            "check the k3s version pinned in this rebox, or use --bundle DIR"
+        ));
     }
     Ok(response)
 }

@@ -36,11 +36,12 @@ pub(super) async fn vault_answering(ctx: &mut Ctx) -> Result<crate::vault::SealS
         match attempt {
             Ok(status) => return Ok(status),
             Err(e) if tokio::time::Instant::now() > deadline => {
-                return Err(e.context(format!(
-                    "Vault did not answer within {}s\n  next: `kubectl -n {} describe pod {}` on the server",
-                    VAULT_DEADLINE.as_secs(),
-                    ctx.site.config.vault.namespace,
-                    ctx.site.config.vault.pod
+                return Err(e.context(crate::next::hinted(
+                    format!("Vault did not answer within {}s", VAULT_DEADLINE.as_secs()),
+                    format!(
+                        "`kubectl -n {} describe pod {}` on the server",
+                        ctx.site.config.vault.namespace, ctx.site.config.vault.pod
+                    ),
                 )))
             }
             Err(e) => {
@@ -99,13 +100,16 @@ impl Phase<Ctx> for Init {
         let settings = ctx.key_backup()?;
         let path = settings.path.clone();
         if status.initialized {
-            anyhow::bail!(
-                "Vault is already initialised, and {} (where this rebuild would have written its key) does not exist: this Vault holds data rebox did not create; refusing to go on\n  next: for a node restored from backups use `rebox rebuild --restore-from-nas`; otherwise point --key-out at the backup of this Vault",
-                path.display()
-            );
+            anyhow::bail!(crate::next::hinted(format!("Vault is already initialised, and {} (where this rebuild would have written its key) does not exist: this Vault holds data rebox did not create; refusing to go on", path.display()), "for a node restored from backups use `rebox rebuild --restore-from-nas`; otherwise point --key-out at the backup of this Vault"));
         }
         if path.exists() {
-            anyhow::bail!("{} already exists and belongs to another Vault; a new key needs a new file\n  next: pass --key-out NEW-FILE (keep the old backup)", path.display());
+            anyhow::bail!(crate::next::hinted(
+                format!(
+                    "{} already exists and belongs to another Vault; a new key needs a new file",
+                    path.display()
+                ),
+                "pass --key-out NEW-FILE (keep the old backup)"
+            ));
         }
         // Everything that can fail without Vault is checked before init: the destination is
         // writable and free, and the identity opens what the recipients can read.
@@ -237,7 +241,7 @@ impl Phase<Ctx> for Unseal {
                 eprintln!("    {}", progress_line(&p))
             })
             .await
-            .context("Vault did not accept the key from the offline backup: it stays sealed, and nothing was changed or deleted\n  next: use the offline backup of THIS Vault (`rebox key verify FILE` shows its fingerprints and cluster), then rerun")?;
+            .context(crate::next::hinted("Vault did not accept the key from the offline backup: it stays sealed, and nothing was changed or deleted", "use the offline backup of THIS Vault (`rebox key verify FILE` shows its fingerprints and cluster), then rerun"))?;
         Ok(())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {

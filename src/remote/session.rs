@@ -35,9 +35,10 @@ impl Target {
     /// Explicit values win over ~/.ssh/config, which wins over the defaults.
     pub fn resolve(server: &config::Server) -> Result<Target> {
         if server.host.trim().is_empty() {
-            anyhow::bail!(
-                "no server given\n  next: pass --host HOST, or set [server] host in rebox.toml (`rebox init`)"
-            );
+            anyhow::bail!(crate::next::hinted(
+                "no server given",
+                "pass --host HOST, or set [server] host in rebox.toml (`rebox init`)"
+            ));
         }
         let ssh = match russh_config::parse_home(&server.host) {
             Ok(c) => Some(c.host_config),

@@ -77,10 +77,7 @@ impl Remote {
             // A corrupt partial upload must not poison the next attempt.
             self.exec(&format!("rm -f {}", shell_quote(&staged)))
                 .await?;
-            anyhow::bail!(
-                "the uploaded copy of {} does not match its sha256 on the server; it was deleted\n  next: rerun to upload it again",
-                spec.local.display()
-            );
+            anyhow::bail!(crate::next::hinted(format!("the uploaded copy of {} does not match its sha256 on the server; it was deleted", spec.local.display()), "rerun to upload it again"));
         }
         self.install_staged(&staged, spec).await?;
         Ok(UploadReport {

@@ -187,10 +187,7 @@ async fn discover(
             let state = target
                 .map(|t| t.data["status"].to_string())
                 .unwrap_or_else(|| "BackupTarget default does not exist".into());
-            bail!(
-                "Longhorn did not list the NAS's volumes within {}s (backup target: {state})\n  next: `kubectl -n {ns} get backuptargets,backupvolumes` on the server; check nas.backup_target",
-                DISCOVERY_DEADLINE.as_secs()
-            );
+            bail!(crate::next::hinted(format!("Longhorn did not list the NAS's volumes within {}s (backup target: {state})", DISCOVERY_DEADLINE.as_secs()), format!("`kubectl -n {ns} get backuptargets,backupvolumes` on the server; check nas.backup_target")));
         }
         tokio::time::sleep(POLL).await;
     }
@@ -261,10 +258,7 @@ async fn wait_volume(
             }
         }
         if tokio::time::Instant::now() > deadline {
-            bail!(
-                "still restoring after {}s\n  next: `kubectl -n longhorn-system describe volume {name}` on the server; rerun to keep waiting",
-                budget.as_secs()
-            );
+            bail!(crate::next::hinted(format!("still restoring after {}s", budget.as_secs()), format!("`kubectl -n longhorn-system describe volume {name}` on the server; rerun to keep waiting")));
         }
         tokio::time::sleep(POLL).await;
     }
@@ -389,10 +383,7 @@ async fn bind(
     if let Some(existing) = pvcs.get_opt(pvc).await? {
         let bound_to = existing.spec.as_ref().and_then(|s| s.volume_name.clone());
         if bound_to.as_deref().is_some_and(|v| v != w.volume) {
-            bail!(
-                "PVC {pvc_ns}/{pvc} already exists, bound to {}; it would not get the restored data\n  next: delete that PVC (it is not the restored one) and rerun",
-                bound_to.unwrap_or_default()
-            );
+            bail!(crate::next::hinted(format!("PVC {pvc_ns}/{pvc} already exists, bound to {}; it would not get the restored data", bound_to.unwrap_or_default()), "delete that PVC (it is not the restored one) and rerun"));
         }
     }
     pvcs.patch(
@@ -421,11 +412,14 @@ async fn bind(
     tokio::time::timeout(BIND_DEADLINE, bound)
         .await
         .map_err(|_| {
-            anyhow!(
-                "PVC {pvc_ns}/{pvc} did not bind to PV {} within {}s\n  next: `kubectl -n {pvc_ns} describe pvc {pvc}` on the server",
-                w.volume,
-                BIND_DEADLINE.as_secs()
-            )
+            anyhow!(crate::next::hinted(
+                format!(
+                    "PVC {pvc_ns}/{pvc} did not bind to PV {} within {}s",
+                    w.volume,
+                    BIND_DEADLINE.as_secs()
+                ),
+                format!("`kubectl -n {pvc_ns} describe pvc {pvc}` on the server")
+            ))
         })?
         .with_context(|| format!("watching PVC {pvc_ns}/{pvc}"))?;
     Ok(())

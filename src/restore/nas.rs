@@ -103,14 +103,8 @@ exit 0"#,
     let out = remote.sudo(&script).await?;
     match out.status {
         0 => parse_scan(&out.stdout_str()),
-        NO_NFS_CLIENT => bail!(
-            "the server cannot mount NFS yet (no mount.nfs)\n  next: rebox installs nfs-common first when you run the restore"
-        ),
-        MOUNT_FAILED => bail!(
-            "the NAS did not let the server mount {source}: {}\n  next: check the NAS is on, exports {} to this server, and that nas.backup_target in rebox.toml is right; nothing on the server was changed",
-            out.stderr_str().trim(),
-            source.split_once(':').map(|(_, p)| p).unwrap_or_default()
-        ),
+        NO_NFS_CLIENT => bail!(crate::next::hinted("the server cannot mount NFS yet (no mount.nfs)", "rebox installs nfs-common first when you run the restore")),
+        MOUNT_FAILED => bail!(crate::next::hinted(format!("the NAS did not let the server mount {source}: {}", out.stderr_str().trim()), format!("check the NAS is on, exports {} to this server, and that nas.backup_target in rebox.toml is right; nothing on the server was changed", source.split_once(':').map(|(_, p)| p).unwrap_or_default()))),
         _ => bail!(
             "reading the NAS through the server failed: {}",
             out.stderr_str().trim()

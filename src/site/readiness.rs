@@ -107,9 +107,12 @@ pub async fn rollout_restart(client: &kube::Client, ns: &str, names: &[String]) 
             format!("reading Deployment {ns}/{name} (is External Secrets installed?)")
         })?;
         if d.spec.as_ref().and_then(|s| s.paused).unwrap_or(false) {
-            anyhow::bail!(
-                "Deployment {ns}/{name} is paused, so it cannot be restarted\n  next: `kubectl -n {ns} rollout resume deployment/{name}` on the server, then rerun"
-            );
+            anyhow::bail!(crate::next::hinted(
+                format!("Deployment {ns}/{name} is paused, so it cannot be restarted"),
+                format!(
+                    "`kubectl -n {ns} rollout resume deployment/{name}` on the server, then rerun"
+                )
+            ));
         }
         let patch =
             json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: at}}}}});

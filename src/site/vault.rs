@@ -79,7 +79,10 @@ pub fn progress_line(p: &UnsealProgress) -> String {
 
 /// The refusal to unseal a Vault that was never initialised.
 pub fn not_initialised() -> anyhow::Error {
-    anyhow::anyhow!("Vault is not initialised: there is nothing to unseal\n  next: `rebox rebuild` initialises a fresh Vault")
+    anyhow::anyhow!(crate::next::hinted(
+        "Vault is not initialised: there is nothing to unseal",
+        "`rebox rebuild` initialises a fresh Vault"
+    ))
 }
 
 impl Site {

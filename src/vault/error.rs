@@ -1,5 +1,5 @@
 //! `VaultError`: what went wrong talking to Vault, classified so the operator (and the flow
-//! code) can act on it, each message ending with the next step.
+//! code) can act on it; [`VaultError::next`] gives the next step beside the message.
 //!
 //! Classification follows `platform-facts.md` §1: Vault's `{"errors":[...]}` bodies and status
 //! codes. Where Vault uses one status for several causes (most refusals are 400), the cause
@@ -41,16 +41,16 @@ pub enum KeyUse {
 /// A Vault failure an operator can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
-    #[error("cannot reach Vault at {url}: {reason}\n  next: check that the tunnel to Vault is up and that the pod vault-0 is Running (`kubectl -n security get pod vault-0`); `rebox status` shows the recovery sequence")]
+    #[error("cannot reach Vault at {url}: {reason}")]
     Unreachable { url: String, reason: String },
 
-    #[error("Vault at {url} is sealed; this operation needs an unsealed Vault\n  next: unseal it first with the key from the offline backup (`rebox unseal`)")]
+    #[error("Vault at {url} is sealed; this operation needs an unsealed Vault")]
     Sealed { url: String },
 
-    #[error("Vault at {url} is not initialized: it holds no data that a key could open\n  next: on a restore, check that the PVC vault-data-lh (namespace security) was restored from the NAS before Vault started (`rebox status`); never initialize a Vault that should have data")]
+    #[error("Vault at {url} is not initialized: it holds no data that a key could open")]
     NotInitialized { url: String },
 
-    #[error("Vault at {url} is already initialized; rebox never initializes a Vault twice\n  next: unseal it with the key from its offline backup (`rebox unseal`)")]
+    #[error("Vault at {url} is already initialized; rebox never initializes a Vault twice")]
     AlreadyInitialized { url: String },
 
     #[error("{}", bad_key_message(*during, *status, errors))]
@@ -60,38 +60,38 @@ pub enum VaultError {
         errors: Vec<String>,
     },
 
-    #[error("Vault refused the key share as malformed ({})\n  next: a share is the hex or base64 text exactly as Vault printed it; check the backup with `rebox key show FILE`", join(errors))]
+    #[error("Vault refused the key share as malformed ({})", join(errors))]
     Malformed { errors: Vec<String> },
 
-    #[error("Vault already counted this key share in the current operation\n  next: give a different share of the same key; each share counts once")]
+    #[error("Vault already counted this key share in the current operation")]
     DuplicateShare,
 
-    #[error("a rekey is already in progress on Vault at {url}{}; rebox did not touch it\n  next: if it is an interrupted `rebox rotate-unseal-key`, rerun that command to resume it; otherwise find who started it before cancelling it with its nonce", in_progress_detail(nonce.as_deref(), *verification_pending))]
+    #[error("a rekey is already in progress on Vault at {url}{}; rebox did not touch it", in_progress_detail(nonce.as_deref(), *verification_pending))]
     RekeyInProgress {
         url: String,
         nonce: Option<String>,
         verification_pending: bool,
     },
 
-    #[error("the nonce does not belong to the operation in progress{}: it was restarted or started by someone else\n  next: read the current state (`rekey status`) and start over if the operation is not yours", expected.as_deref().map(|n| format!(" (Vault expects {n})")).unwrap_or_default())]
+    #[error("the nonce does not belong to the operation in progress{}: it was restarted or started by someone else", expected.as_deref().map(|n| format!(" (Vault expects {n})")).unwrap_or_default())]
     NonceMismatch { expected: Option<String> },
 
-    #[error("no rekey is in progress on Vault at {url} (a Vault restart or seal drops a pending rekey; the current key stays valid)\n  next: start the rotation again (`rebox rotate-unseal-key`)")]
+    #[error("no rekey is in progress on Vault at {url} (a Vault restart or seal drops a pending rekey; the current key stays valid)")]
     NoRekeyInProgress { url: String },
 
-    #[error("the rekey already produced new key shares and waits for their verification{}\n  next: verify with the NEW shares; until then only the old key opens Vault", nonce.as_deref().map(|n| format!(" (verification nonce {n})")).unwrap_or_default())]
+    #[error("the rekey already produced new key shares and waits for their verification{}", nonce.as_deref().map(|n| format!(" (verification nonce {n})")).unwrap_or_default())]
     VerificationPending { nonce: Option<String> },
 
-    #[error("gave {given} distinct key share(s) but Vault needs {threshold} to unseal; the partial attempt was reset\n  next: supply at least {threshold} different shares from the offline backup")]
+    #[error("gave {given} distinct key share(s) but Vault needs {threshold} to unseal; the partial attempt was reset")]
     NotEnoughShares { given: u32, threshold: u32 },
 
-    #[error("the answer from {url} is not what Vault sends: {reason}\n  next: check that the address points at Vault's API (service vault, port 8200)")]
+    #[error("the answer from {url} is not what Vault sends: {reason}")]
     Protocol { url: String, reason: String },
 
-    #[error("cannot set up the Vault client: {reason}\n  next: check the Vault address and CA certificate given to rebox")]
+    #[error("cannot set up the Vault client: {reason}")]
     Config { reason: String },
 
-    #[error("Vault answered {status}: {}\n  next: read Vault's message above; `rebox doctor` checks Vault's state", join(errors))]
+    #[error("Vault answered {status}: {}", join(errors))]
     Other { status: u16, errors: Vec<String> },
 }
 
@@ -115,18 +115,42 @@ fn bad_key_message(during: KeyUse, status: u16, errors: &[String]) -> String {
     let said = format!("Vault answered {status}: {}", join(errors));
     match during {
         KeyUse::Unseal => format!(
-            "the key in the backup does not open this Vault ({said}); Vault discarded the shares given in this attempt\n  next: check that the backup belongs to this cluster (`rebox key verify FILE`)"
+            "the key in the backup does not open this Vault ({said}); Vault discarded the shares given in this attempt"
         ),
         KeyUse::RekeyOldKey => format!(
-            "Vault refused the current unseal key for the rekey ({said}); the shares given were discarded and nothing was rotated\n  next: check that the backup belongs to this cluster (`rebox key verify FILE`), then give the shares again"
+            "Vault refused the current unseal key for the rekey ({said}); the shares given were discarded and nothing was rotated"
         ),
         KeyUse::VerifyNewKey => format!(
-            "the new key shares did not verify ({said}); nothing was rotated and the old key is still the only one that opens Vault\n  next: give the new shares exactly as the rekey returned them; the verification nonce changed, read it again"
+            "the new key shares did not verify ({said}); nothing was rotated and the old key is still the only one that opens Vault"
         ),
     }
 }
 
 impl VaultError {
+    /// The next step for this failure, as far as the client knows it (callers that know the
+    /// homelab's names give a more precise one beside the error, see `crate::next`).
+    pub fn next(&self) -> String {
+        match self {
+            VaultError::Unreachable { .. } => "check that the tunnel to Vault is up and that Vault's pod is Running; `rebox status` shows the recovery sequence".into(),
+            VaultError::Sealed { .. } => "unseal it first with the key from the offline backup (`rebox unseal`)".into(),
+            VaultError::NotInitialized { .. } => "on a restore, check that Vault's volume was restored from the NAS before Vault started (`rebox status`); never initialize a Vault that should have data".into(),
+            VaultError::AlreadyInitialized { .. } => "unseal it with the key from its offline backup (`rebox unseal`)".into(),
+            VaultError::BadKey { during: KeyUse::VerifyNewKey, .. } => "give the new shares exactly as the rekey returned them; the verification nonce changed, read it again".into(),
+            VaultError::BadKey { during: KeyUse::RekeyOldKey, .. } => "check that the backup belongs to this cluster (`rebox key verify FILE`), then give the shares again".into(),
+            VaultError::BadKey { during: KeyUse::Unseal, .. } => "check that the backup belongs to this cluster (`rebox key verify FILE`)".into(),
+            VaultError::Malformed { .. } => "a share is the hex or base64 text exactly as Vault printed it; check the backup with `rebox key show FILE`".into(),
+            VaultError::DuplicateShare => "give a different share of the same key; each share counts once".into(),
+            VaultError::RekeyInProgress { .. } => "if it is an interrupted `rebox rotate-unseal-key`, rerun that command to resume it; otherwise find who started it before cancelling it with its nonce".into(),
+            VaultError::NonceMismatch { .. } => "read the current state (`rekey status`) and start over if the operation is not yours".into(),
+            VaultError::NoRekeyInProgress { .. } => "start the rotation again (`rebox rotate-unseal-key`)".into(),
+            VaultError::VerificationPending { .. } => "verify with the NEW shares; until then only the old key opens Vault".into(),
+            VaultError::NotEnoughShares { threshold, .. } => format!("supply at least {threshold} different shares from the offline backup"),
+            VaultError::Protocol { .. } => "check that the address points at Vault's API (the Vault Service and its port in rebox.toml)".into(),
+            VaultError::Config { .. } => "check the Vault address and CA certificate given to rebox".into(),
+            VaultError::Other { .. } => "read Vault's message above; `rebox doctor` checks Vault's state".into(),
+        }
+    }
+
     /// True when Vault refused a key because it does not open this Vault (not because it
     /// was malformed).
     pub fn is_bad_key(&self) -> bool {
@@ -294,7 +318,7 @@ mod tests {
             "unable to retrieve stored keys: invalid key: x",
         );
         assert!(e.is_bad_key());
-        assert!(e.to_string().contains("rebox key verify FILE"), "{e}");
+        assert!(e.next().contains("rebox key verify FILE"), "{e}");
         let e = c(
             Op::RekeyUpdate,
             500,

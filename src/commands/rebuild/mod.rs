@@ -18,7 +18,10 @@ pub(super) async fn prepare(global: &GlobalArgs, args: &RebuildArgs) -> Result<C
     let (config, target, policy) = super::connection_settings(global, &args.conn)?;
     let artifacts = Artifacts::embedded()?;
     if args.restore_from_nas && args.key_out.is_some() {
-        anyhow::bail!("--key-out writes a NEW key's backup (fresh rebuild); a restore reads the existing one\n  next: pass --key-file FILE (the offline backup of the Vault being restored)");
+        anyhow::bail!(crate::next::hinted(
+            "--key-out writes a NEW key's backup (fresh rebuild); a restore reads the existing one",
+            "pass --key-file FILE (the offline backup of the Vault being restored)"
+        ));
     }
     let site = Site::connect(config, target, policy).await?;
     let machine = site
@@ -144,7 +147,10 @@ pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
         ctx.site.remote.target.addr()
     );
     if !crate::ui::confirm(&question, global.yes)? {
-        anyhow::bail!("not confirmed; nothing was changed\n  next: answer yes, or pass --yes in scripts (`rebox plan` shows what would happen)");
+        anyhow::bail!(crate::next::hinted(
+            "not confirmed; nothing was changed",
+            "answer yes, or pass --yes in scripts (`rebox plan` shows what would happen)"
+        ));
     }
     let local = LocalStore::for_host(&ctx.site.remote.target.host)?;
     let report = {

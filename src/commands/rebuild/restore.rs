@@ -24,10 +24,10 @@ use crate::secret::SecretText;
 pub async fn read_nas(ctx: &Ctx, skip: &[String], may_install: bool) -> Result<Option<Table>> {
     let target = ctx.site.config.nas.backup_target.trim().to_string();
     if target.is_empty() {
-        bail!("nas.backup_target is not set in rebox.toml\n  next: set it to the NAS's Longhorn backup target, e.g. nfs://nas.lan:/volume1/longhorn-backups");
+        bail!(crate::next::hinted("nas.backup_target is not set in rebox.toml", "set it to the NAS's Longhorn backup target, e.g. nfs://nas.lan:/volume1/longhorn-backups"));
     }
     if nas::nfs_source(&target).is_none() {
-        bail!("the backup target {target} is not an nfs:// URL; --restore-from-nas reads NFS targets only in this version\n  next: restore S3/CIFS targets with Longhorn's UI after a fresh `rebox rebuild`");
+        bail!(crate::next::hinted(format!("the backup target {target} is not an nfs:// URL; --restore-from-nas reads NFS targets only in this version"), "restore S3/CIFS targets with Longhorn's UI after a fresh `rebox rebuild`"));
     }
     if !nas::server_has_nfs_client(&ctx.site.remote).await? {
         if !may_install {
@@ -40,15 +40,15 @@ pub async fn read_nas(ctx: &Ctx, skip: &[String], may_install: bool) -> Result<O
             .sudo("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq nfs-common")
             .await?;
         if !out.success() {
-            bail!(
-                "installing nfs-common failed: {}\n  next: check the server's apt sources and network (`sudo apt-get update`)",
-                out.stderr_str().trim()
-            );
+            bail!(crate::next::hinted(
+                format!("installing nfs-common failed: {}", out.stderr_str().trim()),
+                "check the server's apt sources and network (`sudo apt-get update`)"
+            ));
         }
     }
     let volumes = nas::scan(&ctx.site.remote, &target).await?;
     if volumes.is_empty() {
-        bail!("the NAS at {target} holds no Longhorn backups (no backupstore/volumes/*/volume.cfg): there is nothing to restore, and nothing on the server was changed\n  next: check nas.backup_target points at the directory Longhorn backed up to");
+        bail!(crate::next::hinted(format!("the NAS at {target} holds no Longhorn backups (no backupstore/volumes/*/volume.cfg): there is nothing to restore, and nothing on the server was changed"), "check nas.backup_target points at the directory Longhorn backed up to"));
     }
     for name in skip {
         if !volumes.iter().any(|v| &v.volume == name) {
@@ -70,7 +70,10 @@ fn key_file(global: &GlobalArgs, args: &RebuildArgs) -> Result<PathBuf> {
         return Ok(p.clone());
     }
     if global.yes || !crate::ui::interactive() {
-        bail!("a restore needs the offline backup of Vault's unseal key\n  next: pass --key-file FILE (and --key-identity FILE for a key-encrypted backup)");
+        bail!(crate::next::hinted(
+            "a restore needs the offline backup of Vault's unseal key",
+            "pass --key-file FILE (and --key-identity FILE for a key-encrypted backup)"
+        ));
     }
     let path: String = dialoguer::Input::new()
         .with_prompt("Offline backup file of the Vault unseal key (e.g. /media/usb/vault-key.age)")
@@ -84,11 +87,14 @@ fn open_key(global: &GlobalArgs, args: &RebuildArgs, cluster: &str) -> Result<Ba
     let (doc, how) = crate::keys::backup::open_file(&path, &args.key_identities)
         .with_context(|| format!("opening the offline backup {}", path.display()))?;
     if doc.cluster != cluster {
-        bail!(
-            "{} is the backup of cluster {:?}, but rebox.toml is for {cluster:?}\n  next: pass the backup of this cluster, or fix cluster_name in rebox.toml",
-            path.display(),
-            doc.cluster
-        );
+        bail!(crate::next::hinted(
+            format!(
+                "{} is the backup of cluster {:?}, but rebox.toml is for {cluster:?}",
+                path.display(),
+                doc.cluster
+            ),
+            "pass the backup of this cluster, or fix cluster_name in rebox.toml"
+        ));
     }
     let summary = doc.summary();
     eprintln!(
@@ -132,10 +138,7 @@ fn secret_values(global: &GlobalArgs, ctx: &mut Ctx, doc: &BackupDocument) -> Re
         }
     }
     if !missing.is_empty() {
-        bail!(
-            "the offline backup holds no {} and rebox cannot ask (non-interactive)\n  next: run interactively to type them, or add them to the backup (`rebox key export --extra-from-file NAME=FILE …`)",
-            missing.join(", ")
-        );
+        bail!(crate::next::hinted(format!("the offline backup holds no {} and rebox cannot ask (non-interactive)", missing.join(", ")), "run interactively to type them, or add them to the backup (`rebox key export --extra-from-file NAME=FILE …`)"));
     }
     Ok(())
 }
@@ -181,7 +184,7 @@ pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
         }
     );
     if !crate::ui::confirm(&question, global.yes)? {
-        bail!("not confirmed; nothing was changed\n  next: answer yes, or pass --yes in scripts (`rebox plan --restore-from-nas` shows the same table)");
+        bail!(crate::next::hinted("not confirmed; nothing was changed", "answer yes, or pass --yes in scripts (`rebox plan --restore-from-nas` shows the same table)"));
     }
     let local = LocalStore::for_host(&ctx.site.remote.target.host)?;
     let result = {
