@@ -2,9 +2,7 @@
 //! with real kubectl (or the lab's fault switches), then doctor must name it with the right
 //! evidence, `--fix` must repair it, and doctor must then give a clean bill of health.
 
-mod common;
-mod doctor_support;
-
+use crate::doctor_support;
 use doctor_support::*;
 
 #[test]

@@ -2,8 +2,7 @@
 //! appear nowhere in what any `rebox key` command prints (except `show --reveal`'s stdout,
 //! which is its purpose), nor in the paper page or any leftover file.
 
-mod key_support;
-
+use crate::key_support;
 use std::process::Output;
 
 use key_support::*;

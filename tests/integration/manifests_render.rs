@@ -4,8 +4,7 @@
 //! and the validators do catch a misspelled field. Plus the renderer's promises: determinism,
 //! config flowing into every name, chartContent from a checked bundle, secrets never rendered.
 
-mod manifests_support;
-
+use crate::manifests_support;
 use std::collections::BTreeSet;
 
 use rebox::config::{Config, RepoAuth};

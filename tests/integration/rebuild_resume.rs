@@ -3,8 +3,7 @@
 //! each rerun resumes from the journal, a last run completes, and Vault was initialised exactly
 //! once (the offline backup from the `vault-init` boundary is the one that unseals it).
 
-mod common;
-
+use crate::common;
 use std::process::{Command, Output};
 use std::time::Instant;
 

@@ -1,8 +1,7 @@
 //! `rebox preflight` against real lab servers (network namespace, real sshd and sudo):
 //! the happy path and every refusal the foundation issue lists.
 
-mod common;
-
+use crate::common;
 use common::{check, preflight_json, status, Lab};
 use rebox_lab::server::LabOptions;
 

@@ -8,8 +8,7 @@
 //! A second lab covers the failures: unreachable or empty NAS (nothing touched), a corrupt
 //! backup (only it fails; a rerun retries only it), and a Vault volume without data.
 
-mod common;
-
+use crate::common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,8 +1,7 @@
 //! `rebox key export | verify | show` round trips for every recipient kind, the file
 //! rules (0600, two files for passphrase + keys, paper page), and the output formats.
 
-mod key_support;
-
+use crate::key_support;
 use std::os::unix::fs::PermissionsExt;
 
 use key_support::*;

@@ -2,9 +2,7 @@
 //! unseal): from the cluster's Secret and from the offline backup, with progress share by
 //! share, and never a share in the output at -vvv (nor in `doctor --fix`'s).
 
-mod common;
-mod doctor_support;
-
+use crate::{common, doctor_support};
 use std::process::Output;
 
 use common::{lab_bundle, Lab};

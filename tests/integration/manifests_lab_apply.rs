@@ -3,14 +3,13 @@
 //! field validation, after the upstream CRDs from ../shared/crds. A misspelled field is
 //! refused by the same server, so the check can fail.
 
+use crate::manifests_support;
 use std::path::Path;
 use std::process::Output;
 
 use rebox::config::Config;
 use rebox::manifests::{self, RenderInputs};
 use rebox_lab::k3s::{Options, Running};
-
-mod manifests_support;
 
 async fn start_lab_k3s(dir: &Path) -> Running {
     Running::start(Options {

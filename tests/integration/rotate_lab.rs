@@ -11,9 +11,7 @@
 //!   offline backup opens Vault at every point, and a rerun converges to one active key that
 //!   is in the Secret and in the newest backup.
 
-mod common;
-mod key_support;
-
+use crate::{common, key_support};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -2,8 +2,7 @@
 //! stand-in uploaded from a bundle and started by the lab's systemctl, node Ready through the
 //! tunnel. Reruns and interruptions resume; a bad checksum or a foreign k3s is refused.
 
-mod common;
-
+use crate::common;
 use std::time::{Duration, Instant};
 
 use common::{lab_bundle, sha256_hex, Lab};

@@ -3,8 +3,7 @@
 //! sha256, the scratch dir, the age recipient) is replaced by placeholders before comparing.
 //! Update with `cargo insta review` (or INSTA_UPDATE=always).
 
-mod common;
-
+use crate::common;
 use std::process::Command;
 
 use common::{lab_bundle, sha256_hex, Lab};

@@ -3,8 +3,7 @@
 //! (armored and binary), not age at all, age holding something else, an unsupported format
 //! version, no recipients, an existing output, an unwritable output directory.
 
-mod key_support;
-
+use crate::key_support;
 use std::path::Path;
 use std::process::Command;
 

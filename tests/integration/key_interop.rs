@@ -2,8 +2,7 @@
 //! decrypts with `age -d`, and a backup document encrypted by `age` passes `rebox key verify`.
 //! This is the promise to an operator who has only `age` and the file.
 
-mod key_support;
-
+use crate::key_support;
 use std::path::Path;
 use std::process::Command;
 

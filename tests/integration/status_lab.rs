@@ -2,9 +2,7 @@
 //! lab, and the power-loss drill: k3s stopped and started again, and `status --watch`
 //! reporting each step of the self-healing sequence, in order, until everything is healthy.
 
-mod common;
-mod doctor_support;
-
+use crate::{common, doctor_support};
 use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
 use std::sync::mpsc;

@@ -2,8 +2,7 @@
 //! for GitHub, set by `[k3s] release_url`) and checks it against the release's sha256 file on
 //! the laptop; a mismatch is refused before the server is touched.
 
-mod common;
-
+use crate::common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

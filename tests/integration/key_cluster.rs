@@ -3,9 +3,7 @@
 //! The unseal key Secret is created with real kubectl on the server, the key fed on stdin.
 //! What rebox writes is decrypted with the stock `age` CLI.
 
-mod common;
-mod key_support;
-
+use crate::{common, key_support};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 

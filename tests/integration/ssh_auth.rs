@@ -1,8 +1,7 @@
 //! Authentication paths against a real lab sshd: ~/.ssh/config aliases, the ssh-agent, RSA
 //! and ECDSA key files, and an encrypted key in a run that cannot ask for its passphrase.
 
-mod common;
-
+use crate::common;
 use std::path::Path;
 use std::process::Command;
 

@@ -2,8 +2,7 @@
 //! and resumed with its sha256 checked, a corrupted partial upload caught, exec with separate
 //! streams, and a tunnel carrying an HTTP request to a listener inside the namespace.
 
-mod common;
-
+use crate::common;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
