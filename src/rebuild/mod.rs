@@ -3,11 +3,11 @@
 //! its own file.
 
 mod addons;
+pub mod from_nas;
 pub mod gitops;
 mod host;
 mod k3s;
-pub mod restore;
-pub mod source;
+pub mod k3s_binary;
 mod vault;
 
 use anyhow::Result;
@@ -17,7 +17,7 @@ use crate::keys::crypt::NamedRecipient;
 use crate::manifests::{Artifacts, Group, RenderInputs};
 use crate::secret::SecretText;
 use crate::site::Site;
-use source::K3sBinary;
+use k3s_binary::K3sBinary;
 
 /// Where the new unseal key's offline backup goes, and how to prove it decrypts.
 pub struct KeyBackup {
@@ -203,19 +203,19 @@ pub fn restore_phases() -> Vec<Box<dyn Phase<Ctx>>> {
         match phase.id() {
             "guard" => {
                 phases.push(phase);
-                phases.push(Box::new(restore::Guard));
+                phases.push(Box::new(from_nas::Guard));
             }
             // The restored volume replaces the fresh PVC; Vault's key comes from the backup.
             id if id == Group::VaultStorage.name() && !Group::VaultStorage.on_restore_path() => {}
             "vault-init" | "vault-key-secret" | "vault-unseal" => {}
             "vault" => {
-                phases.push(Box::new(restore::Volumes));
+                phases.push(Box::new(from_nas::Volumes));
                 phases.push(phase);
-                phases.push(Box::new(restore::VaultRestored));
+                phases.push(Box::new(from_nas::VaultRestored));
                 // Unseal first: a wrong key fails here, before it reaches the Secret.
                 phases.push(Box::new(vault::Unseal));
                 phases.push(Box::new(vault::KeySecret));
-                phases.push(Box::new(restore::BootstrapSecrets));
+                phases.push(Box::new(from_nas::BootstrapSecrets));
             }
             _ => phases.push(phase),
         }

@@ -1,7 +1,7 @@
 //! The restore half of `rebox rebuild --restore-from-nas`: what the NAS holds ([`nas`]), the
 //! data-loss window shown before anything changes ([`table`]), restoring the volumes through
 //! Longhorn ([`longhorn`]) and the final report ([`report`]). The phases that use them live
-//! with the other rebuild phases (`rebuild::restore`).
+//! with the other rebuild phases (`rebuild::from_nas`).
 
 pub mod longhorn;
 pub mod nas;

@@ -9,9 +9,9 @@ use crate::cli::{GlobalArgs, RebuildArgs};
 use crate::flow::journal::{LocalStore, ServerStore};
 use crate::flow::{self, PlanEntry, RunOptions};
 use crate::manifests::{Artifacts, RenderInputs};
-use crate::rebuild::{self, source, Ctx, KeyBackup};
+use crate::rebuild::{self, k3s_binary, Ctx, KeyBackup};
 
-mod restore;
+mod from_nas;
 use crate::site::Site;
 
 pub(super) async fn prepare(global: &GlobalArgs, args: &RebuildArgs) -> Result<Ctx> {
@@ -33,7 +33,7 @@ pub(super) async fn prepare(global: &GlobalArgs, args: &RebuildArgs) -> Result<C
         .to_string();
     let (k3s, inputs) = match args.bundle.as_deref() {
         Some(bundle) => (
-            source::from_bundle(bundle, &artifacts, &machine).await?,
+            k3s_binary::from_bundle(bundle, &artifacts, &machine).await?,
             RenderInputs::from_bundle(bundle, &artifacts)?,
         ),
         None => {
@@ -41,8 +41,9 @@ pub(super) async fn prepare(global: &GlobalArgs, args: &RebuildArgs) -> Result<C
                 .or_else(|| dirs::home_dir().map(|h| h.join(".cache")))
                 .context("no cache directory for the k3s download; pass --bundle DIR")?
                 .join("rebox");
-            let k3s = source::download(&artifacts, &machine, &site.config.k3s.release_url, &cache)
-                .await?;
+            let k3s =
+                k3s_binary::download(&artifacts, &machine, &site.config.k3s.release_url, &cache)
+                    .await?;
             (k3s, RenderInputs::online())
         }
     };
@@ -75,7 +76,7 @@ pub async fn plan(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
     let mut ctx = prepare(global, &args).await?;
     let phases = if args.restore_from_nas {
         // Read-only: without an NFS client on the server the table waits for the real run.
-        match restore::read_nas(&ctx, &args.skip_volumes, false).await? {
+        match from_nas::read_nas(&ctx, &args.skip_volumes, false).await? {
             Some(table) => {
                 if !global.json {
                     print!("{}", table.render());
@@ -130,7 +131,7 @@ pub(super) fn print_plan(global: &GlobalArgs, ctx: &Ctx, entries: &[PlanEntry]) 
 
 pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
     if args.restore_from_nas {
-        return restore::run(global, args).await;
+        return from_nas::run(global, args).await;
     }
     let mut ctx = prepare(global, &args).await?;
     let phases = rebuild::fresh_phases();

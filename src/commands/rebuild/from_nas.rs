@@ -13,7 +13,7 @@ use crate::cli::{GlobalArgs, RebuildArgs};
 use crate::flow::journal::{LocalStore, ServerStore};
 use crate::flow::{self, RunOptions};
 use crate::keys::BackupDocument;
-use crate::rebuild::{self, restore::FLOW, Ctx, RestoreState};
+use crate::rebuild::{self, from_nas::FLOW, Ctx, RestoreState};
 use crate::restore::nas;
 use crate::restore::report::Report;
 use crate::restore::table::Table;
