@@ -27,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
         known_hosts: known_hosts.into(),
         accept_new: false,
         replace: None,
-        interactive: false,
+        ask: None,
     };
 
     let start = Instant::now();

@@ -67,6 +67,29 @@ pub fn confirm(question: &str, yes: bool) -> anyhow::Result<bool> {
         .interact()?)
 }
 
+/// The terminal as the SSH layer's [`crate::remote::Asker`].
+pub struct Terminal;
+
+impl crate::remote::Asker for Terminal {
+    fn new_host_key(&self, host: &str, fingerprint: &str) -> anyhow::Result<bool> {
+        eprintln!(
+            "The authenticity of host {host} can't be established.\nIts host key fingerprint is {fingerprint}."
+        );
+        Ok(dialoguer::Confirm::new()
+            .with_prompt("Does it match the fingerprint shown on the server's console? Record it and continue")
+            .default(false)
+            .interact()?)
+    }
+
+    fn key_passphrase(&self, path: &std::path::Path) -> anyhow::Result<zeroize::Zeroizing<String>> {
+        Ok(zeroize::Zeroizing::new(
+            dialoguer::Password::new()
+                .with_prompt(format!("Passphrase for {}", path.display()))
+                .interact()?,
+        ))
+    }
+}
+
 /// A byte-count progress bar, hidden when stderr is not a terminal.
 pub fn bytes_bar(len: u64, what: &str) -> ProgressBar {
     let bar = if std::io::stderr().is_terminal() {

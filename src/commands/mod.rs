@@ -59,7 +59,9 @@ pub fn connection_settings(
         known_hosts,
         accept_new: conn.accept_new_host_key,
         replace: conn.replace_host_key.clone(),
-        interactive: !global.yes && crate::ui::interactive(),
+        ask: (!global.yes && crate::ui::interactive()).then(|| {
+            std::sync::Arc::new(crate::ui::Terminal) as std::sync::Arc<dyn crate::remote::Asker>
+        }),
     };
     Ok((config, target, policy))
 }

@@ -67,8 +67,17 @@ impl Phase<Ctx> for Binary {
             mode: 0o755,
             owner: "root:root",
         };
-        ctx.site.remote.upload(&spec).await?;
-        Ok(())
+        let bar = crate::ui::bytes_bar(0, "uploading k3s");
+        let uploaded = ctx
+            .site
+            .remote
+            .upload_with_progress(&spec, &|sent, size| {
+                bar.set_length(size);
+                bar.set_position(sent);
+            })
+            .await;
+        bar.finish_and_clear();
+        uploaded.map(|_| ())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
         let got = remote_sha256(ctx, BINARY).await?;

@@ -11,6 +11,6 @@ mod upload;
 
 pub use error::RemoteError;
 pub use exec::{shell_quote, ExecOptions, ExecOutput};
-pub use session::{HostKeyNote, HostKeyPolicy, Remote, Target};
+pub use session::{Asker, HostKeyNote, HostKeyPolicy, Remote, Target};
 pub use tunnel::Tunnel;
 pub use upload::{sha256_file, UploadReport, UploadSpec};

@@ -94,16 +94,37 @@ fn expand_tilde(p: &std::path::Path) -> PathBuf {
     }
 }
 
-/// How to treat the server's host key.
-#[derive(Debug, Clone)]
+/// What the SSH layer may ask a human. The caller gives it (the terminal, in the binary), so
+/// this layer prompts for nothing itself.
+pub trait Asker: Send + Sync {
+    /// A host key not yet in known_hosts: record it and continue?
+    fn new_host_key(&self, host: &str, fingerprint: &str) -> Result<bool>;
+    /// The passphrase of an encrypted private key file.
+    fn key_passphrase(&self, path: &std::path::Path) -> Result<Zeroizing<String>>;
+}
+
+/// How to treat the server's host key, and who can be asked.
+#[derive(Clone)]
 pub struct HostKeyPolicy {
     pub known_hosts: PathBuf,
     /// Record the key of a host not yet in known_hosts.
     pub accept_new: bool,
     /// Accept exactly this fingerprint in place of the recorded key (a rebuilt server).
     pub replace: Option<String>,
-    /// A human can be asked about an unknown key.
-    pub interactive: bool,
+    /// Who can be asked about an unknown key or a key file's passphrase; None: nobody (a
+    /// script, `--yes`).
+    pub ask: Option<Arc<dyn Asker>>,
+}
+
+impl std::fmt::Debug for HostKeyPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostKeyPolicy")
+            .field("known_hosts", &self.known_hosts)
+            .field("accept_new", &self.accept_new)
+            .field("replace", &self.replace)
+            .field("interactive", &self.ask.is_some())
+            .finish()
+    }
 }
 
 /// What happened to the host key on this connection (for reports).
@@ -211,7 +232,13 @@ fn decide(host: &str, port: u16, policy: &HostKeyPolicy, key: &PublicKey) -> Res
                         fingerprint: fp,
                     }))
                 }
-                None => policy.accept_new || (policy.interactive && ask_unknown(&name, &fp)?),
+                None => {
+                    policy.accept_new
+                        || match &policy.ask {
+                            Some(ask) => ask_unknown(ask.as_ref(), &name, &fp)?,
+                            None => false,
+                        }
+                }
             };
             if accept {
                 known_hosts::record(path, host, port, key)?;
@@ -239,16 +266,8 @@ fn fingerprints_equal(given: &str, actual: &str) -> bool {
     strip(given) == strip(actual)
 }
 
-fn ask_unknown(name: &str, fp: &str) -> Result<bool> {
-    eprintln!(
-        "The authenticity of host {name} can't be established.\nIts host key fingerprint is {fp}."
-    );
-    tokio::task::block_in_place(|| {
-        Ok(dialoguer::Confirm::new()
-            .with_prompt("Does it match the fingerprint shown on the server's console? Record it and continue")
-            .default(false)
-            .interact()?)
-    })
+fn ask_unknown(ask: &dyn Asker, name: &str, fp: &str) -> Result<bool> {
+    tokio::task::block_in_place(|| ask.new_host_key(name, fp))
 }
 
 /// An authenticated SSH connection to the server. Clones share the one connection.
@@ -277,6 +296,7 @@ impl Remote {
             ..Default::default()
         });
         let decision = Arc::new(Mutex::new(None));
+        let ask = policy.ask.clone();
         let handler = Handler {
             host: target.host.clone(),
             port: target.port,
@@ -325,7 +345,7 @@ impl Remote {
                 anyhow::bail!("the SSH handshake with {addr} finished without a host key check")
             }
         };
-        let auth_method = authenticate(&mut handle, &target).await?;
+        let auth_method = authenticate(&mut handle, &target, ask.as_deref()).await?;
         tracing::info!(host = %addr, user = %target.user, method = %auth_method, "connected");
         Ok(Remote {
             handle: Arc::new(handle),
@@ -363,7 +383,11 @@ impl Remote {
     }
 }
 
-async fn authenticate(handle: &mut client::Handle<Handler>, target: &Target) -> Result<String> {
+async fn authenticate(
+    handle: &mut client::Handle<Handler>,
+    target: &Target,
+    ask: Option<&dyn Asker>,
+) -> Result<String> {
     let user = target.user.clone();
     let mut tried = Vec::new();
     let rsa_hash = handle
@@ -406,7 +430,7 @@ async fn authenticate(handle: &mut client::Handle<Handler>, target: &Target) -> 
         target.identity_files.clone()
     };
     for path in files {
-        let key = match load_key(&path) {
+        let key = match load_key(&path, ask) {
             Ok(Some(k)) => k,
             Ok(None) => {
                 tried.push(format!(
@@ -466,18 +490,17 @@ fn default_identity_files() -> Vec<PathBuf> {
 }
 
 /// Loads a private key; `Ok(None)` when it is encrypted and nobody can be asked.
-fn load_key(path: &std::path::Path) -> Result<Option<russh::keys::PrivateKey>> {
+fn load_key(
+    path: &std::path::Path,
+    ask: Option<&dyn Asker>,
+) -> Result<Option<russh::keys::PrivateKey>> {
     match russh::keys::load_secret_key(path, None) {
         Ok(k) => Ok(Some(k)),
         Err(russh::keys::Error::KeyIsEncrypted) => {
-            if !crate::ui::interactive() {
+            let Some(ask) = ask else {
                 return Ok(None);
-            }
-            let pass: Zeroizing<String> = Zeroizing::new(tokio::task::block_in_place(|| {
-                dialoguer::Password::new()
-                    .with_prompt(format!("Passphrase for {}", path.display()))
-                    .interact()
-            })?);
+            };
+            let pass = tokio::task::block_in_place(|| ask.key_passphrase(path))?;
             russh::keys::load_secret_key(path, Some(pass.as_str()))
                 .map(Some)
                 .with_context(|| format!("decrypting {} (wrong passphrase?)", path.display()))

@@ -58,6 +58,16 @@ pub async fn sha256_file(path: &Path) -> Result<(String, u64)> {
 impl Remote {
     /// Uploads `spec.local` to `spec.remote`, verified and installed atomically.
     pub async fn upload(&self, spec: &UploadSpec<'_>) -> Result<UploadReport> {
+        self.upload_with_progress(spec, &|_, _| {}).await
+    }
+
+    /// [`Remote::upload`], calling `progress(bytes on the server, size)` as bytes go out (the
+    /// caller draws the bar: this layer shows nothing).
+    pub async fn upload_with_progress(
+        &self,
+        spec: &UploadSpec<'_>,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<UploadReport> {
         let (sha256, size) = sha256_file(spec.local).await?;
         let staged = format!("{STAGING}/{sha256}.part");
         let out = self.exec(&format!("mkdir -p -m 700 {STAGING}")).await?;
@@ -68,7 +78,9 @@ impl Remote {
             );
         }
 
-        let resumed_from = self.send_staged(spec.local, &staged, size).await?;
+        let resumed_from = self
+            .send_staged(spec.local, &staged, size, progress)
+            .await?;
         let remote_sum = self
             .exec(&format!("sha256sum {}", shell_quote(&staged)))
             .await?;
@@ -89,7 +101,13 @@ impl Remote {
 
     /// Writes the local file into the staging file, continuing after any bytes already there.
     /// Returns the offset it resumed from.
-    async fn send_staged(&self, local: &Path, staged: &str, size: u64) -> Result<u64> {
+    async fn send_staged(
+        &self,
+        local: &Path,
+        staged: &str,
+        size: u64,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<u64> {
         let channel = self
             .handle
             .channel_open_session()
@@ -140,12 +158,8 @@ impl Remote {
             );
         }
 
-        let name = local
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let bar = crate::ui::bytes_bar(size, &format!("uploading {name}"));
-        bar.set_position(offset);
+        let mut sent = offset;
+        progress(sent, size);
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = file.read(&mut buf).await?;
@@ -156,14 +170,14 @@ impl Remote {
                 .write_all(&buf[..n])
                 .await
                 .map_err(|e| self.link_error(e, "writing to the server"))?;
-            bar.inc(n as u64);
+            sent += n as u64;
+            progress(sent, size);
         }
         remote
             .shutdown()
             .await
             .map_err(|e| self.link_error(e, "finishing the upload"))?;
         let _ = sftp.close().await;
-        bar.finish_and_clear();
         Ok(offset)
     }
 

@@ -24,7 +24,7 @@ fn target(lab: &Lab) -> (Target, HostKeyPolicy) {
         known_hosts: lab.known_hosts(),
         accept_new: false,
         replace: None,
-        interactive: false,
+        ask: None,
     };
     (t, p)
 }
