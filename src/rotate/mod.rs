@@ -55,11 +55,6 @@ use crate::vault::{SealStatus, VaultClient, VaultError};
 use journal::{Journal, Step};
 use protect::Protection;
 
-/// The environment variable naming a step boundary to stop at (shared with the phase runner).
-pub const FAILPOINT_ENV: &str = "REBOX_FAILPOINT_EXIT_AFTER";
-/// Exit status of a run stopped by the failpoint.
-pub const FAILPOINT_STATUS: i32 = 86;
-
 /// Every step boundary, in order (the crash tests iterate over these).
 pub const BOUNDARIES: &[&str] = &[
     "rotate-preflight",
@@ -77,26 +72,23 @@ pub const BOUNDARIES: &[&str] = &[
     "rotate-old-superseded",
 ];
 
+/// A step boundary: the crash tests stop the process here (`crate::failpoint`); debug builds
+/// check that the boundary is listed, so the tests cover it.
 fn failpoint(boundary: &str) {
     debug_assert!(
         BOUNDARIES.contains(&boundary),
         "unknown boundary {boundary}"
     );
-    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == boundary) {
-        eprintln!("failpoint: exiting at `{boundary}` ({FAILPOINT_ENV})");
-        std::process::exit(FAILPOINT_STATUS);
-    }
+    crate::failpoint::exit_after(boundary);
 }
 
 /// Boundaries only a recovery passes (not in a plain rotation): a probe rekey started.
 pub const RECOVERY_BOUNDARIES: &[&str] = &["rotate-probe-started"];
 
+/// A boundary of the recovery, for the crash tests like [`failpoint`].
 fn recovery_failpoint(boundary: &str) {
     debug_assert!(RECOVERY_BOUNDARIES.contains(&boundary));
-    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == boundary) {
-        eprintln!("failpoint: exiting at `{boundary}` ({FAILPOINT_ENV})");
-        std::process::exit(FAILPOINT_STATUS);
-    }
+    crate::failpoint::exit_after(boundary);
 }
 
 /// What the operator asked for.
