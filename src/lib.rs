@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod doctor;
 pub mod embedded;
+pub mod failpoint;
 pub mod flow;
 pub mod keys;
 pub mod manifests;

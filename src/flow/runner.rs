@@ -112,7 +112,9 @@ pub async fn run<C: Send>(
             error,
         });
         save_journal(stores, &journal).await;
-        failpoint_exit_after(phase.id());
+        // The crash tests stop here: the phase's outcome is in the journals, as if killed at
+        // the phase boundary.
+        crate::failpoint::exit_after(phase.id());
         match result {
             Ok(outcome) => {
                 line.finish(outcome, elapsed);
@@ -144,27 +146,6 @@ pub async fn run<C: Send>(
         }
     }
     Ok(report)
-}
-
-/// Fault injection for the resume tests: the environment variable that names a phase id.
-pub const FAILPOINT_EXIT_AFTER: &str = "REBOX_FAILPOINT_EXIT_AFTER";
-/// The exit status of a process stopped by the failpoint.
-pub const FAILPOINT_EXIT_STATUS: i32 = 86;
-
-/// Whether the failpoint (the value of `REBOX_FAILPOINT_EXIT_AFTER`) names this phase.
-fn failpoint_matches(setting: Option<&str>, id: &str) -> bool {
-    setting.is_some_and(|s| !s.is_empty() && s == id)
-}
-
-/// The failpoint seam: when `REBOX_FAILPOINT_EXIT_AFTER` equals `id`, the process exits with
-/// status 86 right after that phase's outcome is in the journals, as if killed at the phase
-/// boundary. Inert unless the variable is set; tests use it to prove a rerun resumes.
-fn failpoint_exit_after(id: &str) {
-    let setting = std::env::var(FAILPOINT_EXIT_AFTER).ok();
-    if failpoint_matches(setting.as_deref(), id) {
-        eprintln!("failpoint: exiting after phase `{id}` ({FAILPOINT_EXIT_AFTER})");
-        std::process::exit(FAILPOINT_EXIT_STATUS);
-    }
 }
 
 /// The most advanced journal of this flow among the stores; unreadable ones are reported and
@@ -351,18 +332,6 @@ mod tests {
             vec![Outcome::AlreadyDone, Outcome::Ran, Outcome::Ran]
         );
         assert_eq!(world.applied, vec!["a", "b", "c"], "a phase ran twice");
-    }
-
-    #[test]
-    fn the_failpoint_fires_only_for_the_named_phase() {
-        assert!(failpoint_matches(Some("vault-init"), "vault-init"));
-        assert!(!failpoint_matches(Some("vault-init"), "guard"));
-        assert!(!failpoint_matches(Some(""), ""));
-        assert!(!failpoint_matches(None, "vault-init"));
-        // Not set in the test environment: the seam is a no-op.
-        if std::env::var_os(FAILPOINT_EXIT_AFTER).is_none() {
-            failpoint_exit_after("a");
-        }
     }
 
     #[tokio::test]

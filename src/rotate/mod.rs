@@ -32,30 +32,28 @@
 //! In place (`-o` names the `--from` file) the new backup is staged as `FILE.rotating` and
 //! takes the name only at the end, after the current file is renamed as superseded; a rerun
 //! completes a half-done pair of renames.
+//!
+//! The steps are methods of `Rotation`: `steps.rs` holds a fresh rotation and the tail a
+//! recovery shares with it, `recover.rs` the recovery of an interrupted one.
 
 pub mod journal;
 mod protect;
+mod recover;
 mod rekey;
+mod steps;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::keys::BackupDocument;
 use crate::remote::{HostKeyPolicy, Target};
-use crate::secret::SecretText;
 pub use crate::site::fingerprints;
 use crate::site::Site;
-use crate::vault::VaultError;
-use journal::{Extra, Journal, Step};
+use crate::vault::{SealStatus, VaultClient, VaultError};
+use journal::{Journal, Step};
 use protect::Protection;
-
-/// The environment variable naming a step boundary to stop at (shared with the phase runner).
-pub const FAILPOINT_ENV: &str = "REBOX_FAILPOINT_EXIT_AFTER";
-/// Exit status of a run stopped by the failpoint.
-pub const FAILPOINT_STATUS: i32 = 86;
 
 /// Every step boundary, in order (the crash tests iterate over these).
 pub const BOUNDARIES: &[&str] = &[
@@ -74,26 +72,23 @@ pub const BOUNDARIES: &[&str] = &[
     "rotate-old-superseded",
 ];
 
+/// A step boundary: the crash tests stop the process here (`crate::failpoint`); debug builds
+/// check that the boundary is listed, so the tests cover it.
 fn failpoint(boundary: &str) {
     debug_assert!(
         BOUNDARIES.contains(&boundary),
         "unknown boundary {boundary}"
     );
-    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == boundary) {
-        eprintln!("failpoint: exiting at `{boundary}` ({FAILPOINT_ENV})");
-        std::process::exit(FAILPOINT_STATUS);
-    }
+    crate::failpoint::exit_after(boundary);
 }
 
 /// Boundaries only a recovery passes (not in a plain rotation): a probe rekey started.
 pub const RECOVERY_BOUNDARIES: &[&str] = &["rotate-probe-started"];
 
+/// A boundary of the recovery, for the crash tests like [`failpoint`].
 fn recovery_failpoint(boundary: &str) {
     debug_assert!(RECOVERY_BOUNDARIES.contains(&boundary));
-    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == boundary) {
-        eprintln!("failpoint: exiting at `{boundary}` ({FAILPOINT_ENV})");
-        std::process::exit(FAILPOINT_STATUS);
-    }
+    crate::failpoint::exit_after(boundary);
 }
 
 /// What the operator asked for.
@@ -261,6 +256,12 @@ impl Rotation<'_> {
         Ok(())
     }
 
+    /// Moves the journal to `step` and saves it.
+    fn record_step(&self, j: &mut Journal, step: Step) -> Result<()> {
+        j.set_step(step);
+        self.save(j)
+    }
+
     async fn go(&mut self, pending: Option<Journal>) -> Result<Report> {
         let mut rolled_back = None;
         if let Some(j) = pending {
@@ -287,633 +288,18 @@ impl Rotation<'_> {
             self.journal_path.display()
         ))
     }
+}
 
-    // ---------------------------------------------------------------- fresh rotation
-
-    async fn fresh(&mut self) -> Result<Report> {
-        let vault = self.site.vault().await?.clone();
-        let status = vault.seal_status().await?;
-        if !status.initialized {
-            return Err(VaultError::NotInitialized {
-                url: vault.url().into(),
-            }
-            .into());
+/// Vault's seal status; an uninitialised Vault has no key to rotate.
+async fn initialized_status(vault: &VaultClient) -> Result<SealStatus> {
+    let status = vault.seal_status().await?;
+    if !status.initialized {
+        return Err(VaultError::NotInitialized {
+            url: vault.url().into(),
         }
-        if status.sealed {
-            bail!(
-                "Vault is sealed; a rotation needs an unsealed Vault, and nothing was changed\n  next: let the auto-unseal CronJob unseal it (or unseal it with the offline backup), then run this again"
-            );
-        }
-        let output = self.output.clone().ok_or_else(|| {
-            anyhow!("no destination for the new offline backup\n  next: pass -o NEW-FILE (e.g. on the USB stick, next to the current backup)")
-        })?;
-        // In place (-o is the current backup): the new backup is written under a staging name
-        // and takes the name at the end, when the current one is renamed as superseded.
-        let (output, final_output) = match &self.from {
-            Some(from) if same_file(from, &output) => {
-                let staging = staging_name(&output);
-                self.say(&format!(
-                    "-o is the current backup: the new one is written as {} and renamed {} once its key is active (the current file becomes *.superseded-TIME)",
-                    staging.display(),
-                    output.display()
-                ));
-                (staging, Some(output))
-            }
-            _ => (output, None),
-        };
-        // Free and writable, checked before Vault is touched.
-        drop(
-            crate::keys::output::Pending::create(&output, false)
-                .map_err(|e| anyhow!("{e:#}\nnothing was changed"))?,
-        );
-
-        // The current key: the backup file and/or the Secret, which must agree.
-        let from_doc = match &self.from {
-            Some(p) => Some(self.keys.open_current(p)?),
-            None => None,
-        };
-        let secret = self.site.read_unseal_secret().await?.shares();
-        let secret_name = self.site.unseal_secret_name();
-        let (old_shares, extra, cluster) = match (&from_doc, &secret) {
-            (Some(doc), secret) => {
-                let shares: Vec<SecretText> =
-                    doc.shares();
-                match secret {
-                    Some(s) if fingerprints(s) != fingerprints(&shares) => bail!(
-                        "the current backup {} and Secret {secret_name} hold different keys, so it is unclear which one opens Vault; nothing was changed\n  next: compare them with `rebox key verify -i ID {} --against-cluster`; give --from the backup that opens Vault, and fix the Secret (or make a new backup with `rebox key export`) first",
-                        self.from.as_ref().expect("from").display(),
-                        self.from.as_ref().expect("from").display()
-                    ),
-                    Some(_) => self.say(&format!(
-                        "the current key: {} (the same key as Secret {secret_name})",
-                        self.from.as_ref().expect("from").display()
-                    )),
-                    None => self.say(&format!(
-                        "warning: Secret {secret_name} does not exist; the rotation creates it with the new key"
-                    )),
-                }
-                let extra = doc
-                    .extra
-                    .iter()
-                    .map(|e| Extra {
-                        name: e.name.clone(),
-                        value: e.value.clone(),
-                    })
-                    .collect();
-                (shares, extra, doc.cluster.clone())
-            }
-            (None, Some(s)) if !s.is_empty() => {
-                self.say(&format!("the current key: Secret {secret_name} (no --from backup given)"));
-                (s.clone(), vec![], self.site.config.cluster_name.clone())
-            }
-            (None, _) => bail!(
-                "no current unseal key: Secret {secret_name} is missing or empty and no --from backup was given; nothing was changed\n  next: pass --from CURRENT-BACKUP.age"
-            ),
-        };
-        if (old_shares.len() as u32) < status.threshold {
-            bail!(
-                "the current key has {} share(s) but Vault needs {} to authorise a rekey; nothing was changed\n  next: give --from a backup that holds at least {} shares",
-                old_shares.len(),
-                status.threshold,
-                status.threshold
-            );
-        }
-
-        // No rekey of someone else's in the way.
-        let rekey = vault.rekey_status().await?;
-        if rekey.started && !self.settings.cancel_existing {
-            return Err(VaultError::RekeyInProgress {
-                url: vault.url().into(),
-                nonce: Some(rekey.nonce.clone()),
-                verification_pending: rekey.verification_nonce.is_some(),
-            })
-            .context("nothing was changed; pass --cancel-existing to cancel that rekey (its new key, if any, never became active) and rotate");
-        }
-        let to_cancel = rekey.started.then(|| rekey.nonce.clone());
-
-        let new_share_count = self.settings.shares.unwrap_or(status.shares.max(1));
-        let new_threshold = self.settings.threshold.unwrap_or(status.threshold.max(1));
-        if new_threshold == 0 || new_threshold > new_share_count {
-            bail!("--threshold {new_threshold} is impossible with {new_share_count} share(s); nothing was changed");
-        }
-        let question = format!(
-            "Rotate the Vault unseal key on {} ({} of {} shares now, {} of {} after)? The new key goes to {} and Secret {}",
-            self.server,
-            status.threshold,
-            status.shares,
-            new_threshold,
-            new_share_count,
-            output.display(),
-            secret_name
-        );
-        let question = match &to_cancel {
-            Some(n) => format!("{question}. The rekey in progress (nonce {n}) is cancelled first"),
-            None => question,
-        };
-        if !(self.ui.confirm)(&question)? {
-            bail!(
-                "not confirmed; nothing was changed\n  next: answer yes, or pass --yes in scripts"
-            );
-        }
-        failpoint("rotate-preflight");
-        if let Some(nonce) = to_cancel {
-            self.say(&format!(
-                "cancelling the rekey already in progress (nonce {nonce}), as --cancel-existing asks"
-            ));
-            vault.rekey_cancel(&nonce).await?;
-        }
-
-        let now = crate::flow::journal::now();
-        let mut j = Journal {
-            format: journal::FORMAT_NAME.into(),
-            version: journal::FORMAT_VERSION,
-            host: self.host.clone(),
-            cluster,
-            started_at: now.clone(),
-            updated_at: now,
-            step: Step::Initiating,
-            rekey_nonce: None,
-            probe_nonce: None,
-            from: self.from.clone(),
-            output,
-            final_output,
-            secret_existed: secret.is_some(),
-            old_threshold: status.threshold,
-            new_threshold,
-            new_share_count,
-            old_shares,
-            new_shares: vec![],
-            extra,
-        };
-        self.save(&j)?;
-        failpoint("rotate-journal-opened");
-
-        self.say(&format!(
-            "starting a rekey that requires verification ({new_threshold} of {new_share_count} shares)"
-        ));
-        let started = vault
-            .rekey_init(new_share_count, new_threshold, true)
-            .await?;
-        failpoint("rotate-rekey-started");
-        j.rekey_nonce = Some(started.nonce.clone());
-        j.set_step(Step::RekeyStarted);
-        self.save(&j)?;
-        failpoint("rotate-rekey-recorded");
-
-        self.say("giving Vault the current key");
-        let keys = match rekey::give_current_key(&vault, &started.nonce, &j.old_shares).await {
-            Ok(k) => k,
-            Err(e) => {
-                // Nothing new exists: cancel, forget the journal, report.
-                let cancelled = vault.rekey_cancel(&started.nonce).await;
-                let source = match &self.from {
-                    Some(p) => p.display().to_string(),
-                    None => format!("Secret {secret_name}"),
-                };
-                let undo = match cancelled {
-                    Ok(()) => {
-                        journal::remove(&self.journal_path)?;
-                        "the rekey was cancelled and nothing was changed: the current key, the Secret and the backups are as they were".to_string()
-                    }
-                    Err(c) => format!(
-                        "cancelling the rekey failed too ({c}); rerun this command to clean up (the journal {} remembers it)",
-                        self.journal_path.display()
-                    ),
-                };
-                if e.is_bad_key() {
-                    bail!(
-                        "Vault refused the current key from {source}: it does not open this Vault; {undo}\n  next: check which backup belongs to this Vault (`rebox key verify -i ID FILE --against-cluster`) and pass it with --from"
-                    );
-                }
-                return Err(anyhow::Error::from(e).context(format!(
-                    "giving the current key to the rekey failed; {undo}"
-                )));
-            }
-        };
-        if !keys.verification_required || keys.verification_nonce.is_none() {
-            bail!("Vault rotated the key without the verification step that was requested; this is not how Vault behaves (facts card §1). The new key was not saved anywhere\n  next: stop and check which Vault rebox is talking to");
-        }
-        let new_shares = keys.keys.clone();
-        drop(keys);
-        failpoint("rotate-new-key-received");
-        j.new_shares = new_shares;
-        j.set_step(Step::NewKeyReceived);
-        if let Err(e) = self.save(&j) {
-            // The new key would exist in memory only: give it up while the old key is active.
-            let undo = match vault.rekey_cancel(&started.nonce).await {
-                Ok(()) => "the rekey was cancelled; the current key still opens Vault".to_string(),
-                Err(c) => format!("cancelling the rekey failed too ({c}); the current key still opens Vault, and a rerun cancels the rekey"),
-            };
-            return Err(e.context(format!(
-                "the new key could not be saved in the journal {}; {undo}\n  next: fix the laptop's state directory (disk full?) and rerun",
-                self.journal_path.display()
-            )));
-        }
-        self.say(&format!(
-            "Vault made the new key ({} share(s)); it is in the encrypted journal, not active yet",
-            j.new_shares.len()
-        ));
-        failpoint("rotate-key-journaled");
-        self.advance(j, false).await
+        .into());
     }
-
-    // ---------------------------------------------------------------- the common tail
-
-    /// From "the new key exists and waits for verification" to the end.
-    async fn advance(&mut self, mut j: Journal, resumed: bool) -> Result<Report> {
-        if j.step < Step::BackupWritten {
-            self.ensure_backup(&j)?;
-            failpoint("rotate-backup-written");
-            j.set_step(Step::BackupWritten);
-            self.save(&j)?;
-            failpoint("rotate-backup-recorded");
-        }
-        if j.step < Step::SecretUpdated {
-            self.say(&format!(
-                "putting the new key in Secret {} (Vault still opens only with the current key)",
-                self.site.unseal_secret_name()
-            ));
-            self.site.write_unseal_secret(&j.new_shares).await?;
-            failpoint("rotate-secret-updated");
-            j.set_step(Step::SecretUpdated);
-            self.save(&j)?;
-            failpoint("rotate-secret-recorded");
-        }
-        if j.step < Step::Verified {
-            self.say("verifying the new key with Vault (this makes it the active key)");
-            rekey::verify_new_key(self.site.vault().await?, &j.new_shares)
-                .await
-                .context("the verification of the new key failed; the current key still opens Vault\n  next: rerun this command: it finishes or rolls back the rotation")?;
-            failpoint("rotate-verified");
-            j.set_step(Step::Verified);
-            self.save(&j)?;
-            failpoint("rotate-verified-recorded");
-        }
-        self.finish(j, resumed).await
-    }
-
-    /// The new key is active: make sure the backup and the Secret hold it, check Vault, retire
-    /// the old backup, forget the journal.
-    async fn finish(&mut self, j: Journal, resumed: bool) -> Result<Report> {
-        let in_backup = self.ensure_backup(&j)?;
-        let in_secret = self
-            .site
-            .read_unseal_secret()
-            .await?
-            .shares()
-            .unwrap_or_default();
-        if fingerprints(&in_secret) != fingerprints(&j.new_shares) {
-            self.say(&format!(
-                "putting the new key in Secret {}",
-                self.site.unseal_secret_name()
-            ));
-            self.site.write_unseal_secret(&j.new_shares).await?;
-        }
-        // Confirm: Vault healthy, the Secret's key is the new backup's key.
-        let health = self.site.vault().await?.health().await?;
-        let healthy = health.initialized && !health.sealed && health.code == 200;
-        let in_secret = self
-            .site
-            .read_unseal_secret()
-            .await?
-            .shares()
-            .unwrap_or_default();
-        if fingerprints(&in_secret) != in_backup {
-            bail!(
-                "after the rotation, Secret {} and {} hold different keys; the NEW key (in {}) is the one that opens Vault\n  next: rerun this command to repair the Secret",
-                self.site.unseal_secret_name(),
-                new_backup_path(&j).display(),
-                new_backup_path(&j).display()
-            );
-        }
-        if !healthy {
-            self.say(&format!(
-                "warning: Vault's health answer is {} (sealed: {}); the rotation itself is complete",
-                health.code, health.sealed
-            ));
-        }
-        let superseded = match (&j.from, &j.final_output) {
-            (Some(from), Some(fin)) => {
-                // In place: the current file steps aside, the staged new one takes its name.
-                let mut moved = None;
-                if j.output.exists() {
-                    if from.exists() {
-                        moved = Some(self.supersede(from)?);
-                    }
-                    std::fs::rename(&j.output, fin).with_context(|| {
-                        format!("renaming {} to {}", j.output.display(), fin.display())
-                    })?;
-                    sync_parent(fin);
-                }
-                moved.or_else(|| find_stamped(from, "superseded"))
-            }
-            (Some(from), None) if from.exists() && !same_file(from, &j.output) => {
-                Some(self.supersede(from)?)
-            }
-            (Some(from), None) => find_stamped(from, "superseded"),
-            (None, _) => None,
-        };
-        failpoint("rotate-old-superseded");
-        journal::remove(&self.journal_path)?;
-        self.say(&format!(
-            "done: the new key is the only one that opens Vault, and Secret {} and {} hold it",
-            self.site.unseal_secret_name(),
-            new_backup_path(&j).display()
-        ));
-        let new_fingerprints: Vec<String> = j.new_shares.iter().map(|s| s.sha256_hex()).collect();
-        let old_fingerprints: Vec<String> = j.old_shares.iter().map(|s| s.sha256_hex()).collect();
-        let next_steps = next_steps(&j, superseded.as_deref(), &old_fingerprints);
-        Ok(Report {
-            outcome: "rotated",
-            resumed,
-            rolled_back: None,
-            cluster: j.cluster.clone(),
-            server: self.server.clone(),
-            secret: self.site.unseal_secret_name(),
-            new_backup: new_backup_path(&j).to_path_buf(),
-            superseded_backup: superseded,
-            threshold: j.new_threshold,
-            share_count: j.new_share_count,
-            new_fingerprints,
-            old_fingerprints,
-            vault_healthy: healthy,
-            next_steps,
-        })
-    }
-
-    /// Renames the old backup `from` as superseded.
-    fn supersede(&self, from: &Path) -> Result<PathBuf> {
-        let to = stamped(from, "superseded");
-        std::fs::rename(from, &to)
-            .with_context(|| format!("renaming the old backup {} as superseded", from.display()))?;
-        sync_parent(&to);
-        self.say(&format!(
-            "the old backup {} is now {} (its key no longer opens Vault)",
-            from.display(),
-            to.display()
-        ));
-        Ok(to)
-    }
-
-    /// The new backup at `j.output`, holding the journal's new key: written and verified, or
-    /// found already there (a rerun) and checked.
-    /// Returns the fingerprints of the key the file holds (the new key).
-    fn ensure_backup(&self, j: &Journal) -> Result<Vec<String>> {
-        if let (false, Some(fin)) = (j.output.exists(), &j.final_output) {
-            // In place and already renamed into its final name by an earlier run?
-            if let Ok(doc) = self.keys.open_backup(fin) {
-                let shares: Vec<SecretText> = doc.shares();
-                if fingerprints(&shares) == fingerprints(&j.new_shares) {
-                    return Ok(fingerprints(&shares));
-                }
-            }
-        }
-        if j.output.exists() {
-            let doc = self
-                .keys
-                .open_backup(&j.output)
-                .with_context(|| format!("checking the new backup {}", j.output.display()))?;
-            let shares: Vec<SecretText> = doc.shares();
-            if fingerprints(&shares) != fingerprints(&j.new_shares) {
-                bail!(
-                    "{} exists but does not hold the new key of this rotation; it was not touched\n  next: move it away and rerun (the journal {} holds the new key)",
-                    j.output.display(),
-                    self.journal_path.display()
-                );
-            }
-            return Ok(fingerprints(&shares));
-        }
-        let doc = BackupDocument::new(
-            &j.cluster,
-            j.new_threshold,
-            j.new_share_count,
-            j.new_shares.clone(),
-            j.extra
-                .iter()
-                .map(|e| (e.name.clone(), e.value.clone()))
-                .collect(),
-        )?;
-        self.keys.write_backup(&doc, &j.output)
-            .with_context(|| {
-                format!(
-                    "writing the new backup {} failed; the current key still opens Vault and nothing else changed\n  next: fix the destination and rerun (the journal {} holds the new key)",
-                    j.output.display(),
-                    self.journal_path.display()
-                )
-            })?;
-        self.say(&format!(
-            "wrote the new offline backup {} (protected by {}) and verified that it decrypts",
-            j.output.display(),
-            self.keys.describe()
-        ));
-        // write_backup decrypted the file and compared every fingerprint with `doc`.
-        Ok(fingerprints(&j.new_shares))
-    }
-
-    // ---------------------------------------------------------------- resume
-
-    /// Finishes or rolls back the rotation the journal describes.
-    async fn recover(&mut self, mut j: Journal) -> Result<Recovered> {
-        // A restart after a roll-back uses the files of the interrupted rotation unless told
-        // otherwise.
-        if self.from.is_none() {
-            self.from = j.from.clone();
-        }
-        if self.output.is_none() {
-            self.output = Some(new_backup_path(&j).to_path_buf());
-        }
-        let vault = self.site.vault().await?.clone();
-        let status = vault.seal_status().await?;
-        if !status.initialized {
-            return Err(VaultError::NotInitialized {
-                url: vault.url().into(),
-            }
-            .into());
-        }
-        let active = if status.sealed {
-            // A seal drops a pending rekey: whichever key unseals Vault is the active one.
-            self.say(
-                "Vault is sealed: the interrupted rekey is gone; finding which key opens Vault",
-            );
-            let order = if j.step >= Step::SecretUpdated && !j.new_shares.is_empty() {
-                vec![Active::New, Active::Old]
-            } else if !j.new_shares.is_empty() {
-                vec![Active::Old, Active::New]
-            } else {
-                vec![Active::Old]
-            };
-            let mut found = None;
-            for which in order {
-                let shares = match which {
-                    Active::Old => &j.old_shares,
-                    Active::New => &j.new_shares,
-                };
-                if self.site.try_unseal(shares).await? {
-                    found = Some(which);
-                    break;
-                }
-            }
-            let which = found.ok_or_else(|| {
-                anyhow!(
-                    "Vault is sealed and neither the current nor the new key of the interrupted rotation opens it; nothing was changed\n  next: unseal it with the offline backup that belongs to it; the journal {} is kept",
-                    self.journal_path.display()
-                )
-            })?;
-            self.say(&format!(
-                "Vault unsealed with the {} key",
-                if which == Active::Old {
-                    "current (old)"
-                } else {
-                    "new"
-                }
-            ));
-            which
-        } else if j.step == Step::Verified {
-            // Vault verified the new key: nothing to ask it (a rekey someone started since
-            // then is theirs to finish).
-            Active::New
-        } else {
-            let mut rekey = vault.rekey_status().await?;
-            if rekey.started && j.probe_nonce.as_deref() == Some(rekey.nonce.as_str()) {
-                self.say("cancelling the probe rekey an interrupted run left behind");
-                vault.rekey_cancel(&rekey.nonce).await?;
-                rekey = vault.rekey_status().await?;
-            }
-            let ours = rekey.started
-                && (j.rekey_nonce.as_deref() == Some(rekey.nonce.as_str())
-                    || (j.step == Step::Initiating
-                        && rekey.verification_required
-                        && rekey.threshold == j.new_threshold
-                        && rekey.shares == j.new_share_count));
-            if rekey.started && ours {
-                if rekey.verification_nonce.is_some() && !j.new_shares.is_empty() {
-                    self.say(&format!(
-                        "the rekey of the interrupted rotation still waits for verification; finishing it from step `{}`",
-                        j.step.name()
-                    ));
-                    let report = self.advance(j, true).await?;
-                    return Ok(Recovered::Finished(Box::new(report)));
-                }
-                // Started but its new key was never saved: nothing to finish.
-                self.say("cancelling the rekey of the interrupted rotation (its new key was never saved)");
-                vault.rekey_cancel(&rekey.nonce).await?;
-                Active::Old
-            } else {
-                if rekey.started {
-                    if !self.settings.cancel_existing {
-                        return Err(VaultError::RekeyInProgress {
-                            url: vault.url().into(),
-                            nonce: Some(rekey.nonce.clone()),
-                            verification_pending: rekey.verification_nonce.is_some(),
-                        })
-                        .context(format!(
-                            "an interrupted rotation (journal {}) waits to be finished, but a rekey it did not start is in progress; nothing was changed\n  next: pass --cancel-existing to cancel that rekey",
-                            self.journal_path.display()
-                        ));
-                    }
-                    self.say(&format!(
-                        "cancelling a rekey this rotation did not start (nonce {}), as --cancel-existing asks",
-                        rekey.nonce
-                    ));
-                    vault.rekey_cancel(&rekey.nonce).await?;
-                }
-                match j.step {
-                    // Verification starts only after `secret-updated` is recorded.
-                    s if s < Step::SecretUpdated => Active::Old,
-                    Step::Verified => Active::New,
-                    _ => {
-                        self.say("the rekey is gone from Vault (restarted or sealed?); asking Vault which key it accepts");
-                        if self.probe(&mut j, Active::New).await? {
-                            Active::New
-                        } else if self.probe(&mut j, Active::Old).await? {
-                            Active::Old
-                        } else {
-                            bail!(
-                                "Vault accepts neither the current nor the new key of the interrupted rotation; nothing was changed\n  next: check that rebox talks to the right Vault; the journal {} is kept",
-                                self.journal_path.display()
-                            );
-                        }
-                    }
-                }
-            }
-        };
-        match active {
-            Active::New => {
-                self.say("the new key is the active key; finishing the rotation");
-                if j.step < Step::Verified {
-                    j.set_step(Step::Verified);
-                    self.save(&j)?;
-                }
-                let report = self.finish(j, true).await?;
-                Ok(Recovered::Finished(Box::new(report)))
-            }
-            Active::Old => self.roll_back(j).await.map(Recovered::RolledBack),
-        }
-    }
-
-    /// Whether the old or the new key of `j` is the one Vault accepts (see `rekey::probe`);
-    /// the probe's nonce is in the journal while the probe runs.
-    async fn probe(&self, j: &mut Journal, which: Active) -> Result<bool> {
-        let shares = match which {
-            Active::Old => j.old_shares.clone(),
-            Active::New => j.new_shares.clone(),
-        };
-        let vault = self.site.vault().await?.clone();
-        let answer = rekey::probe(&vault, &shares, |nonce| {
-            j.probe_nonce = Some(nonce.to_string());
-            self.save(j)?;
-            recovery_failpoint("rotate-probe-started");
-            Ok(())
-        })
-        .await?;
-        j.probe_nonce = None;
-        self.save(j)?;
-        Ok(answer)
-    }
-
-    /// The current (old) key is still the active one: the Secret gets it back, a new backup
-    /// that never became active is renamed as such, the journal is removed.
-    async fn roll_back(&mut self, j: Journal) -> Result<String> {
-        let mut done = vec![
-            "the interrupted rotation was rolled back (its new key never became active)"
-                .to_string(),
-        ];
-        let in_secret = self.site.read_unseal_secret().await?.shares();
-        let secret_ok = in_secret
-            .as_ref()
-            .is_some_and(|s| fingerprints(s) == fingerprints(&j.old_shares));
-        if !secret_ok && (j.secret_existed || in_secret.is_some()) {
-            self.site.write_unseal_secret(&j.old_shares).await?;
-            done.push(format!(
-                "Secret {} holds the current key again",
-                self.site.unseal_secret_name()
-            ));
-        }
-        if j.output.exists() && !j.new_shares.is_empty() {
-            let ours = self
-                .keys
-                .open_backup(&j.output)
-                .map(|d| {
-                    let s: Vec<SecretText> = d.shares();
-                    fingerprints(&s) == fingerprints(&j.new_shares)
-                })
-                .unwrap_or(false);
-            if ours {
-                let to = stamped(new_backup_path(&j), "never-activated");
-                std::fs::rename(&j.output, &to).with_context(|| {
-                    format!("renaming {} as never activated", j.output.display())
-                })?;
-                sync_parent(&to);
-                done.push(format!(
-                    "{} was renamed {}",
-                    j.output.display(),
-                    to.display()
-                ));
-            }
-        }
-        journal::remove(&self.journal_path)?;
-        Ok(done.join("; "))
-    }
+    Ok(status)
 }
 
 /// One rotation per host at a time: an exclusive lock next to the journal, held for the run
