@@ -210,9 +210,7 @@ pub fn load(path: &Path, sealer: &dyn Sealer) -> Result<Option<Journal>> {
         Err(e) => return Err(e).with_context(|| format!("opening {label}")),
     }
     let plain = sealer.open(&data, &label).map_err(|e| {
-        anyhow!(
-            "{e:#}\nthe rotation journal {label} (an interrupted rotation) does not open with the keys given\n  next: pass -i with the private key of the recipients used when the rotation started"
-        )
+        anyhow!(crate::next::hinted(format!("{e:#}\nthe rotation journal {label} (an interrupted rotation) does not open with the keys given"), "pass -i with the private key of the recipients used when the rotation started"))
     })?;
     Journal::parse(&plain, &label).map(Some)
 }
@@ -299,8 +297,9 @@ mod tests {
         assert_eq!(back.new_shares[0].expose(), "bmV3LXNoYXJlLXJvdGF0ZQ==");
         // Another identity cannot open it, and says what to do.
         let other = X(age::x25519::Identity::generate());
-        let err = format!("{:#}", load(&path, &other).unwrap_err());
-        assert!(err.contains("next:"), "{err}");
+        let err = load(&path, &other).unwrap_err();
+        let next = crate::next::of(&err).unwrap_or_default();
+        assert!(next.contains("pass -i"), "{err:#} / {next}");
         remove(&path).unwrap();
         assert!(!path.exists());
     }

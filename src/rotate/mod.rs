@@ -162,10 +162,13 @@ pub async fn run(
     )?;
     let pending = journal::load(&journal_path, &keys)?;
     if settings.resume && pending.is_none() {
-        bail!(
-            "there is no interrupted rotation to resume (no journal at {})\n  next: run without --resume to start a rotation",
-            journal_path.display()
-        );
+        bail!(crate::next::hinted(
+            format!(
+                "there is no interrupted rotation to resume (no journal at {})",
+                journal_path.display()
+            ),
+            "run without --resume to start a rotation"
+        ));
     }
     if let (None, Some(from)) = (&pending, &settings.from) {
         if !from.is_file() {
@@ -283,9 +286,14 @@ impl Rotation<'_> {
         if !self.journal_path.exists() {
             return e;
         }
-        e.context(format!(
-            "the rotation stopped part way; its state is in the encrypted journal {}\n  next: fix the cause below, then rerun this command (or add --resume): it finishes the rotation, or rolls it back if the new key never became active",
-            self.journal_path.display()
+        // One next step: the cause's own, then the rerun.
+        let fix = crate::next::of(&e).unwrap_or_else(|| "fix the cause below".into());
+        e.context(crate::next::hinted(
+            format!(
+                "the rotation stopped part way; its state is in the encrypted journal {}",
+                self.journal_path.display()
+            ),
+            format!("{fix}; then rerun this command (or add --resume): it finishes the rotation, or rolls it back if the new key never became active"),
         ))
     }
 }
@@ -319,10 +327,7 @@ fn lock(journal_path: &Path) -> Result<std::fs::File> {
         .with_context(|| format!("opening {}", path.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "another `rebox rotate-unseal-key` for this server is running (it holds {}); nothing was changed\n  next: wait for it to finish, then rerun this command if it was interrupted",
-            path.display()
-        ),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(crate::next::hinted(format!("another `rebox rotate-unseal-key` for this server is running (it holds {}); nothing was changed", path.display()), "wait for it to finish, then rerun this command if it was interrupted")),
         Err(std::fs::TryLockError::Error(e)) => {
             Err(e).with_context(|| format!("locking {}", path.display()))
         }

@@ -68,7 +68,7 @@ impl Protection {
         }
         if flags.passphrase {
             if journal_path.exists() {
-                bail!("the interrupted rotation (journal {}) is protected by age keys, not a passphrase\n  next: rerun with the -r/-i flags it started with", journal_path.display());
+                bail!(crate::next::hinted(format!("the interrupted rotation (journal {}) is protected by age keys, not a passphrase", journal_path.display()), "rerun with the -r/-i flags it started with"));
             }
             let pass = passphrase::ask_new("the new offline backup")?;
             return Ok(Protection {
@@ -77,10 +77,16 @@ impl Protection {
             });
         }
         if recipients.is_empty() {
-            bail!("no recipients for the new offline backup; nothing was changed\n  next: pass -r age1… or -R FILE (e.g. -R ~/.ssh/id_ed25519.pub), or -p for a passphrase");
+            bail!(crate::next::hinted(
+                "no recipients for the new offline backup; nothing was changed",
+                "pass -r age1… or -R FILE (e.g. -R ~/.ssh/id_ed25519.pub), or -p for a passphrase"
+            ));
         }
         if identities.is_empty() {
-            bail!("no identity to prove that the new backup decrypts; nothing was changed\n  next: pass -i with the private key of one of the recipients");
+            bail!(crate::next::hinted(
+                "no identity to prove that the new backup decrypts; nothing was changed",
+                "pass -i with the private key of one of the recipients"
+            ));
         }
         backup::check_identities_match(&recipients, &identities).map_err(|e| {
             anyhow!("{e:#}\n  (here: -i must open what is encrypted to -r/-R); nothing was changed")

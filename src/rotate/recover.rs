@@ -80,10 +80,7 @@ impl Rotation<'_> {
             }
         }
         let which = found.ok_or_else(|| {
-            anyhow!(
-                "Vault is sealed and neither the current nor the new key of the interrupted rotation opens it; nothing was changed\n  next: unseal it with the offline backup that belongs to it; the journal {} is kept",
-                self.journal_path.display()
-            )
+            anyhow!(crate::next::hinted("Vault is sealed and neither the current nor the new key of the interrupted rotation opens it; nothing was changed", format!("unseal it with the offline backup that belongs to it; the journal {} is kept", self.journal_path.display())))
         })?;
         self.say(&format!(
             "Vault unsealed with the {} key",
@@ -126,10 +123,7 @@ impl Rotation<'_> {
                 nonce: Some(rekey.nonce.clone()),
                 verification_pending: rekey.verification_nonce.is_some(),
             })
-            .context(format!(
-                "an interrupted rotation (journal {}) waits to be finished, but a rekey it did not start is in progress; nothing was changed\n  next: pass --cancel-existing to cancel that rekey",
-                self.journal_path.display()
-            ));
+            .context(crate::next::hinted(format!("an interrupted rotation (journal {}) waits to be finished, but a rekey it did not start is in progress; nothing was changed", self.journal_path.display()), "pass --cancel-existing to cancel that rekey"));
         }
         self.say(&format!(
             "cancelling a rekey this rotation did not start (nonce {}), as --cancel-existing asks",
@@ -153,10 +147,7 @@ impl Rotation<'_> {
                 } else if self.probe(j, Active::Old).await? {
                     Active::Old
                 } else {
-                    bail!(
-                        "Vault accepts neither the current nor the new key of the interrupted rotation; nothing was changed\n  next: check that rebox talks to the right Vault; the journal {} is kept",
-                        self.journal_path.display()
-                    );
+                    bail!(crate::next::hinted("Vault accepts neither the current nor the new key of the interrupted rotation; nothing was changed", format!("check that rebox talks to the right Vault; the journal {} is kept", self.journal_path.display())));
                 }
             }
         };

@@ -73,19 +73,12 @@ impl Rotation<'_> {
     async fn preflight(&self, vault: &VaultClient) -> Result<Plan> {
         let status = initialized_status(vault).await?;
         if status.sealed {
-            bail!(
-                "Vault is sealed; a rotation needs an unsealed Vault, and nothing was changed\n  next: let the auto-unseal CronJob unseal it (or unseal it with the offline backup), then run this again"
-            );
+            bail!(crate::next::hinted("Vault is sealed; a rotation needs an unsealed Vault, and nothing was changed", "let the auto-unseal CronJob unseal it (or unseal it with the offline backup), then run this again"));
         }
         let (output, final_output) = self.new_backup_destination()?;
         let current = self.current_key().await?;
         if (current.shares.len() as u32) < status.threshold {
-            bail!(
-                "the current key has {} share(s) but Vault needs {} to authorise a rekey; nothing was changed\n  next: give --from a backup that holds at least {} shares",
-                current.shares.len(),
-                status.threshold,
-                status.threshold
-            );
+            bail!(crate::next::hinted(format!("the current key has {} share(s) but Vault needs {} to authorise a rekey; nothing was changed", current.shares.len(), status.threshold), format!("give --from a backup that holds at least {} shares", status.threshold)));
         }
         let to_cancel = self.rekey_in_the_way(vault).await?;
         let (new_share_count, new_threshold) = self.new_key_shape(&status)?;
@@ -111,7 +104,10 @@ impl Rotation<'_> {
     /// and (in place) the name it takes at the end.
     fn new_backup_destination(&self) -> Result<(PathBuf, Option<PathBuf>)> {
         let output = self.output.clone().ok_or_else(|| {
-            anyhow!("no destination for the new offline backup\n  next: pass -o NEW-FILE (e.g. on the USB stick, next to the current backup)")
+            anyhow!(crate::next::hinted(
+                "no destination for the new offline backup",
+                "pass -o NEW-FILE (e.g. on the USB stick, next to the current backup)"
+            ))
         })?;
         // In place (-o is the current backup): the new backup is written under a staging name
         // and takes the name at the end, when the current one is renamed as superseded.
@@ -148,11 +144,7 @@ impl Rotation<'_> {
                 let shares: Vec<SecretText> =
                     doc.shares();
                 match secret {
-                    Some(s) if fingerprints(s) != fingerprints(&shares) => bail!(
-                        "the current backup {} and Secret {secret_name} hold different keys, so it is unclear which one opens Vault; nothing was changed\n  next: compare them with `rebox key verify -i ID {} --against-cluster`; give --from the backup that opens Vault, and fix the Secret (or make a new backup with `rebox key export`) first",
-                        self.from.as_ref().expect("from").display(),
-                        self.from.as_ref().expect("from").display()
-                    ),
+                    Some(s) if fingerprints(s) != fingerprints(&shares) => bail!(crate::next::hinted(format!("the current backup {} and Secret {secret_name} hold different keys, so it is unclear which one opens Vault; nothing was changed", self.from.as_ref().expect("from").display()), format!("compare them with `rebox key verify -i ID {} --against-cluster`; give --from the backup that opens Vault, and fix the Secret (or make a new backup with `rebox key export`) first", self.from.as_ref().expect("from").display()))),
                     Some(_) => self.say(&format!(
                         "the current key: {} (the same key as Secret {secret_name})",
                         self.from.as_ref().expect("from").display()
@@ -175,9 +167,7 @@ impl Rotation<'_> {
                 self.say(&format!("the current key: Secret {secret_name} (no --from backup given)"));
                 (s.clone(), vec![], self.site.config.cluster_name.clone())
             }
-            (None, _) => bail!(
-                "no current unseal key: Secret {secret_name} is missing or empty and no --from backup was given; nothing was changed\n  next: pass --from CURRENT-BACKUP.age"
-            ),
+            (None, _) => bail!(crate::next::hinted(format!("no current unseal key: Secret {secret_name} is missing or empty and no --from backup was given; nothing was changed"), "pass --from CURRENT-BACKUP.age")),
         };
         Ok(CurrentKey {
             shares: old_shares,
@@ -236,9 +226,10 @@ impl Rotation<'_> {
             None => question,
         };
         if !(self.ui.confirm)(&question)? {
-            bail!(
-                "not confirmed; nothing was changed\n  next: answer yes, or pass --yes in scripts"
-            );
+            bail!(crate::next::hinted(
+                "not confirmed; nothing was changed",
+                "answer yes, or pass --yes in scripts"
+            ));
         }
         Ok(())
     }
@@ -317,9 +308,7 @@ impl Rotation<'_> {
                     ),
                 };
                 if e.is_bad_key() {
-                    bail!(
-                        "Vault refused the current key from {source}: it does not open this Vault; {undo}\n  next: check which backup belongs to this Vault (`rebox key verify -i ID FILE --against-cluster`) and pass it with --from"
-                    );
+                    bail!(crate::next::hinted(format!("Vault refused the current key from {source}: it does not open this Vault; {undo}"), "check which backup belongs to this Vault (`rebox key verify -i ID FILE --against-cluster`) and pass it with --from"));
                 }
                 return Err(anyhow::Error::from(e).context(format!(
                     "giving the current key to the rekey failed; {undo}"
@@ -327,7 +316,7 @@ impl Rotation<'_> {
             }
         };
         if !keys.verification_required || keys.verification_nonce.is_none() {
-            bail!("Vault rotated the key without the verification step that was requested; this is not how Vault behaves (facts card §1). The new key was not saved anywhere\n  next: stop and check which Vault rebox is talking to");
+            bail!(crate::next::hinted("Vault rotated the key without the verification step that was requested; this is not how Vault behaves (facts card §1). The new key was not saved anywhere", "stop and check which Vault rebox is talking to"));
         }
         let new_shares = keys.keys.clone();
         drop(keys);
@@ -351,9 +340,12 @@ impl Rotation<'_> {
                 Ok(()) => "the rekey was cancelled; the current key still opens Vault".to_string(),
                 Err(c) => format!("cancelling the rekey failed too ({c}); the current key still opens Vault, and a rerun cancels the rekey"),
             };
-            return Err(e.context(format!(
-                "the new key could not be saved in the journal {}; {undo}\n  next: fix the laptop's state directory (disk full?) and rerun",
-                self.journal_path.display()
+            return Err(e.context(crate::next::hinted(
+                format!(
+                    "the new key could not be saved in the journal {}; {undo}",
+                    self.journal_path.display()
+                ),
+                "fix the laptop's state directory (disk full?) and rerun",
             )));
         }
         self.say(&format!(
@@ -402,7 +394,10 @@ impl Rotation<'_> {
         self.say("verifying the new key with Vault (this makes it the active key)");
         rekey::verify_new_key(self.site.vault().await?, &j.new_shares)
             .await
-            .context("the verification of the new key failed; the current key still opens Vault\n  next: rerun this command: it finishes or rolls back the rotation")
+            .context(crate::next::hinted(
+                "the verification of the new key failed; the current key still opens Vault",
+                "rerun this command: it finishes or rolls back the rotation",
+            ))
     }
 
     /// The new key is active: make sure the backup and the Secret hold it, check Vault, retire
@@ -453,12 +448,7 @@ impl Rotation<'_> {
             .shares()
             .unwrap_or_default();
         if fingerprints(&in_secret) != in_backup {
-            bail!(
-                "after the rotation, Secret {} and {} hold different keys; the NEW key (in {}) is the one that opens Vault\n  next: rerun this command to repair the Secret",
-                self.site.unseal_secret_name(),
-                new_backup_path(j).display(),
-                new_backup_path(j).display()
-            );
+            bail!(crate::next::hinted(format!("after the rotation, Secret {} and {} hold different keys; the NEW key (in {}) is the one that opens Vault", self.site.unseal_secret_name(), new_backup_path(j).display(), new_backup_path(j).display()), "rerun this command to repair the Secret"));
         }
         if !healthy {
             self.say(&format!(
@@ -558,11 +548,7 @@ impl Rotation<'_> {
                 .with_context(|| format!("checking the new backup {}", j.output.display()))?;
             let shares: Vec<SecretText> = doc.shares();
             if fingerprints(&shares) != fingerprints(&j.new_shares) {
-                bail!(
-                    "{} exists but does not hold the new key of this rotation; it was not touched\n  next: move it away and rerun (the journal {} holds the new key)",
-                    j.output.display(),
-                    self.journal_path.display()
-                );
+                bail!(crate::next::hinted(format!("{} exists but does not hold the new key of this rotation; it was not touched", j.output.display()), format!("move it away and rerun (the journal {} holds the new key)", self.journal_path.display())));
             }
             return Ok(fingerprints(&shares));
         }
@@ -578,10 +564,15 @@ impl Rotation<'_> {
         )?;
         self.keys.write_backup(&doc, &j.output)
             .with_context(|| {
-                format!(
-                    "writing the new backup {} failed; the current key still opens Vault and nothing else changed\n  next: fix the destination and rerun (the journal {} holds the new key)",
-                    j.output.display(),
-                    self.journal_path.display()
+                crate::next::hinted(
+                    format!(
+                        "writing the new backup {} failed; the current key still opens Vault and nothing else changed",
+                        j.output.display()
+                    ),
+                    format!(
+                        "fix the destination and rerun (the journal {} holds the new key)",
+                        self.journal_path.display()
+                    ),
                 )
             })?;
         self.say(&format!(
