@@ -61,6 +61,16 @@ pub fn of(err: &anyhow::Error) -> Option<String> {
     None
 }
 
+/// The error as one text for a report or a journal: the cause chain (`{:#}`) and, when a layer
+/// gave one, its next step after `next:` (as the messages of earlier versions read).
+pub fn describe(err: &anyhow::Error) -> String {
+    let chain = format!("{err:#}");
+    match of(err) {
+        Some(next) if split(&chain).1.is_none() => format!("{chain}{INLINE}{next}"),
+        _ => chain,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +96,15 @@ mod tests {
         let next = of(&err).expect("a hint");
         assert!(next.contains("at least 2"), "{next}");
         assert!(!format!("{err:#}").contains("next:"), "{err:#}");
+    }
+
+    #[test]
+    fn next_describe_keeps_the_step_in_the_text() {
+        let err = anyhow::Error::new(hinted("no key", "pass --from FILE")).context("recreating");
+        assert_eq!(
+            describe(&err),
+            "recreating: no key\n  next: pass --from FILE"
+        );
     }
 
     #[test]

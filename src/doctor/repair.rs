@@ -170,7 +170,7 @@ The re-check found more that --fix can repair:"
                 .map(|c| c.verdict);
             let (result, message) = match outcome {
                 Ok(m) => ("applied", m),
-                Err(e) => ("failed", format!("{e:#}")),
+                Err(e) => ("failed", crate::next::describe(&e)),
             };
             eprintln!(
                 "    {result}: {}\n    re-checked: {}",

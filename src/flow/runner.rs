@@ -101,7 +101,7 @@ pub async fn run<C: Send>(
         let (state, error) = match &result {
             Ok(Outcome::Ran) => (State::Done, None),
             Ok(Outcome::AlreadyDone) => (State::AlreadyDone, None),
-            Err(e) => (State::Failed, Some(format!("{e:#}"))),
+            Err(e) => (State::Failed, Some(crate::next::describe(e))),
         };
         journal.record(Entry {
             id: phase.id().to_string(),

@@ -538,7 +538,7 @@ pub async fn restore_all(
                     bar.finish_with_message(format!("{}: {}", w.volume, outcome.state));
                 }
                 Err(e) => {
-                    outcome.error = Some(format!("{e:#}"));
+                    outcome.error = Some(crate::next::describe(&e));
                     bar.abandon_with_message(format!("{}: FAILED", w.volume));
                 }
             }

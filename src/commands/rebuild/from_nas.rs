@@ -272,7 +272,7 @@ async fn report(
         host: ctx.site.remote.target.host.clone(),
         finished_at: crate::flow::journal::now(),
         succeeded: result.is_ok(),
-        error: result.as_ref().err().map(|e| format!("{e:#}")),
+        error: result.as_ref().err().map(crate::next::describe),
         phases: result.as_ref().ok(),
         backups: restore.map(|r| &r.table),
         volumes: restore.map(|r| r.outcomes.as_slice()).unwrap_or_default(),
