@@ -44,7 +44,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::longhorn::ops::{self, condition, set_condition};
+use super::ops::{self, condition, set_condition};
 use crate::k3s::defaults::now;
 use crate::k3s::store::Store;
 

@@ -6,7 +6,9 @@
 //! - [`helm`]: k3s's helm-controller (HelmChart → `helm-install-<name>` Job → chart objects);
 //! - [`workloads`]: Deployments/StatefulSets/DaemonSets → pods and rollout status; Services get
 //!   node-reachable addresses; `vault-0` backed by a real `lab-vault` process;
-//! - [`jobs`]: Jobs run their container command for real on the node; CronJobs on [`Clock`].
+//! - [`jobs`]: Jobs run their container command for real on the node; CronJobs on [`Clock`];
+//! - [`longhorn`], [`eso`], [`argocd`]: stand-ins for those projects' controllers, writing
+//!   through the store helpers in `ops`.
 //!
 //! [`LabEnv`] is what they share, built by [`LabEnv::from_env`] at lab-k3s startup:
 //!
@@ -36,6 +38,7 @@ pub mod eso;
 pub mod helm;
 pub mod jobs;
 pub mod longhorn;
+pub(crate) mod ops;
 pub mod workloads;
 
 use std::net::SocketAddr;
