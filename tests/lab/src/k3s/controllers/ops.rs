@@ -1,5 +1,5 @@
-//! Store helpers for the stand-ins of other projects' controllers (Longhorn, ESO,
-//! Argo CD): get/list/create/modify/delete by group and plural, conditions, and the
+//! Store helpers for the controllers that address objects by group and plural (Longhorn,
+//! ESO, Argo CD, the PV binder): get/list/create/modify/delete, conditions, and the
 //! once-per-store guard. Each write goes through the API server's own create/update code
 //! (validation, managedFields, events), as the API verbs do.
 //!
