@@ -47,7 +47,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use super::{ctx, owned_by, owner_ref, rtype, set_status, LabEnv};
-use crate::k3s::defaults::{now, random_suffix};
+use crate::k3s::defaults::{now, parse_time, random_suffix};
 use crate::k3s::objects;
 use crate::k3s::store::Store;
 
@@ -856,12 +856,6 @@ async fn run_pod(
 
 // ---------------------------------------------------------------- CronJobs
 
-fn parse_time(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
-    v.as_str()
-        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| t.with_timezone(&chrono::Utc))
-}
-
 fn cronjobs(store: &Store, env: &LabEnv) -> anyhow::Result<()> {
     let cj_rt = rtype(store, "batch/v1", "CronJob").expect("CronJob served");
     let job_rt = rtype(store, "batch/v1", "Job").expect("Job served");
@@ -946,8 +940,12 @@ fn cronjobs(store: &Store, env: &LabEnv) -> anyhow::Result<()> {
                     eprintln!("lab-k3s cronjob-controller: {ns}/{name}: schedule {sched:?}: {e}")
                 }
                 Ok(cron) => {
-                    let base = parse_time(&status["lastScheduleTime"])
-                        .or(parse_time(&cj["metadata"]["creationTimestamp"]))
+                    let base = status["lastScheduleTime"]
+                        .as_str()
+                        .and_then(parse_time)
+                        .or(cj["metadata"]["creationTimestamp"]
+                            .as_str()
+                            .and_then(parse_time))
                         .unwrap_or(now_lab)
                         .min(now_lab);
                     // The most recent schedule time in (base, now].

@@ -60,7 +60,7 @@ use sha2::{Digest, Sha256};
 
 use super::ops::{self, set_condition};
 use super::parse_quantity;
-use crate::k3s::defaults::now;
+use crate::k3s::defaults::{now, parse_time};
 use crate::k3s::faults;
 use crate::k3s::store::Store;
 use crate::nas::{self, Backupstore};
@@ -628,12 +628,6 @@ fn parse_duration(s: &str) -> Option<f64> {
         total += num.parse::<f64>().ok()?;
     }
     Some(total)
-}
-
-fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 // ------------------------------------------------------------------ controller
