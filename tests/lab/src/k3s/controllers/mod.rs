@@ -174,6 +174,11 @@ pub fn spawn_all(store: Arc<Store>, env: LabEnv) {
 
 // ---------------------------------------------------------------- helpers for controllers
 
+/// The label helm-controller puts on its `helm-install-<name>` Jobs. Here so that [`helm`]
+/// (which runs those Jobs' pods itself) and [`jobs`] (which leaves them alone) both read it
+/// from below, and neither imports the other for it.
+pub const HELM_CHART_LABEL: &str = "helmcharts.helm.cattle.io/chart";
+
 pub fn ctx(manager: &str) -> WriteCtx {
     WriteCtx {
         validation: FieldValidation::Strict,
