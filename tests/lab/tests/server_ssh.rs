@@ -274,7 +274,7 @@ fn stop_sshd_closes_the_port_and_start_reopens_it() {
 fn a_listener_inside_is_reachable_only_inside() {
     let lab = LabServer::start(LabOptions::default()).unwrap();
     // A listener on the server's loopback (what SSH tunnel tests forward to).
-    let mut child = lab
+    let mut listener = lab
         .spawn_as_root(
             "exec perl -MIO::Socket::INET -e '$s = IO::Socket::INET->new(LocalAddr => \"127.0.0.1\", \
              LocalPort => 8080, Listen => 5, ReuseAddr => 1) or die; $c = $s->accept; \
@@ -287,6 +287,8 @@ fn a_listener_inside_is_reachable_only_inside() {
         )
         .unwrap();
     assert_eq!(got.trim(), "hi-from-lab");
+    // It served its one connection and exits: reap it.
+    let _ = listener.wait();
     // Processes inside are only the lab's: the PID namespace hides the host.
     let ps = lab.run_as_root_ok("ps -e -o pid=,comm=").unwrap();
     assert!(ps.contains("sshd"), "{ps}");
@@ -294,6 +296,4 @@ fn a_listener_inside_is_reachable_only_inside() {
         ps.lines().count() < 20,
         "host processes visible inside:\n{ps}"
     );
-    // The listener exits after its one answer; reap it.
-    child.wait().unwrap();
 }

@@ -5,6 +5,7 @@
 //! Secret `stringData` folded into `data` and `type: Opaque`, Namespace phase `Active` and the
 //! `kubernetes.io/metadata.name` label, Job selector and controller-uid labels, CronJob and
 //! workload replica defaults, Pod/PVC/PV initial phases, CRD `Established` conditions.
+//! Also the timestamp format objects carry: [`now`] writes it, [`parse_time`] reads it.
 //! Left out: most per-field defaults of pod templates (dnsPolicy, terminationMessagePath,
 //! ...), Service cluster IP allocation beyond a simple counter, ServiceAccount tokens.
 
@@ -15,6 +16,13 @@ use super::registry::ResourceType;
 
 pub fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// An RFC 3339 timestamp (what [`now`] writes and clients send) as UTC; None if it is not one.
+pub fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 pub fn new_uid() -> String {

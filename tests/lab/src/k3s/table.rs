@@ -19,12 +19,10 @@ pub fn wanted(accept: &str) -> bool {
 }
 
 fn age(ts: &str) -> String {
-    let Ok(t) = chrono::DateTime::parse_from_rfc3339(ts) else {
+    let Some(t) = super::defaults::parse_time(ts) else {
         return "<unknown>".into();
     };
-    let s = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
-        .num_seconds()
-        .max(0);
+    let s = (chrono::Utc::now() - t).num_seconds().max(0);
     match s {
         0..120 => format!("{s}s"),
         120..7200 => format!("{}m", s / 60),

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::longhorn::ops;
+use super::ops;
 use crate::k3s::defaults::now;
 use crate::k3s::faults;
 use crate::k3s::store::Store;

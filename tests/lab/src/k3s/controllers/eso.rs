@@ -44,8 +44,8 @@ use base64::Engine;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::longhorn::ops::{self, condition, set_condition};
-use crate::k3s::defaults::now;
+use super::ops::{self, condition, set_condition};
+use crate::k3s::defaults::{now, parse_time};
 use crate::k3s::store::Store;
 
 const GROUP: &str = "external-secrets.io";
@@ -104,12 +104,6 @@ pub async fn run(store: Arc<Store>, env: EsoEnv) {
         }
         pass(&store, &env).await;
     }
-}
-
-fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 /// The ESO namespace: where Deployment `external-secrets` lives.

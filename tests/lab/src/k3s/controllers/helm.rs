@@ -27,11 +27,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::{apply, jobs, rtype, set_status, LabEnv};
+use super::{apply, jobs, rtype, set_status, LabEnv, HELM_CHART_LABEL};
 use crate::k3s::store::Store;
 
 const MANAGER: &str = "helm-controller";
-pub const CHART_LABEL: &str = "helmcharts.helm.cattle.io/chart";
 const HASH_ANNOTATION: &str = "helmcharts.helm.cattle.io/configHash";
 
 pub async fn run(store: Arc<Store>, _env: LabEnv) {
@@ -151,14 +150,14 @@ fn install_job(chart: &Value, job_name: &str, hash: &str) -> Value {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {
             "name": job_name, "namespace": ns,
-            "labels": {CHART_LABEL: name},
+            "labels": {HELM_CHART_LABEL: name},
             "annotations": {HASH_ANNOTATION: hash},
             "ownerReferences": [super::owner_ref(chart, true)],
         },
         "spec": {
             "backoffLimit": spec["backOffLimit"].as_i64().unwrap_or(1000),
             "template": {
-                "metadata": {"labels": {CHART_LABEL: name}, "annotations": {HASH_ANNOTATION: hash}},
+                "metadata": {"labels": {HELM_CHART_LABEL: name}, "annotations": {HASH_ANNOTATION: hash}},
                 "spec": {
                     "serviceAccountName": format!("helm-{name}"),
                     "restartPolicy": "OnFailure",

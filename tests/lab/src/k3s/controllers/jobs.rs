@@ -15,7 +15,9 @@
 //! `batch.kubernetes.io/cronjob-scheduled-timestamp`; `status.active`, `lastScheduleTime`,
 //! `lastSuccessfulTime` are kept and finished Jobs beyond `successfulJobsHistoryLimit` (3) /
 //! `failedJobsHistoryLimit` (1) are deleted with their pods. `kubectl create job --from=cronjob`
-//! Jobs are ordinary Jobs and run the same way.
+//! Jobs are ordinary Jobs and run the same way. Jobs labelled [`super::HELM_CHART_LABEL`]
+//! (helm-controller's install Jobs) are skipped: [`super::helm`] runs their pods with the
+//! pod helpers here.
 //!
 //! How a pod runs (needs root, which lab-k3s has on the lab server and tests have here):
 //! `unshare -m` gives the process a private mount namespace; inside it an overlay over `/`
@@ -46,8 +48,8 @@ use anyhow::Context;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::{ctx, owned_by, owner_ref, rtype, set_status, LabEnv};
-use crate::k3s::defaults::{now, random_suffix};
+use super::{ctx, owned_by, owner_ref, rtype, set_status, LabEnv, HELM_CHART_LABEL};
+use crate::k3s::defaults::{now, parse_time, random_suffix};
 use crate::k3s::objects;
 use crate::k3s::store::Store;
 
@@ -338,7 +340,7 @@ pub async fn run(store: Arc<Store>, env: LabEnv) {
     // Power loss: pods that were running when lab-k3s stopped are gone with their processes.
     let listed = store.lock().list("batch", "jobs", None);
     for job in listed {
-        if !is_finished(&job) && job["metadata"]["labels"][super::helm::CHART_LABEL].is_null() {
+        if !is_finished(&job) && job["metadata"]["labels"][HELM_CHART_LABEL].is_null() {
             let uid = job["metadata"]["uid"]
                 .as_str()
                 .unwrap_or_default()
@@ -365,7 +367,7 @@ pub async fn run(store: Arc<Store>, env: LabEnv) {
         let listed = store.lock().list("batch", "jobs", None);
         for job in listed {
             if is_finished(&job)
-                || !job["metadata"]["labels"][super::helm::CHART_LABEL].is_null()
+                || !job["metadata"]["labels"][HELM_CHART_LABEL].is_null()
                 || job["spec"]["suspend"] == true
                 || !job["metadata"]["deletionTimestamp"].is_null()
             {
@@ -856,12 +858,6 @@ async fn run_pod(
 
 // ---------------------------------------------------------------- CronJobs
 
-fn parse_time(v: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
-    v.as_str()
-        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| t.with_timezone(&chrono::Utc))
-}
-
 fn cronjobs(store: &Store, env: &LabEnv) -> anyhow::Result<()> {
     let cj_rt = rtype(store, "batch/v1", "CronJob").expect("CronJob served");
     let job_rt = rtype(store, "batch/v1", "Job").expect("Job served");
@@ -946,8 +942,12 @@ fn cronjobs(store: &Store, env: &LabEnv) -> anyhow::Result<()> {
                     eprintln!("lab-k3s cronjob-controller: {ns}/{name}: schedule {sched:?}: {e}")
                 }
                 Ok(cron) => {
-                    let base = parse_time(&status["lastScheduleTime"])
-                        .or(parse_time(&cj["metadata"]["creationTimestamp"]))
+                    let base = status["lastScheduleTime"]
+                        .as_str()
+                        .and_then(parse_time)
+                        .or(cj["metadata"]["creationTimestamp"]
+                            .as_str()
+                            .and_then(parse_time))
                         .unwrap_or(now_lab)
                         .min(now_lab);
                     // The most recent schedule time in (base, now].

@@ -1,6 +1,7 @@
 //! The Longhorn stand-in: backup target, BackupVolume/Backup discovery from the NAS, volume
-//! restore (`spec.fromBackup`), fresh volumes, attachment, and the PV/PVC binding that a
-//! real node gets from kube-controller-manager plus Longhorn's CSI provisioner.
+//! restore (`spec.fromBackup`), fresh volumes, attachment, and dynamic provisioning through
+//! Longhorn's CSI driver. Binding claims to PVs is kube-controller-manager's, in
+//! [`super::pv_binder`].
 //!
 //! Contract followed: `../shared/reference/platform-facts.md` §2 (Longhorn v1.8+), read
 //! strictly:
@@ -30,11 +31,10 @@
 //!   the volume became Faulted"), `restoreRequired` stays true.
 //! - Attached (`state: attached`, `robustness: healthy`, `currentNodeID`) while a pod uses a
 //!   PVC bound to a PV whose `csi.volumeHandle` names the volume; detached otherwise.
-//! - PV/PVC: a PV without claimRef is `Available`; a PVC with `spec.volumeName` binds to that
-//!   PV when class, access modes and size fit (PV `claimRef` set, both `Bound`, PVC
-//!   annotation `pv.kubernetes.io/bind-completed`); a PV whose claim is gone is `Released`.
-//!   A PVC without volumeName whose StorageClass has provisioner `driver.longhorn.io`
-//!   (StorageClass `longhorn`) gets a fresh empty Volume and PV `pvc-<claim uid>`.
+//! - Provisioning: a PVC without volumeName whose StorageClass (or the default class) has
+//!   provisioner `driver.longhorn.io` (StorageClass `longhorn`) gets a fresh empty Volume and
+//!   PV `pvc-<claim uid>` (annotation `pv.kubernetes.io/provisioned-by`, claimRef with the
+//!   claim's uid), which [`super::pv_binder`] then binds to the claim.
 //!
 //! The lab's NAS: an `nfs://<host>:/<export>` URL maps to the local directory `/<export>`
 //! (the [`crate::nas::NasFixture`] directory is given as the export path), or to
@@ -58,12 +58,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::k3s::admit::{FieldValidation, WriteCtx};
-use crate::k3s::defaults::now;
+use super::ops::{self, set_condition};
+use super::parse_quantity;
+use crate::k3s::defaults::{now, parse_time};
 use crate::k3s::faults;
-use crate::k3s::objects;
-use crate::k3s::registry::ResourceType;
-use crate::k3s::status::ApiError;
 use crate::k3s::store::Store;
 use crate::nas::{self, Backupstore};
 
@@ -543,144 +541,6 @@ pub fn longhorn_crds() -> Vec<Value> {
         .collect()
 }
 
-// ------------------------------------------------------------------ store access
-
-/// Store helpers shared by the lab's Longhorn, ESO and Argo CD stand-ins: each write goes
-/// through the API server's own create/update code (validation, managedFields, events).
-pub(crate) mod ops {
-    use super::*;
-
-    pub fn rt(store: &Store, group: &str, plural: &str) -> Option<ResourceType> {
-        let inner = store.lock();
-        inner
-            .types
-            .iter()
-            .find(|t| t.group == group && t.plural == plural)
-            .cloned()
-    }
-
-    fn ctx(manager: &str) -> WriteCtx {
-        WriteCtx {
-            validation: FieldValidation::Strict,
-            warnings: vec![],
-            dry_run: false,
-            manager: manager.into(),
-        }
-    }
-
-    pub fn get(store: &Store, group: &str, plural: &str, ns: &str, name: &str) -> Option<Value> {
-        store.lock().get(group, plural, ns, name).cloned()
-    }
-
-    pub fn list(store: &Store, group: &str, plural: &str, ns: Option<&str>) -> Vec<Value> {
-        store.lock().list(group, plural, ns)
-    }
-
-    pub fn create(
-        store: &Store,
-        group: &str,
-        plural: &str,
-        ns: &str,
-        obj: Value,
-        manager: &str,
-    ) -> Result<Value, ApiError> {
-        let rt = rt(store, group, plural)
-            .ok_or_else(|| ApiError::bad_request(format!("{plural}.{group} is not served")))?;
-        let mut inner = store.lock();
-        objects::create(&mut inner, &rt, ns, obj, &mut ctx(manager))
-    }
-
-    /// Read-modify-write under the store lock: `f` edits the object (return false to skip);
-    /// `sub` = Some("status") writes the status subresource. Ok(None) when the object is gone.
-    #[allow(clippy::too_many_arguments)]
-    pub fn modify(
-        store: &Store,
-        group: &str,
-        plural: &str,
-        ns: &str,
-        name: &str,
-        sub: Option<&str>,
-        manager: &str,
-        f: impl FnOnce(&mut Value) -> bool,
-    ) -> Result<Option<Value>, ApiError> {
-        let rt = rt(store, group, plural)
-            .ok_or_else(|| ApiError::bad_request(format!("{plural}.{group} is not served")))?;
-        let mut inner = store.lock();
-        let Some(mut o) = inner.get(group, plural, ns, name).cloned() else {
-            return Ok(None);
-        };
-        let before = o.clone();
-        if !f(&mut o) || o == before {
-            return Ok(Some(before));
-        }
-        objects::update(
-            &mut inner,
-            &rt,
-            ns,
-            name,
-            o,
-            &mut ctx(manager),
-            sub,
-            objects::Managed::Update,
-        )
-        .map(Some)
-    }
-
-    pub fn delete(store: &Store, group: &str, plural: &str, ns: &str, name: &str) {
-        if let Some(rt) = rt(store, group, plural) {
-            let mut inner = store.lock();
-            let _ = objects::delete(&mut inner, &rt, ns, name, &Value::Null, false);
-        }
-    }
-
-    /// Sets condition `ty` in `conds` (an array), keeping `lastTransitionTime` unless the
-    /// status changes.
-    pub fn set_condition(conds: &mut Value, ty: &str, status: &str, reason: &str, message: &str) {
-        if !conds.is_array() {
-            *conds = json!([]);
-        }
-        let arr = conds.as_array_mut().expect("array");
-        let t = now();
-        if let Some(c) = arr.iter_mut().find(|c| c["type"] == ty) {
-            if c["status"] != status {
-                c["lastTransitionTime"] = json!(t);
-            }
-            c["status"] = json!(status);
-            c["reason"] = json!(reason);
-            c["message"] = json!(message);
-        } else {
-            arr.push(
-                json!({"type": ty, "status": status, "reason": reason, "message": message,
-                            "lastProbeTime": "", "lastTransitionTime": t}),
-            );
-        }
-    }
-
-    /// True the first time `controller` is claimed for this store: spawning a controller
-    /// twice on one store (a test and `spawn_all`) would run two restores of one volume.
-    pub fn claim_once(store: &Arc<Store>, controller: &'static str) -> bool {
-        static CLAIMED: Mutex<Vec<(std::sync::Weak<Store>, &'static str)>> = Mutex::new(vec![]);
-        let mut c = CLAIMED.lock().unwrap_or_else(|e| e.into_inner());
-        c.retain(|(w, _)| w.strong_count() > 0);
-        if c.iter()
-            .any(|(w, n)| *n == controller && w.upgrade().is_some_and(|s| Arc::ptr_eq(&s, store)))
-        {
-            return false;
-        }
-        c.push((Arc::downgrade(store), controller));
-        true
-    }
-
-    pub fn condition<'a>(obj: &'a Value, ty: &str) -> Option<&'a Value> {
-        obj["status"]["conditions"]
-            .as_array()?
-            .iter()
-            .find(|c| c["type"] == ty)
-    }
-}
-
-use ops::set_condition;
-
 // ------------------------------------------------------------------ helpers
 
 fn sha8(s: &str) -> String {
@@ -770,35 +630,6 @@ fn parse_duration(s: &str) -> Option<f64> {
     Some(total)
 }
 
-/// A Kubernetes quantity in bytes (`1Gi`, `500Mi`, `1G`, `1073741824`).
-pub fn parse_quantity(q: &str) -> Option<i64> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (n, unit) = q.split_at(split);
-    let n: f64 = n.parse().ok()?;
-    let m: f64 = match unit {
-        "" => 1.0,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024.0f64.powi(4),
-        _ => return None,
-    };
-    Some((n * m) as i64)
-}
-
-fn parse_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&chrono::Utc))
-}
-
 // ------------------------------------------------------------------ controller
 
 struct Shared {
@@ -882,7 +713,7 @@ impl Controller {
         }
         self.backup_target();
         self.volumes();
-        self.bind_claims();
+        self.provision();
         self.attachments();
     }
 
@@ -1349,15 +1180,20 @@ impl Controller {
         });
     }
 
-    /// PV/PVC binding and dynamic provisioning (kube-controller-manager + Longhorn CSI).
-    fn bind_claims(&self) {
+    /// Dynamic provisioning (Longhorn's CSI driver and the csi-provisioner sidecar): a PVC
+    /// without volumeName whose StorageClass (or the default one) has provisioner
+    /// [`CSI_DRIVER`] gets a fresh Volume and a PV `pvc-<claim uid>` whose claimRef names it;
+    /// binding the claim to that PV is [`super::pv_binder`]'s.
+    fn provision(&self) {
         let st = &self.store;
-        let pvs = ops::list(st, "", "persistentvolumes", None);
-        let pvcs = ops::list(st, "", "persistentvolumeclaims", None);
-        for pvc in &pvcs {
+        for pvc in ops::list(st, "", "persistentvolumeclaims", None) {
             let ns = pvc["metadata"]["namespace"].as_str().unwrap_or_default();
             let name = pvc["metadata"]["name"].as_str().unwrap_or_default();
-            if !pvc["metadata"]["deletionTimestamp"].is_null() {
+            if !pvc["metadata"]["deletionTimestamp"].is_null()
+                || pvc["spec"]["volumeName"]
+                    .as_str()
+                    .is_some_and(|s| !s.is_empty())
+            {
                 continue;
             }
             let request = pvc["spec"]["resources"]["requests"]["storage"]
@@ -1365,215 +1201,62 @@ impl Controller {
                 .and_then(parse_quantity)
                 .unwrap_or(0);
             let class = pvc["spec"]["storageClassName"].as_str().unwrap_or_default();
-            match pvc["spec"]["volumeName"].as_str().filter(|s| !s.is_empty()) {
-                Some(pv_name) => {
-                    let Some(pv) = pvs.iter().find(|p| p["metadata"]["name"] == pv_name) else {
-                        continue;
-                    };
-                    let claim = &pv["spec"]["claimRef"];
-                    let claimed_by_other = claim.is_object()
-                        && (claim["namespace"] != ns
-                            || claim["name"] != name
-                            || (claim["uid"].is_string()
-                                && claim["uid"] != pvc["metadata"]["uid"]));
-                    let pv_class = pv["spec"]["storageClassName"].as_str().unwrap_or_default();
-                    let cap = pv["spec"]["capacity"]["storage"]
-                        .as_str()
-                        .and_then(parse_quantity)
-                        .unwrap_or(0);
-                    let modes_ok = pvc["spec"]["accessModes"].as_array().is_none_or(|m| {
-                        m.iter().all(|x| {
-                            pv["spec"]["accessModes"]
-                                .as_array()
-                                .is_some_and(|pm| pm.contains(x))
-                        })
-                    });
-                    if claimed_by_other || pv_class != class || cap < request || !modes_ok {
-                        continue;
-                    }
-                    if !claim.is_object() || claim["uid"].is_null() {
-                        let c = json!({"kind": "PersistentVolumeClaim", "namespace": ns, "name": name,
-                                       "uid": pvc["metadata"]["uid"], "apiVersion": "v1",
-                                       "resourceVersion": pvc["metadata"]["resourceVersion"]});
-                        let _ = ops::modify(
-                            st,
-                            "",
-                            "persistentvolumes",
-                            "",
-                            pv_name,
-                            None,
-                            "persistentvolume-binder",
-                            |o| {
-                                o["spec"]["claimRef"] = c;
-                                true
-                            },
-                        );
-                    }
-                    let _ = ops::modify(
-                        st,
-                        "",
-                        "persistentvolumes",
-                        "",
-                        pv_name,
-                        Some("status"),
-                        "persistentvolume-binder",
-                        |o| {
-                            o["status"]["phase"] = json!("Bound");
-                            true
-                        },
-                    );
-                    if pvc["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"] != "yes" {
-                        let _ = ops::modify(
-                            st,
-                            "",
-                            "persistentvolumeclaims",
-                            ns,
-                            name,
-                            None,
-                            "persistentvolume-binder",
-                            |o| {
-                                o["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"] =
-                                    json!("yes");
-                                true
-                            },
-                        );
-                    }
-                    let modes = pv["spec"]["accessModes"].clone();
-                    let capacity = pv["spec"]["capacity"].clone();
-                    let _ = ops::modify(
-                        st,
-                        "",
-                        "persistentvolumeclaims",
-                        ns,
-                        name,
-                        Some("status"),
-                        "persistentvolume-binder",
-                        |o| {
-                            o["status"]["phase"] = json!("Bound");
-                            o["status"]["accessModes"] = modes;
-                            o["status"]["capacity"] = capacity;
-                            true
-                        },
-                    );
-                }
-                None => {
-                    // Dynamic provisioning through a StorageClass served by Longhorn's CSI driver.
-                    let class_name = if class.is_empty() {
-                        default_class(st)
-                    } else {
-                        Some(class.to_string())
-                    };
-                    let Some(class_name) = class_name else {
-                        continue;
-                    };
-                    let Some(sc) =
-                        ops::get(st, "storage.k8s.io", "storageclasses", "", &class_name)
-                    else {
-                        continue;
-                    };
-                    if sc["provisioner"] != CSI_DRIVER {
-                        continue;
-                    }
-                    let uid = pvc["metadata"]["uid"].as_str().unwrap_or_default();
-                    let vol = format!("pvc-{uid}");
-                    let replicas: i64 = sc["parameters"]["numberOfReplicas"]
-                        .as_str()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(3);
-                    if ops::get(st, GROUP, "volumes", NAMESPACE, &vol).is_none() {
-                        let _ = ops::create(
-                            st,
-                            GROUP,
-                            "volumes",
-                            NAMESPACE,
-                            json!({
-                                "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Volume",
-                                "metadata": {"name": vol, "namespace": NAMESPACE},
-                                "spec": {"size": request.to_string(), "numberOfReplicas": replicas, "frontend": "blockdev",
-                                         "dataEngine": "v1", "accessMode": "rwo"},
-                            }),
-                            "longhorn-csi-plugin",
-                        );
-                    }
-                    let qty = pvc["spec"]["resources"]["requests"]["storage"].clone();
-                    if ops::get(st, "", "persistentvolumes", "", &vol).is_none() {
-                        let _ = ops::create(
-                            st,
-                            "",
-                            "persistentvolumes",
-                            "",
-                            json!({
-                                "apiVersion": "v1", "kind": "PersistentVolume",
-                                "metadata": {"name": vol, "annotations": {"pv.kubernetes.io/provisioned-by": CSI_DRIVER}},
-                                "spec": {
-                                    "capacity": {"storage": qty},
-                                    "accessModes": pvc["spec"]["accessModes"].clone(),
-                                    "persistentVolumeReclaimPolicy": sc["reclaimPolicy"].as_str().unwrap_or("Delete"),
-                                    "storageClassName": class_name, "volumeMode": "Filesystem",
-                                    "claimRef": {"kind": "PersistentVolumeClaim", "namespace": ns, "name": name, "uid": uid, "apiVersion": "v1"},
-                                    "csi": {"driver": CSI_DRIVER, "volumeHandle": vol, "fsType": "ext4",
-                                            "volumeAttributes": {"numberOfReplicas": replicas.to_string(), "staleReplicaTimeout": "30"}},
-                                },
-                            }),
-                            "csi-provisioner",
-                        );
-                    }
-                    let _ = ops::modify(
-                        st,
-                        "",
-                        "persistentvolumeclaims",
-                        ns,
-                        name,
-                        None,
-                        "persistentvolume-binder",
-                        |o| {
-                            o["spec"]["volumeName"] = json!(vol);
-                            o["spec"]["storageClassName"] = json!(class_name);
-                            let a = &mut o["metadata"]["annotations"];
-                            a["pv.kubernetes.io/bind-completed"] = json!("yes");
-                            a["pv.kubernetes.io/bound-by-controller"] = json!("yes");
-                            a["volume.kubernetes.io/storage-provisioner"] = json!(CSI_DRIVER);
-                            a["volume.beta.kubernetes.io/storage-provisioner"] = json!(CSI_DRIVER);
-                            true
-                        },
-                    );
-                }
-            }
-        }
-        // PVs: Available without a claim, Released when the claim is gone.
-        for pv in ops::list(st, "", "persistentvolumes", None) {
-            let name = pv["metadata"]["name"].as_str().unwrap_or_default();
-            let claim = &pv["spec"]["claimRef"];
-            let phase = if !claim.is_object() {
-                "Available"
+            let class_name = if class.is_empty() {
+                default_class(st)
             } else {
-                let ns = claim["namespace"].as_str().unwrap_or_default();
-                let cn = claim["name"].as_str().unwrap_or_default();
-                match ops::get(st, "", "persistentvolumeclaims", ns, cn) {
-                    Some(c) if claim["uid"].is_null() || c["metadata"]["uid"] == claim["uid"] => {
-                        if c["spec"]["volumeName"] == name {
-                            "Bound"
-                        } else {
-                            continue;
-                        }
-                    }
-                    Some(_) | None if claim["uid"].is_null() => continue,
-                    _ => "Released",
-                }
+                Some(class.to_string())
             };
-            if pv["status"]["phase"] != phase {
-                let _ = ops::modify(
+            let Some(class_name) = class_name else {
+                continue;
+            };
+            let Some(sc) = ops::get(st, "storage.k8s.io", "storageclasses", "", &class_name) else {
+                continue;
+            };
+            if sc["provisioner"] != CSI_DRIVER {
+                continue;
+            }
+            let uid = pvc["metadata"]["uid"].as_str().unwrap_or_default();
+            let vol = format!("pvc-{uid}");
+            let replicas: i64 = sc["parameters"]["numberOfReplicas"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(3);
+            if ops::get(st, GROUP, "volumes", NAMESPACE, &vol).is_none() {
+                let _ = ops::create(
+                    st,
+                    GROUP,
+                    "volumes",
+                    NAMESPACE,
+                    json!({
+                        "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Volume",
+                        "metadata": {"name": vol, "namespace": NAMESPACE},
+                        "spec": {"size": request.to_string(), "numberOfReplicas": replicas, "frontend": "blockdev",
+                                 "dataEngine": "v1", "accessMode": "rwo"},
+                    }),
+                    "longhorn-csi-plugin",
+                );
+            }
+            let qty = pvc["spec"]["resources"]["requests"]["storage"].clone();
+            if ops::get(st, "", "persistentvolumes", "", &vol).is_none() {
+                let _ = ops::create(
                     st,
                     "",
                     "persistentvolumes",
                     "",
-                    name,
-                    Some("status"),
-                    "persistentvolume-binder",
-                    |o| {
-                        o["status"]["phase"] = json!(phase);
-                        true
-                    },
+                    json!({
+                        "apiVersion": "v1", "kind": "PersistentVolume",
+                        "metadata": {"name": vol, "annotations": {"pv.kubernetes.io/provisioned-by": CSI_DRIVER}},
+                        "spec": {
+                            "capacity": {"storage": qty},
+                            "accessModes": pvc["spec"]["accessModes"].clone(),
+                            "persistentVolumeReclaimPolicy": sc["reclaimPolicy"].as_str().unwrap_or("Delete"),
+                            "storageClassName": class_name, "volumeMode": "Filesystem",
+                            "claimRef": {"kind": "PersistentVolumeClaim", "namespace": ns, "name": name, "uid": uid, "apiVersion": "v1"},
+                            "csi": {"driver": CSI_DRIVER, "volumeHandle": vol, "fsType": "ext4",
+                                    "volumeAttributes": {"numberOfReplicas": replicas.to_string(), "staleReplicaTimeout": "30"}},
+                        },
+                    }),
+                    "csi-provisioner",
                 );
             }
         }

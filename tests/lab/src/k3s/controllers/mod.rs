@@ -6,7 +6,10 @@
 //! - [`helm`]: k3s's helm-controller (HelmChart → `helm-install-<name>` Job → chart objects);
 //! - [`workloads`]: Deployments/StatefulSets/DaemonSets → pods and rollout status; Services get
 //!   node-reachable addresses; `vault-0` backed by a real `lab-vault` process;
-//! - [`jobs`]: Jobs run their container command for real on the node; CronJobs on [`Clock`].
+//! - [`jobs`]: Jobs run their container command for real on the node; CronJobs on [`Clock`];
+//! - [`pv_binder`]: kube-controller-manager's PV/PVC binding and PV phases;
+//! - [`longhorn`], [`eso`], [`argocd`]: stand-ins for those projects' controllers, writing
+//!   through the store helpers in `ops`.
 //!
 //! [`LabEnv`] is what they share, built by [`LabEnv::from_env`] at lab-k3s startup:
 //!
@@ -36,6 +39,8 @@ pub mod eso;
 pub mod helm;
 pub mod jobs;
 pub mod longhorn;
+pub(crate) mod ops;
+pub mod pv_binder;
 pub mod workloads;
 
 use std::net::SocketAddr;
@@ -160,6 +165,7 @@ pub fn spawn_all(store: Arc<Store>, env: LabEnv) {
     tokio::spawn(helm::run(store.clone(), env.clone()));
     tokio::spawn(workloads::run(store.clone(), env.clone()));
     tokio::spawn(jobs::run(store.clone(), env.clone()));
+    tokio::spawn(pv_binder::run(store.clone()));
     // The other engineer's controllers (Longhorn, ESO, Argo CD), each with its own spawn.
     longhorn::spawn(store.clone(), &env);
     eso::spawn(store.clone(), &env);
@@ -167,6 +173,11 @@ pub fn spawn_all(store: Arc<Store>, env: LabEnv) {
 }
 
 // ---------------------------------------------------------------- helpers for controllers
+
+/// The label helm-controller puts on its `helm-install-<name>` Jobs. Here so that [`helm`]
+/// (which runs those Jobs' pods itself) and [`jobs`] (which leaves them alone) both read it
+/// from below, and neither imports the other for it.
+pub const HELM_CHART_LABEL: &str = "helmcharts.helm.cattle.io/chart";
 
 pub fn ctx(manager: &str) -> WriteCtx {
     WriteCtx {
@@ -311,6 +322,29 @@ pub fn owned_by(obj: &Value, uid: &str) -> bool {
     obj["metadata"]["ownerReferences"]
         .as_array()
         .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+}
+
+/// A Kubernetes quantity in bytes (`1Gi`, `500Mi`, `1G`, `1073741824`).
+pub fn parse_quantity(q: &str) -> Option<i64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (n, unit) = q.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    let m: f64 = match unit {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0f64.powi(4),
+        _ => return None,
+    };
+    Some((n * m) as i64)
 }
 
 /// A condition entry with both timestamps set to now.
