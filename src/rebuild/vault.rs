@@ -15,7 +15,7 @@ use super::Ctx;
 use crate::flow::Phase;
 use crate::keys::backup;
 use crate::keys::BackupDocument;
-use crate::site::{fingerprints, progress_line, Stored};
+use crate::site::{progress_line, Stored};
 
 /// How long Vault's pod may take to answer once installed.
 const VAULT_DEADLINE: Duration = Duration::from_secs(300);
@@ -203,9 +203,8 @@ impl Phase<Ctx> for KeySecret {
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
         let shares = ctx.shares_from_backup()?;
-        let stored = ctx.site.read_unseal_secret().await?.shares();
         anyhow::ensure!(
-            stored.is_some_and(|s| fingerprints(&s) == fingerprints(&shares)),
+            ctx.site.unseal_secret_holds(&shares).await?,
             "Secret {} does not hold the offline backup's key after it was written",
             ctx.site.unseal_secret_name()
         );

@@ -419,13 +419,7 @@ impl Rotation<'_> {
 
     /// The Secret holds the new key (a rerun may find it holding the old one).
     async fn ensure_secret_holds_new_key(&self, j: &Journal) -> Result<()> {
-        let in_secret = self
-            .site
-            .read_unseal_secret()
-            .await?
-            .shares()
-            .unwrap_or_default();
-        if fingerprints(&in_secret) != fingerprints(&j.new_shares) {
+        if !self.site.unseal_secret_holds(&j.new_shares).await? {
             self.say(&format!(
                 "putting the new key in Secret {}",
                 self.site.unseal_secret_name()

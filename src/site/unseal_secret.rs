@@ -151,6 +151,16 @@ impl Site {
         }
     }
 
+    /// Whether the unseal Secret holds exactly `shares` (by fingerprint, in any order).
+    pub async fn unseal_secret_holds(&self, shares: &[SecretText]) -> Result<bool> {
+        let stored = self
+            .read_unseal_secret()
+            .await?
+            .shares()
+            .unwrap_or_default();
+        Ok(fingerprints(&stored) == fingerprints(shares))
+    }
+
     /// Puts `shares` in the unseal Secret (server-side apply; the key only in the body), then
     /// reads it back and checks the fingerprints.
     pub async fn write_unseal_secret(&self, shares: &[SecretText]) -> Result<()> {
@@ -169,12 +179,7 @@ impl Site {
             }
         }
         applied.with_context(|| format!("writing Secret {}", self.unseal_secret_name()))?;
-        let back = self
-            .read_unseal_secret()
-            .await?
-            .shares()
-            .unwrap_or_default();
-        if fingerprints(&back) != fingerprints(shares) {
+        if !self.unseal_secret_holds(shares).await? {
             bail!(
                 "Secret {} does not hold the key just written (something else changed it?)",
                 self.unseal_secret_name()
