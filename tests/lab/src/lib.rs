@@ -2,13 +2,13 @@
 //! Never part of the shipped binary.
 //!
 //! - [`server`]: a real server stand-in (network namespace, overlay root, real sshd + sudo).
-//! - [`vault`]: the Vault HTTP API stand-in (`lab-vault`).
+//! - [`bao`]: the lab's Vault, the real OpenBao server (`bao`, installed by `scripts/setup`).
 //! - [`nas`]: the NAS, a directory of Longhorn backups (fixture builder and reader).
 
+pub mod bao;
 pub mod k3s;
 pub mod nas;
 pub mod server;
-pub mod vault;
 
 /// Re-exported for tests that build NAS fixtures (their times are `chrono` types).
 pub use chrono;

@@ -66,22 +66,6 @@ const SETUP_SH: &str = include_str!("server/setup.sh");
 /// Stand-ins for systemd's tools (the lab has no systemd), installed over /usr/bin's.
 const SYSTEMCTL_SH: &str = include_str!("server/systemctl.sh");
 const TIMEDATECTL_SH: &str = include_str!("server/timedatectl.sh");
-/// Where the lab's own binaries (lab-vault, …) are built: `LAB_BIN_DIR`, else the directory of
-/// the running executable (the parent of `deps/` for a test binary). lab-k3s, started on the
-/// lab server as /usr/local/bin/k3s, finds lab-vault there through /etc/default/k3s.
-pub fn lab_bin_dir() -> Option<PathBuf> {
-    if let Ok(dir) = std::env::var("LAB_BIN_DIR") {
-        return Some(PathBuf::from(dir));
-    }
-    let exe = std::env::current_exe().ok()?;
-    let dir = exe.parent()?;
-    Some(if dir.file_name().is_some_and(|n| n == "deps") {
-        dir.parent()?.to_path_buf()
-    } else {
-        dir.to_path_buf()
-    })
-}
-
 /// A local apt repository with stand-ins for the packages a rebuild installs.
 const APT_MIRROR_SH: &str = include_str!("server/apt-mirror.sh");
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -693,11 +677,11 @@ impl LabServer {
             ("LAB_SYSTEMCTL", SYSTEMCTL_SH.to_string()),
             ("LAB_TIMEDATECTL", TIMEDATECTL_SH.to_string()),
             ("LAB_APT_MIRROR", APT_MIRROR_SH.to_string()),
+            // The lab's Vault is bao at its installed path (the host's, seen through the
+            // overlay); a LAB_BAO of the caller is passed on to lab-k3s.
             (
-                "LAB_BIN_DIR",
-                lab_bin_dir()
-                    .map(|d| d.display().to_string())
-                    .unwrap_or_default(),
+                crate::bao::BAO_ENV,
+                std::env::var(crate::bao::BAO_ENV).unwrap_or_default(),
             ),
         ];
         let out = self

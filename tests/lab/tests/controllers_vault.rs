@@ -1,7 +1,9 @@
-//! Controllers (issue 5): the vault chart's pod `vault-0` is a real lab-vault process whose
-//! data lives in the Longhorn volume bound to PVC `vault-data-lh`; Ready only when unsealed;
-//! after a lab-k3s restart (power loss) it is sealed and not ready. On the host the Service is
-//! reached at the 127.0.0.1 address lab-k3s records in the Service (no host network change).
+//! Controllers (issue 5, 13): the vault chart's pod `vault-0` is the real OpenBao server
+//! (`bao`) whose raft data lives in the Longhorn volume bound to PVC `vault-data-lh`; Ready
+//! only when unsealed; when its process dies the kubelet starts it again (restartCount 1),
+//! sealed, data kept; after a lab-k3s restart (power loss) it is sealed and not ready. On the
+//! host the Service is reached at the 127.0.0.1 address lab-k3s records in the Service (no
+//! host network change).
 
 mod k3s_support;
 
@@ -84,7 +86,7 @@ fn curl(args: &[&str]) -> Option<Value> {
     serde_json::from_slice(&out.stdout).ok()
 }
 
-/// Polls seal-status until lab-vault answers (deadline 30 s).
+/// Polls seal-status until Vault answers (deadline 30 s).
 fn seal_status(addr: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -93,7 +95,7 @@ fn seal_status(addr: &str) -> Value {
         }
         assert!(
             Instant::now() < deadline,
-            "lab-vault never answered at {addr}"
+            "Vault never answered at {addr}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -177,13 +179,81 @@ fn controllers_vault_0_ready_only_when_unsealed_and_sealed_after_restart() {
     let key = init["keys"][0].as_str().expect("a key share").to_string();
     assert_eq!(seal_status(&addr)["sealed"], true);
     assert_eq!(ready(&lab), "False", "a sealed Vault is not Ready");
-    // Its state lives in the Longhorn volume's directory.
-    assert!(lab
-        .dir
-        .join("data/longhorn/volumes/vault-data-lh/data/lab-vault.json")
-        .exists());
+    // Its raft data lives in the Longhorn volume's directory.
+    let volume = lab.dir.join("data/longhorn/volumes/vault-data-lh/data");
+    for f in ["vault.db", "raft/raft.db"] {
+        assert!(volume.join(f).is_file(), "no {f} in {}", volume.display());
+    }
 
     // Unsealed → Ready.
+    let st = curl(&[
+        "-X",
+        "PUT",
+        "-d",
+        &format!(r#"{{"key":"{key}"}}"#),
+        &format!("{addr}/v1/sys/unseal"),
+    ])
+    .expect("unseal answered");
+    assert_eq!(st["sealed"], false, "{st}");
+    lab.ok(
+        &[
+            "-n",
+            "security",
+            "wait",
+            "--for=condition=Ready",
+            "pod/vault-0",
+            "--timeout=30s",
+        ],
+        None,
+    );
+
+    // The process dies (a crash, SIGKILL): the kubelet starts it again; Vault is sealed, its
+    // data kept, vault-0 Running but not Ready, its container restarted once.
+    let pid_file = rebox_lab::k3s::controllers::workloads::vault_run_dir(
+        &lab.dir.join("data"),
+        "security",
+        "vault-0",
+    )
+    .join("pid");
+    let pid = std::fs::read_to_string(&pid_file).expect("the kubelet records the pid");
+    let out = Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kill: {out:?}");
+    lab.ok(
+        &[
+            "-n",
+            "security",
+            "wait",
+            "--for=jsonpath={.status.containerStatuses[0].restartCount}=1",
+            "pod/vault-0",
+            "--timeout=30s",
+        ],
+        None,
+    );
+    lab.ok(
+        &[
+            "-n",
+            "security",
+            "wait",
+            "--for=condition=Ready=false",
+            "pod/vault-0",
+            "--timeout=30s",
+        ],
+        None,
+    );
+    let st = seal_status(&addr);
+    assert_eq!(
+        (st["initialized"].clone(), st["sealed"].clone()),
+        (Value::Bool(true), Value::Bool(true)),
+        "{st}"
+    );
+    assert_ne!(
+        std::fs::read_to_string(&pid_file).unwrap(),
+        pid,
+        "a new process"
+    );
     let st = curl(&[
         "-X",
         "PUT",

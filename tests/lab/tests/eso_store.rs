@@ -28,7 +28,7 @@ async fn store_ready(lab: &Lab, want: &str) -> serde_json::Value {
 async fn eso_store_follows_vault_and_stays_degraded_until_restart() {
     let lab = Lab::start().await;
     let vdir = lab.dir.join("vault");
-    let vault = rebox_lab::vault::start(vdir.clone()).await.unwrap();
+    let vault = rebox_lab::bao::Bao::start(vdir.clone()).await.unwrap();
     let client = vault_support::Vault::new(vault.url());
     let init = client.init(1, 1).await;
     client.unseal_all(&init.keys).await;

@@ -124,11 +124,11 @@ fn files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn longhorn_fixture_volumes_restore_byte_identical_with_progress() {
     let lab = Lab::start().await;
-    // Vault's data: a real lab-vault state dir, initialised.
+    // Vault's data: a real bao raft dir, initialised (the process stopped before the backup).
     let vault_dir = lab.dir.join("vault-src");
-    let v = rebox_lab::vault::start(vault_dir.clone()).await.unwrap();
+    let v = rebox_lab::bao::Bao::start(vault_dir.clone()).await.unwrap();
     let init = vault_support::Vault::new(v.url()).init(1, 1).await;
-    drop(v);
+    v.stop().await;
     let big: Vec<u8> = (0..(5u32 << 20))
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
@@ -391,7 +391,7 @@ async fn longhorn_fixture_volumes_restore_byte_identical_with_progress() {
             .ok_or(v["status"].to_string())
     })
     .await;
-    let vault = rebox_lab::vault::start(volume_data_dir(&lab.data_dir, "vault-data-lh"))
+    let vault = rebox_lab::bao::Bao::start(volume_data_dir(&lab.data_dir, "vault-data-lh"))
         .await
         .unwrap();
     let client = vault_support::Vault::new(vault.url());

@@ -18,7 +18,7 @@ fn nas_fixture_layout_times_labels_and_corruption() {
             "vault-data-lh",
             "security",
             "vault-data-lh",
-            vec![("lab-vault.json".to_string(), b"{}".to_vec())],
+            vec![("vault.db".to_string(), b"{}".to_vec())],
             t,
         )
         .volume(
@@ -77,7 +77,7 @@ fn nas_fixture_layout_times_labels_and_corruption() {
     let files = nas::decode_image(&blk).unwrap();
     assert_eq!(
         files,
-        vec![("lab-vault.json".to_string(), 0o644, b"{}".to_vec())]
+        vec![("vault.db".to_string(), 0o644, b"{}".to_vec())]
     );
     assert_eq!(
         built.volume("immich-db").last_backup().created,

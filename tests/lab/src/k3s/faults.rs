@@ -12,8 +12,7 @@
 //!           {"path": "/apis/longhorn.io", "delayMs": 3000}],
 //!   "stuckRestores": ["vault-data-lh"],
 //!   "argocdOutOfSync": ["immich"],
-//!   "argocdStaleUntilHardRefresh": ["root"],
-//!   "vaultRefuseUnseal": true
+//!   "argocdStaleUntilHardRefresh": ["root"]
 //! }
 //! ```
 //!
@@ -30,12 +29,12 @@
 //! - `argocdStaleUntilHardRefresh`: Argo CD Application names (or `*`) whose cached manifests
 //!   are stale: they stay `OutOfSync` with a `ComparisonError` until a `hard` refresh is asked
 //!   for (a `normal` one does not help), then sync as usual (guide scenario 4).
-//! - `vaultRefuseUnseal`: lab-vault refuses every unseal share (even the right one) as Vault
-//!   does a wrong one. lab-vault reads this file only when started with `LAB_FAULTS=<path>`
-//!   (the workloads controller passes it).
 //!
-//! Other faults need no switch: a corrupt backup is real corruption on the NAS
-//! ([`crate::nas::corrupt_volume`] / `NasFixture::corrupt`); a power loss is killing lab-k3s.
+//! Other faults need no switch, they are real causes: a corrupt backup is real corruption on
+//! the NAS ([`crate::nas::corrupt_volume`] / `NasFixture::corrupt`); a power loss is killing
+//! lab-k3s; a sealed Vault is a restart of vault-0's process
+//! ([`crate::k3s::controllers::workloads::restart_vault_command`]); Vault refusing a key is a
+//! wrong key (the real server, `bao`, refuses it as Vault does).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -57,8 +56,6 @@ pub struct Faults {
     pub argocd_out_of_sync: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub argocd_stale_until_hard_refresh: Vec<String>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub vault_refuse_unseal: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

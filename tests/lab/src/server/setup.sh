@@ -53,8 +53,10 @@ printf '%s\n' "$LAB_TIMEDATECTL" >/usr/bin/timedatectl
 chmod 755 /usr/bin/systemctl /usr/bin/timedatectl
 
 # The k3s unit reads /etc/default/k3s (EnvironmentFile=-/etc/default/%N): tell the k3s
-# stand-in it runs on a lab node (it may add Service addresses to lo) and where lab-vault is.
-printf 'LAB_NODE=1\nLAB_BIN_DIR=%s\n' "$LAB_BIN_DIR" >/etc/default/k3s
+# stand-in it runs on a lab node (it may add Service addresses to lo) and, when the caller
+# named one, which bao binary runs as Vault (else the one scripts/setup installed).
+printf 'LAB_NODE=1\n' >/etc/default/k3s
+if [ -n "${LAB_BAO:-}" ]; then printf 'LAB_BAO=%s\n' "$LAB_BAO" >>/etc/default/k3s; fi
 mkdir -p /etc/rebox-lab && echo "this overlay is a rebox lab node" >/etc/rebox-lab/node
 
 # Packages: a local mirror with stand-ins for what a rebuild installs.

@@ -1,4 +1,4 @@
-//! Shared helpers for the lab-vault fidelity tests: a thin reqwest client that returns
+//! Shared helpers for the tests that talk to the lab's Vault (OpenBao's `bao`): a thin reqwest client that returns
 //! (status, JSON body) for every call, so each test asserts on exactly what Vault would send.
 #![allow(dead_code)]
 
@@ -44,7 +44,7 @@ impl Vault {
         if let Some(t) = token {
             req = req.header("X-Vault-Token", t);
         }
-        let resp = req.send().await.expect("lab-vault answers");
+        let resp = req.send().await.expect("Vault answers");
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("body");
         let v = if text.trim().is_empty() {

@@ -5,7 +5,7 @@
 //! - [`crds`]: the CRDs k3s and the charts bring, generated from our own typed structs;
 //! - [`helm`]: k3s's helm-controller (HelmChart → `helm-install-<name>` Job → chart objects);
 //! - [`workloads`]: Deployments/StatefulSets/DaemonSets → pods and rollout status; Services get
-//!   node-reachable addresses; `vault-0` backed by a real `lab-vault` process;
+//!   node-reachable addresses; `vault-0` backed by the real OpenBao server (`bao`);
 //! - [`jobs`]: Jobs run their container command for real on the node; CronJobs on [`Clock`];
 //! - [`pv_binder`]: kube-controller-manager's PV/PVC binding and PV phases;
 //! - [`longhorn`], [`eso`], [`argocd`]: stand-ins for those projects' controllers, writing
@@ -19,11 +19,6 @@
 //!   times faster than wall time from the start of the process, so a `* * * * *` CronJob fires
 //!   every 60/N seconds; timestamps written into objects stay wall-clock (real API servers
 //!   stamp with their own clock), only schedules use lab time.
-//! - `bin_dir`: where the lab's other binaries are (`lab-vault`). Order: `LAB_BIN_DIR`; else the
-//!   directory of `/proc/self/exe` if `lab-vault` is there (tests, `cargo run`); else
-//!   `/usr/local/lib/rebox-lab/` (where the lab server installs its binaries). rebox uploads
-//!   lab-k3s as `/usr/local/bin/k3s`, so on the lab server the k3s unit's environment (or that
-//!   fixed directory) is what finds lab-vault — never the exe's own name.
 //! - `node`: whether this lab-k3s may change the node's network (add Service ClusterIPs as
 //!   /32 on `lo`, like kube-proxy makes them reachable). True only when `LAB_NODE=1` is set (the
 //!   lab server's k3s environment) AND the process is root AND it is not in the initial
@@ -87,7 +82,6 @@ impl Clock {
 pub struct LabEnv {
     pub data_dir: PathBuf,
     pub clock: Clock,
-    pub bin_dir: Option<PathBuf>,
     pub node: bool,
     /// Where pods reach the API (lab server: 127.0.0.1:6443).
     pub api: SocketAddr,
@@ -112,22 +106,6 @@ fn in_private_netns() -> bool {
     }
 }
 
-fn find_bin_dir() -> Option<PathBuf> {
-    if let Ok(d) = std::env::var("LAB_BIN_DIR") {
-        return Some(PathBuf::from(d));
-    }
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        if dir.join("lab-vault").exists() {
-            return Some(dir);
-        }
-    }
-    let fixed = PathBuf::from("/usr/local/lib/rebox-lab");
-    fixed.join("lab-vault").exists().then_some(fixed)
-}
-
 impl LabEnv {
     pub fn from_env(data_dir: &Path, api: SocketAddr, ca_pem: String) -> LabEnv {
         let speed = std::env::var("LAB_CLOCK_SPEED")
@@ -143,7 +121,6 @@ impl LabEnv {
         LabEnv {
             data_dir: data_dir.to_path_buf(),
             clock: Clock::new(speed),
-            bin_dir: find_bin_dir(),
             node: std::env::var("LAB_NODE").as_deref() == Ok("1")
                 && root
                 && (in_private_netns() || Path::new(LAB_NODE_MARKER).exists()),

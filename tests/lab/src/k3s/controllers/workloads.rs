@@ -1,5 +1,5 @@
 //! The workload controllers (Deployment, StatefulSet, DaemonSet) and the kubelet's view of
-//! their pods, plus Vault's pod `vault-0` backed by a real `lab-vault` process.
+//! their pods, plus Vault's pod `vault-0` backed by the real OpenBao server (`bao`).
 //!
 //! Contract followed: what `kubectl get pods` / `kubectl rollout status` observe
 //! (platform-facts §6 "Rollout status"): pods named `<deploy>-<template hash>-<5 chars>`
@@ -13,17 +13,23 @@
 //! (StatefulSets), `desiredNumberScheduled`/`numberReady`/`updatedNumberScheduled`/
 //! `numberAvailable` (DaemonSets).
 //!
-//! Vault (pods of a template labelled `app.kubernetes.io/name: vault`): a pod that mounts a
-//! PVC stays `Pending` (PodScheduled False, `unbound immediate PersistentVolumeClaims`) until
-//! the claim's `spec.volumeName` names a PV; the PV's `spec.csi.volumeHandle` is the Longhorn
-//! volume, whose directory ([`volume_data_dir`], the contract with the Longhorn controller) is
-//! lab-vault's `--data-dir`. lab-vault listens on the address of the Service of the same name
-//! as the StatefulSet, port 8200: its ClusterIP when [`LabEnv::node`] (the ClusterIP is added
-//! as a /32 on `lo`, as kube-proxy makes Services reachable from the node), else a free
-//! 127.0.0.1 port recorded in the Service annotation [`NODE_ADDRESS_ANNOTATION`] (tests on the
-//! host). The pod is `Running`; `Ready` only while lab-vault's `/v1/sys/seal-status` says
-//! unsealed (polled every 200 ms), the readiness probe `vault status` of vault-helm. On a
-//! lab-k3s restart (power loss) every process is started afresh: Vault comes back sealed.
+//! Vault (pods of a template labelled `app.kubernetes.io/name: vault`) is the real OpenBao
+//! server, `bao server` ([`crate::bao`]: the binary from `scripts/setup`, or `$LAB_BAO`). A pod
+//! that mounts a PVC stays `Pending` (PodScheduled False, `unbound immediate
+//! PersistentVolumeClaims`) until the claim's `spec.volumeName` names a PV; the PV's
+//! `spec.csi.volumeHandle` is the Longhorn volume, whose directory ([`volume_data_dir`], the
+//! contract with the Longhorn controller) is raft's `path`, so Longhorn's backups carry the
+//! real raft data. bao listens on the address of the Service of the same name as the
+//! StatefulSet, port 8200 (raft's cluster port 8201 beside it): its ClusterIP when
+//! [`LabEnv::node`] (the ClusterIP is added as a /32 on `lo`, as kube-proxy makes Services
+//! reachable from the node), else a free 127.0.0.1 port recorded in the Service annotation
+//! [`NODE_ADDRESS_ANNOTATION`] (tests on the host). Its config, log and pid are in
+//! [`vault_run_dir`]. The pod is `Running`; `Ready` only while `/v1/sys/seal-status` says
+//! unsealed (polled every 200 ms), the readiness probe `vault status` of vault-helm. A process
+//! that exits is started again (the container's `restartCount` goes up) and comes back sealed
+//! with its data; a replaced pod (same name, new uid) gets a new process; on a lab-k3s restart
+//! (power loss) every process is started afresh. [`restart_vault_command`] is that crash, for
+//! tests.
 //! Left out: ReplicaSets (no `kubectl rollout history`/`undo`), maxSurge/maxUnavailable
 //! pacing (old pods go at once), scaling subresources, probes other than Vault's, pod
 //! deletion grace, garbage collection of other owners' children.
@@ -38,6 +44,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::{condition, ctx, owned_by, owner_ref, rtype, set_status, LabEnv};
+use crate::bao;
 use crate::k3s::defaults::{now, random_suffix};
 use crate::k3s::objects;
 use crate::k3s::store::Store;
@@ -52,19 +59,20 @@ struct VaultProc {
     child: tokio::process::Child,
     addr: SocketAddr,
     data_dir: PathBuf,
+    /// The pod this process belongs to (a new pod of the same name gets a new process).
+    pod_uid: String,
+    /// Restarts of the container in this pod (exits followed by a new start).
+    restarts: u32,
 }
 
 #[derive(Default)]
 struct State {
     vaults: HashMap<String, VaultProc>,
-    /// pod key → unsealed, from the last poll.
-    unsealed: HashMap<String, bool>,
 }
 
 pub async fn run(store: Arc<Store>, env: LabEnv) {
     let mut state = State::default();
     let mut rx = store.subscribe();
-    let http = HttpPoller;
     loop {
         for (plural, kind) in [
             ("deployments", "Deployment"),
@@ -73,7 +81,7 @@ pub async fn run(store: Arc<Store>, env: LabEnv) {
         ] {
             let listed = store.lock().list("apps", plural, None);
             for w in listed {
-                if let Err(e) = reconcile(&store, &env, &mut state, &http, kind, &w).await {
+                if let Err(e) = reconcile(&store, &env, &mut state, kind, &w).await {
                     eprintln!(
                         "lab-k3s {kind} controller: {}/{}: {e:#}",
                         w["metadata"]["namespace"].as_str().unwrap_or_default(),
@@ -125,7 +133,6 @@ async fn reconcile(
     store: &Store,
     env: &LabEnv,
     state: &mut State,
-    http: &HttpPoller,
     kind: &str,
     w: &Value,
 ) -> anyhow::Result<()> {
@@ -264,17 +271,19 @@ async fn reconcile(
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let (phase, is_ready, pending_msg) = if is_vault {
-            vault_pod(store, env, state, http, w, p).await
+        let (phase, is_ready, pending_msg, restarts) = if is_vault {
+            vault_pod(store, env, state, w, p).await
         } else {
-            ("Running", true, None)
+            ("Running", true, None, 0)
         };
-        let status = pod_status(p, phase, is_ready, pending_msg.as_deref());
+        let status = pod_status(p, phase, is_ready, pending_msg.as_deref(), restarts);
         let cur = store.lock().get("", "pods", &ns, &pname).cloned();
         if let Some(cur) = cur {
             let same = cur["status"]["phase"] == phase
                 && pod_ready(&cur) == is_ready
-                && cur["status"]["conditions"][0]["message"] == status["conditions"][0]["message"];
+                && cur["status"]["conditions"][0]["message"] == status["conditions"][0]["message"]
+                && cur["status"]["containerStatuses"][0]["restartCount"]
+                    == status["containerStatuses"][0]["restartCount"];
             if !same {
                 set_status(store, &pod_rt, &ns, &pname, status, "kubelet");
             }
@@ -417,7 +426,7 @@ fn pod_ready(p: &Value) -> bool {
     })
 }
 
-fn pod_status(p: &Value, phase: &str, ready: bool, pending: Option<&str>) -> Value {
+fn pod_status(p: &Value, phase: &str, ready: bool, pending: Option<&str>, restarts: u32) -> Value {
     let t = p["status"]["startTime"]
         .as_str()
         .map(String::from)
@@ -428,7 +437,7 @@ fn pod_status(p: &Value, phase: &str, ready: bool, pending: Option<&str>) -> Val
     }
     let r = if ready { "True" } else { "False" };
     let containers: Vec<Value> = p["spec"]["containers"].as_array().into_iter().flatten()
-        .map(|c| json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": ready, "started": true, "restartCount": 0, "state": {"running": {"startedAt": t}}}))
+        .map(|c| json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": ready, "started": true, "restartCount": restarts, "state": {"running": {"startedAt": t}}}))
         .collect();
     let mut ready_cond = json!({"type": "Ready", "status": r, "lastTransitionTime": t});
     let mut cready = json!({"type": "ContainersReady", "status": r, "lastTransitionTime": t});
@@ -459,35 +468,28 @@ fn pod_status(p: &Value, phase: &str, ready: bool, pending: Option<&str>) -> Val
 
 // ---------------------------------------------------------------- Vault
 
-#[derive(Default)]
-struct HttpPoller;
+/// `<lab-k3s data dir>/lab/vault/<ns>/<pod>/`: the kubelet's files for a Vault pod — `config.json`
+/// (what the chart's ConfigMap would be), `bao.log` (the container log) and `pid` (the running
+/// process, as a container runtime knows it; [`restart_vault_command`] reads it). Not in the
+/// volume: only Vault's own data is backed up.
+pub fn vault_run_dir(data_dir: &Path, ns: &str, pod: &str) -> PathBuf {
+    data_dir.join("lab/vault").join(ns).join(pod)
+}
 
-impl HttpPoller {
-    /// `sealed` from lab-vault's seal-status (None when it does not answer).
-    async fn sealed(&self, addr: SocketAddr) -> Option<bool> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let fut = async {
-            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-            s.write_all(
-                format!(
-                    "GET /v1/sys/seal-status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-                )
-                .as_bytes(),
-            )
-            .await
-            .ok()?;
-            let mut buf = vec![];
-            s.read_to_end(&mut buf).await.ok()?;
-            let text = String::from_utf8_lossy(&buf);
-            let body = text.split("\r\n\r\n").nth(1)?;
-            let v: Value = serde_json::from_str(body.trim()).ok()?;
-            v["sealed"].as_bool()
-        };
-        tokio::time::timeout(Duration::from_secs(1), fut)
-            .await
-            .ok()
-            .flatten()
-    }
+/// A shell command, run as root on the lab node, that restarts Vault pod `ns/pod`'s process
+/// the way a crash does (SIGKILL to the process; the kubelet starts it again, and Vault comes
+/// back sealed), then waits up to `deadline_secs` until a NEW process answers seal-status
+/// with `"sealed":true` at the Service's ClusterIP. Fails (non-zero) past the deadline.
+pub fn restart_vault_command(ns: &str, pod: &str, svc: &str, deadline_secs: u32) -> String {
+    let pid = vault_run_dir(Path::new("/var/lib/rancher/k3s"), ns, pod).join("pid");
+    let pid = pid.display();
+    format!(
+        r#"set -eu
+old=$(cat {pid})
+kill -KILL "$old"
+ip=$(KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl -n {ns} get svc {svc} -o jsonpath='{{.spec.clusterIP}}')
+timeout {deadline_secs} sh -c 'until [ "$(cat {pid} 2>/dev/null)" != "$0" ] && curl -s --max-time 2 "http://$1:8200/v1/sys/seal-status" | grep -q "\"sealed\":true"; do sleep 0.1; done' "$old" "$ip" || {{ echo "vault {ns}/{pod}: no new sealed process within {deadline_secs}s" >&2; exit 1; }}"#
+    )
 }
 
 /// Where the Service `ns/name` is reachable from the node, making it so if needed.
@@ -547,20 +549,35 @@ fn service_address(
     Ok(addr)
 }
 
-/// (phase, ready, pending message) of a Vault pod, starting its lab-vault when it can run.
+/// raft's cluster address beside the API address: port 8201 on the ClusterIP (as the chart's
+/// `cluster_addr`), or a free 127.0.0.1 port when the API is on a host port.
+fn cluster_address(api: SocketAddr) -> anyhow::Result<SocketAddr> {
+    if api.ip().is_loopback() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        return Ok(SocketAddr::new(api.ip(), port));
+    }
+    Ok(SocketAddr::new(api.ip(), 8201))
+}
+
+/// (phase, ready, pending message, restarts) of a Vault pod, starting its bao when it can run.
 async fn vault_pod(
     store: &Store,
     env: &LabEnv,
     state: &mut State,
-    http: &HttpPoller,
     w: &Value,
     p: &Value,
-) -> (&'static str, bool, Option<String>) {
+) -> (&'static str, bool, Option<String>, u32) {
     let ns = p["metadata"]["namespace"]
         .as_str()
         .unwrap_or_default()
         .to_string();
     let pname = p["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let uid = p["metadata"]["uid"]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -576,7 +593,7 @@ async fn vault_pod(
                 .map(String::from)
         });
     let data_dir = match claim {
-        None => env.lab_dir("vault").join(&ns).join(&pname),
+        None => vault_run_dir(&env.data_dir, &ns, &pname).join("data"),
         Some(c) => {
             let pvc = store
                 .lock()
@@ -593,8 +610,8 @@ async fn vault_pod(
                 .and_then(|pv| store.lock().get("", "persistentvolumes", "", pv).cloned())
                 .and_then(|pv| pv["spec"]["csi"]["volumeHandle"].as_str().map(String::from));
             match (pvc, handle) {
-                (None, _) => return ("Pending", false, Some(format!("0/1 nodes are available: persistentvolumeclaim \"{c}\" not found."))),
-                (Some(_), None) => return ("Pending", false, Some("0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.".into())),
+                (None, _) => return ("Pending", false, Some(format!("0/1 nodes are available: persistentvolumeclaim \"{c}\" not found.")), 0),
+                (Some(_), None) => return ("Pending", false, Some("0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.".into()), 0),
                 (Some(_), Some(vol)) => volume_data_dir(&env.data_dir, &vol),
             }
         }
@@ -603,71 +620,87 @@ async fn vault_pod(
         .as_str()
         .unwrap_or("vault")
         .to_string();
-    // (Re)start lab-vault when missing, exited or pointed at another volume.
-    let restart = match state.vaults.get_mut(&key) {
-        None => true,
-        Some(v) => v.data_dir != data_dir || !matches!(v.child.try_wait(), Ok(None)),
+    // (Re)start bao when missing, exited, pointed at another volume, or the pod was replaced
+    // (a deleted vault-0 comes back as a new pod with a new process). A process that exited
+    // under the same pod is a container restart: counted, as the kubelet's restartCount.
+    let (restart, exited) = match state.vaults.get_mut(&key) {
+        None => (true, false),
+        Some(v) => {
+            let exited = !matches!(v.child.try_wait(), Ok(None));
+            (v.data_dir != data_dir || v.pod_uid != uid || exited, exited && v.pod_uid == uid)
+        }
     };
     if restart {
-        if let Some(mut old) = state.vaults.remove(&key) {
-            let _ = old.child.start_kill();
-        }
-        match start_vault(store, env, &ns, &svc_name, &data_dir) {
-            Ok(v) => {
-                state.vaults.insert(key.clone(), v);
+        let restarts = match state.vaults.remove(&key) {
+            Some(mut old) => {
+                let _ = old.child.start_kill();
+                if exited {
+                    old.restarts + 1
+                } else if old.pod_uid == uid {
+                    old.restarts
+                } else {
+                    0
+                }
+            }
+            None => 0,
+        };
+        match start_vault(store, env, &ns, &pname, &svc_name, &data_dir) {
+            Ok((child, addr)) => {
+                state.vaults.insert(
+                    key.clone(),
+                    VaultProc {
+                        child,
+                        addr,
+                        data_dir: data_dir.clone(),
+                        pod_uid: uid,
+                        restarts,
+                    },
+                );
             }
             Err(e) => {
-                eprintln!("lab-k3s kubelet: starting lab-vault for {key}: {e:#}");
-                return ("Running", false, None);
+                eprintln!("lab-k3s kubelet: starting vault (bao) for {key}: {e:#}");
+                return ("Running", false, None, restarts);
             }
         }
     }
-    let addr = state.vaults[&key].addr;
-    let unsealed = http.sealed(addr).await == Some(false);
-    state.unsealed.insert(key, unsealed);
-    ("Running", unsealed, None)
+    let v = &state.vaults[&key];
+    let (addr, restarts) = (v.addr, v.restarts);
+    let unsealed = bao::seal_status(addr)
+        .await
+        .is_some_and(|s| s["sealed"] == false);
+    ("Running", unsealed, None, restarts)
 }
 
 fn start_vault(
     store: &Store,
     env: &LabEnv,
     ns: &str,
+    pod: &str,
     svc: &str,
     data_dir: &Path,
-) -> anyhow::Result<VaultProc> {
-    let bin = env.bin_dir.as_ref().map(|d| d.join("lab-vault")).filter(|p| p.exists())
-        .ok_or_else(|| anyhow::anyhow!("lab-vault not found (set LAB_BIN_DIR, or install it next to lab-k3s or in /usr/local/lib/rebox-lab)"))?;
+) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
+    let bin = bao::binary()?;
     let addr = service_address(store, env, ns, svc, 8200)?;
     std::fs::create_dir_all(data_dir)?;
+    let run = vault_run_dir(&env.data_dir, ns, pod);
+    std::fs::create_dir_all(&run)?;
+    let config = run.join("config.json");
+    bao::write_config(
+        &config,
+        &bao::Layout {
+            listen: addr,
+            cluster: cluster_address(addr)?,
+            data_dir: data_dir.to_path_buf(),
+            node_id: pod.to_string(),
+        },
+    )?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(env.lab_dir("vault").join("lab-vault.log"))
-        .or_else(|_| {
-            std::fs::create_dir_all(env.lab_dir("vault"))?;
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(env.lab_dir("vault").join("lab-vault.log"))
-        })?;
-    // --pdeathsig: lab-vault dies with lab-k3s (power loss), as a pod's process would.
-    let child = tokio::process::Command::new("setpriv")
-        .args(["--pdeathsig", "KILL", "--"])
-        .arg(bin)
-        .arg("--listen")
-        .arg(addr.to_string())
-        .arg("--data-dir")
-        .arg(data_dir)
-        // The lab's fault switches (vaultRefuseUnseal) live in lab-k3s's data dir.
-        .env("LAB_FAULTS", env.data_dir.join("lab-faults.json"))
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()?;
-    Ok(VaultProc {
-        child,
-        addr,
-        data_dir: data_dir.to_path_buf(),
-    })
+        .open(run.join("bao.log"))?;
+    let child = bao::spawn(&bin, &config, log)?;
+    if let Some(pid) = child.id() {
+        std::fs::write(run.join("pid"), format!("{pid}\n"))?;
+    }
+    Ok((child, addr))
 }
