@@ -1,5 +1,5 @@
-//! The Vault client (`rebox::vault`) against the lab's in-process Vault stand-in
-//! (`rebox_lab::vault`): unseal with progress, wrong and malformed keys, uninitialised and
+//! The Vault client (`rebox::vault`) against the real OpenBao server (`rebox_lab::bao`, the
+//! lab's Vault, on 127.0.0.1): unseal with progress, wrong and malformed keys, uninitialised and
 //! sealed Vaults, rekey with verification and its nonce discipline, unreachable addresses,
 //! and no secret in trace-level logs.
 
@@ -15,16 +15,14 @@ use tempfile::TempDir;
 /// A lab Vault with its data dir and a client for it.
 struct Lab {
     _dir: TempDir,
-    server: rebox_lab::vault::Running,
+    server: rebox_lab::bao::Bao,
     client: VaultClient,
 }
 
 async fn lab() -> Lab {
     rebox::init_crypto();
     let dir = tempfile::tempdir().unwrap();
-    let server = rebox_lab::vault::start(dir.path().to_path_buf())
-        .await
-        .unwrap();
+    let server = rebox_lab::bao::Bao::start(dir.path()).await.unwrap();
     let client = VaultClient::new(server.url()).unwrap();
     Lab {
         _dir: dir,
