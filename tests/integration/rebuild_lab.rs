@@ -163,10 +163,9 @@ fn rebuild_installs_k3s_and_a_rerun_has_nothing_left_to_do() {
             "-n security patch cronjob {cj} --type=merge -p '{{\"spec\":{{\"suspend\":true}}}}'"
         ));
     }
-    // Vault sealed (lab-vault's lab-only switch): vault-0 goes unready, the store degraded.
-    lab.server
-        .run_as_root_ok("curl -fsS -X POST http://$(KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl -n security get svc vault -o jsonpath='{.spec.clusterIP}'):8200/lab/seal")
-        .unwrap();
+    // Vault sealed as a crash leaves it (bao killed, started again sealed): vault-0 goes
+    // unready, the store degraded.
+    lab.server.run_as_root_ok(&common::restart_vault()).unwrap();
     lab.kubectl("-n security wait --for=condition=Ready=false pod/vault-0 --timeout=60s");
     lab.kubectl("wait --for=condition=Ready=false clustersecretstore/k8s-secrets --timeout=60s");
 

@@ -1,7 +1,8 @@
 //! `rebox rotate-unseal-key` against a lab server rebuilt by `rebox rebuild` (Vault initialised
 //! and unsealed, its key in the Secret and in an offline backup). What rebox writes is
 //! decrypted with the stock `age` CLI; Vault is driven from inside the lab with curl (keys
-//! always on curl's stdin), sealed with the lab Vault's `/lab/seal` switch.
+//! always on curl's stdin), sealed the way a real Vault is: its process
+//! killed, the kubelet starting it again sealed.
 //!
 //! - happy path: the new key from the new file unseals a sealed Vault, the old one is refused,
 //!   the auto-unseal CronJob unseals with the Secret; nothing secret in the output at -vvv;
@@ -141,13 +142,11 @@ impl RotLab {
         }
     }
 
+    /// Seals Vault as a crash does: bao's process killed, started again sealed by the kubelet.
     fn seal(&self) {
-        self.vault("POST", "/lab/seal", "");
-        assert_eq!(
-            self.seal_status()["sealed"],
-            true,
-            "the lab switch did not seal"
-        );
+        let (ok, out) = self.root_stdin(&common::restart_vault(), "");
+        assert!(ok, "vault restart: {out}");
+        assert_eq!(self.seal_status()["sealed"], true, "the restart did not seal");
     }
 
     fn seal_status(&self) -> serde_json::Value {

@@ -190,12 +190,7 @@ pub fn lab_bundle(dir: &Path) -> PathBuf {
     // One cargo build per test binary, however many tests ask.
     static LAB_K3S: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let lab_k3s = LAB_K3S.get_or_init(|| {
-        // lab-k3s starts lab-vault for vault-0; the lab server finds it beside the test binary.
-        escargot::CargoBuild::new()
-            .package("rebox-lab")
-            .bin("lab-vault")
-            .run()
-            .expect("building lab-vault");
+        // vault-0 is OpenBao's real server, installed by scripts/setup (rebox_lab::bao).
         escargot::CargoBuild::new()
             .package("rebox-lab")
             .bin("lab-k3s")
@@ -210,4 +205,11 @@ pub fn lab_bundle(dir: &Path) -> PathBuf {
     let sum = sha256_hex(&bundle.join("k3s"));
     std::fs::write(bundle.join("SHA256SUMS"), format!("{sum}  k3s\n")).unwrap();
     bundle
+}
+
+/// The shell command (run as root on the lab node) that seals Vault the way it happens for
+/// real: vault-0's bao process killed, the kubelet starting it again sealed; it returns once
+/// the new process answers sealed, or fails after 60 s.
+pub fn restart_vault() -> String {
+    rebox_lab::k3s::controllers::workloads::restart_vault_command("security", "vault-0", "vault", 60)
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{lab_bundle, Lab};
+use crate::common::{self, lab_bundle, Lab};
 use rebox_lab::server::LabOptions;
 
 /// Where lab-k3s keeps its fault switches on the lab server.
@@ -54,12 +54,10 @@ pub fn suspend(lab: &Lab, cronjob: &str, suspend: bool) {
     );
 }
 
-/// Seals Vault (lab-vault's lab-only switch, as a restarted pod would be) and waits for
-/// vault-0 to turn unready.
+/// Seals Vault as a crash does (bao killed, started again sealed by the kubelet) and waits
+/// for vault-0 to turn unready.
 pub fn seal(lab: &Lab) {
-    lab.server
-        .run_as_root_ok("curl -fsS -X POST http://$(KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl -n security get svc vault -o jsonpath='{.spec.clusterIP}'):8200/lab/seal")
-        .unwrap();
+    lab.server.run_as_root_ok(&common::restart_vault()).unwrap();
     kubectl(
         lab,
         "-n security wait --for=condition=Ready=false pod/vault-0 --timeout=60s",

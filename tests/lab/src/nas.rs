@@ -320,7 +320,7 @@ pub fn write_files(dir: &Path, files: &[(String, u32, Vec<u8>)]) -> anyhow::Resu
 /// What a fixture volume holds.
 #[derive(Clone, Debug)]
 pub enum VolumeData {
-    /// The regular files of a directory (e.g. a lab-vault data dir).
+    /// The regular files of a directory (e.g. a Vault data dir).
     Dir(PathBuf),
     /// Files given inline: `(relative path, content)`, mode 0644.
     Files(Vec<(String, Vec<u8>)>),
