@@ -1,6 +1,7 @@
 //! The phases only `rebox rebuild --restore-from-nas` has: the guard against restoring onto a
 //! cluster that already holds data, the volume restores, the check that Vault came back with
 //! its data (never initialised here), and the bootstrap Secrets from the offline backup.
+//! Before them, [`inputs`]; after them, [`closing`].
 
 use std::collections::BTreeMap;
 
@@ -12,10 +13,13 @@ use kube::api::ListParams;
 use kube::Api;
 use serde_json::json;
 
-use super::Ctx;
 use crate::flow::journal::{ServerStore, Store};
 use crate::flow::Phase;
+use crate::rebuild::Ctx;
 use crate::restore::longhorn::{self, Wanted};
+
+pub mod closing;
+pub mod inputs;
 
 /// The journal's flow name for a restore (a fresh rebuild's journal is another flow).
 pub const FLOW: &str = "rebuild --restore-from-nas";
@@ -268,7 +272,7 @@ impl Phase<Ctx> for VaultRestored {
         )]
     }
     async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
-        let status = super::vault::vault_answering(ctx).await?;
+        let status = crate::rebuild::vault::vault_answering(ctx).await?;
         if !status.initialized {
             bail!(crate::next::hinted(format!("Vault reports UNINITIALISED after the restore: its volume (PVC {}/{}) did not bring its data back. rebox never initialises Vault on a restore (that would make a new, empty Vault).", ctx.site.config.vault.namespace, ctx.site.config.vault.pvc), format!("check the table above lists {} with a recent backup and that it restored; `kubectl -n {} describe pvc {}` on the server", ctx.site.config.vault.pvc, ctx.site.config.vault.namespace, ctx.site.config.vault.pvc)));
         }

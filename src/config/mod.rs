@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+mod template;
+
 pub const DEFAULT_FILE: &str = "rebox.toml";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
