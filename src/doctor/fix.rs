@@ -100,7 +100,6 @@ impl Fixer<'_, '_> {
             Action::ResumeCronJob { namespace, name } => self.resume(namespace, name).await,
             Action::RunCronJob { namespace, name } => self.run_cronjob(namespace, name).await,
             Action::RestartEso => self.restart_eso().await,
-            Action::ReadyVaultForEso => self.ready_vault_for_eso().await,
             Action::RefreshApps { apps } => self.refresh(apps).await,
         }
     }
@@ -274,34 +273,6 @@ impl Fixer<'_, '_> {
                 .last()
                 .map(|l| format!(": {l}"))
                 .unwrap_or_default()
-        ))
-    }
-
-    async fn ready_vault_for_eso(&mut self) -> Result<String> {
-        let (shares, source) = self.shares().await?;
-        let token = self.site.root_token(&shares).await.with_context(|| {
-            format!("making a short-lived root token with the key from {source}")
-        })?;
-        let work = async {
-            let pins = self.site.eso_auth(&token).await?.pins();
-            if !pins.is_empty() {
-                eprintln!(
-                    "    Vault's Kubernetes auth config held {}",
-                    pins.join(" and ")
-                );
-            }
-            self.site.ready_vault_for_eso(&token).await
-        }
-        .await;
-        let revoked = self.site.revoke(&token).await;
-        let done = work?;
-        revoked?;
-        for line in &done {
-            eprintln!("    {line}");
-        }
-        let restarted = self.restart_eso().await?;
-        Ok(format!(
-            "Vault set up for ESO again (root token from {source}, revoked); {restarted}"
         ))
     }
 

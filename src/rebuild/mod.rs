@@ -10,7 +10,6 @@ mod k3s;
 pub mod k3s_binary;
 pub mod prepare;
 mod vault;
-mod vault_for_eso;
 
 use anyhow::Result;
 
@@ -58,9 +57,6 @@ pub struct RestoreState {
     pub outcomes: Vec<crate::restore::longhorn::Outcome>,
 }
 
-/// A yes/no question put to the operator.
-pub type Confirm = Box<dyn Fn(&str) -> Result<bool> + Send + Sync>;
-
 /// Everything the rebuild phases share.
 pub struct Ctx {
     /// The server, its cluster and Vault, over one SSH connection (and the config).
@@ -75,11 +71,6 @@ pub struct Ctx {
     pub key_backup: Option<KeyBackup>,
     /// The unseal key shares, held in memory from Vault's init answer or the decrypted backup.
     pub unseal_shares: Option<Vec<SecretText>>,
-    /// The root token of Vault's init answer, in memory only until the ESO setup revokes it
-    /// (a resumed run makes a short-lived one from the key instead).
-    pub root_token: Option<SecretText>,
-    /// Asks the operator (a yes/no question); answers yes under `--yes`.
-    pub confirm: Confirm,
     /// On `--restore-from-nas`: the data-loss table and what each volume's restore did.
     pub restore: Option<RestoreState>,
     /// Secret values by source name (the offline backup's extra secrets, or prompts).
@@ -104,8 +95,6 @@ impl Ctx {
             force,
             key_backup: None,
             unseal_shares: None,
-            root_token: None,
-            confirm: Box::new(|_| Ok(false)),
             restore: None,
             secret_values: Default::default(),
             manifests: std::sync::OnceLock::new(),
@@ -185,7 +174,6 @@ pub fn fresh_phases() -> Vec<Box<dyn Phase<Ctx>>> {
             group: Group::ExternalSecrets,
             title: "Install External Secrets Operator",
         }),
-        Box::new(vault_for_eso::ReadyForEso),
         Box::new(addons::Apply {
             group: Group::SecretStore,
             title: "Create the ClusterSecretStore",

@@ -128,9 +128,7 @@ impl Phase<Ctx> for Init {
             threshold,
             shares,
             init.keys.clone(),
-            // No root token: rebox revokes it once Vault is set up for ESO (a new one is
-            // made from the key when needed: `operator generate-root`).
-            vec![],
+            vec![("vault-root-token".to_string(), init.root_token.clone())],
         )?;
         // age's recipients and identities are not Send: keep them out of the awaits below.
         let written = {
@@ -161,7 +159,6 @@ impl Phase<Ctx> for Init {
             path.display()
         );
         ctx.unseal_shares = Some(init.keys);
-        ctx.root_token = Some(init.root_token);
         Ok(())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {

@@ -9,10 +9,8 @@
 //!
 //! - [`vault`]: the tunnel-backed Vault client and the unseal.
 //! - [`unseal_secret`]: the Secret `vault-unseal-key`, read and written.
-//! - [`eso_auth`]: Vault set up for ESO (KV, Kubernetes auth, policy, role) and ESO's login.
 //! - [`readiness`]: ESO's store, Argo CD's apps, ExternalSecrets, Longhorn volumes: when each is ready.
 
-pub mod eso_auth;
 pub mod readiness;
 pub mod unseal_secret;
 pub mod vault;
@@ -25,7 +23,6 @@ use crate::config::Config;
 use crate::remote::{HostKeyPolicy, Remote, Target};
 use crate::vault::VaultClient;
 
-pub use eso_auth::{EsoAuth, EsoLogin};
 pub use unseal_secret::{fingerprints, SecretInfo, SecretLocation, Stored};
 pub use vault::{progress_line, Unsealed, VaultTunnel};
 

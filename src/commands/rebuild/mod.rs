@@ -37,10 +37,7 @@ async fn context(global: &GlobalArgs, args: &RebuildArgs) -> Result<Ctx> {
         force: args.force,
         key_backup,
     };
-    let mut ctx = prepare::context(site, options).await?;
-    let yes = global.yes;
-    ctx.confirm = Box::new(move |q| crate::ui::confirm(q, yes));
-    Ok(ctx)
+    prepare::context(site, options).await
 }
 
 pub async fn plan(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
