@@ -180,7 +180,7 @@ async fn restore_longhorn_sync_request_waits_for_the_backup_target() {
         .build()
         .unwrap();
     lab.install_longhorn(&nas).await;
-    let outcomes = longhorn::restore_all(&lab.client, NS, 1, &wanted(&nas), 2)
+    let outcomes = longhorn::restore_all(&lab.client, NS, 1, &wanted(&nas), 2, &Default::default())
         .await
         .unwrap_or_else(|e| panic!("restore failed: {}", rebox::ui::error_report(&e)));
     assert_restored(&lab, &nas, &outcomes);
@@ -215,7 +215,7 @@ async fn restore_longhorn_waits_while_longhorn_is_still_syncing() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let outcomes = longhorn::restore_all(&lab.client, NS, 1, &wanted(&nas), 2)
+    let outcomes = longhorn::restore_all(&lab.client, NS, 1, &wanted(&nas), 2, &Default::default())
         .await
         .unwrap_or_else(|e| panic!("restore failed: {}", rebox::ui::error_report(&e)));
     assert_restored(&lab, &nas, &outcomes);
@@ -241,7 +241,7 @@ async fn restore_longhorn_brings_volumes_back_as_they_were() {
         .build()
         .unwrap();
     lab.install_longhorn(&nas).await;
-    let outcomes = longhorn::restore_all(&lab.client, NS, 1, &wanted(&nas), 2)
+    let outcomes = longhorn::restore_all(&lab.client, NS, 1, &wanted(&nas), 2, &Default::default())
         .await
         .unwrap_or_else(|e| panic!("restore failed: {}", rebox::ui::error_report(&e)));
     assert_restored(&lab, &nas, &outcomes);
