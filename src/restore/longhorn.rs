@@ -200,51 +200,85 @@ async fn manager_state(client: &Client, ns: &str) -> String {
     }
 }
 
+/// The API server's time of `manager`'s last write to `obj` (its managedFields entry): the
+/// server's clock, which Longhorn's comparisons use, not the laptop's.
+fn server_time_of_write(obj: &DynamicObject, manager: &str) -> Option<time::OffsetDateTime> {
+    obj.metadata
+        .managed_fields
+        .as_ref()?
+        .iter()
+        .filter(|m| m.manager.as_deref() == Some(manager))
+        .filter_map(|m| m.time.as_ref())
+        .map(|t| t.0.as_second())
+        .max()
+        .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
+}
+
 /// Waits for BackupTarget `default` (longhorn-manager makes it from the chart's
 /// `longhorn-default-resource` once it runs), then asks it to read the store now instead of
-/// at its next poll. Returns the time of the request (whole seconds, as Longhorn compares).
+/// at its next poll (`spec.syncRequestedAt`, which Longhorn compares with its
+/// `status.lastSyncedAt`). Returns the request's time on the server's clock, in whole
+/// seconds as Longhorn stores them: a laptop whose clock is off must not make the request
+/// look older than the last sync (ignored) or newer than every sync to come.
 pub async fn request_sync(
     client: &Client,
     ns: &str,
     deadline: Duration,
 ) -> Result<time::OffsetDateTime> {
     let targets = api(client, ns, "BackupTarget", "backuptargets");
-    let requested = time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
-    let at = timestamp(requested);
+    let targets_ref = &targets;
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..Default::default()
+    };
+    let pp_ref = &pp;
+    let ask = |at: time::OffsetDateTime| async move {
+        targets_ref
+            .patch(
+                "default",
+                pp_ref,
+                &Patch::Merge(json!({"spec": {"syncRequestedAt": timestamp(at)}})),
+            )
+            .await
+    };
+    let ask_ref = &ask;
     wait::until(
         "Longhorn's BackupTarget default (its manager makes it once it runs)",
         deadline,
         std::slice::from_ref(&targets),
         &format!("`kubectl -n {ns} get pods,backuptargets` on the server: the longhorn-manager pod must be Running (image pulls on a slow uplink take long; [restore] backup_target_timeout_secs)"),
-        || {
-            let targets = targets.clone();
-            let at = at.clone();
-            async move {
-                let patched = targets
-                    .patch(
-                        "default",
-                        &PatchParams::default(),
-                        &Patch::Merge(json!({"spec": {"syncRequestedAt": at}})),
-                    )
-                    .await;
-                Ok(match patched {
-                    Ok(_) => Look::Ready(()),
-                    Err(kube::Error::Api(s)) if s.code == 404 => Look::NotYet(format!(
+        || async move {
+            let laptop = time::OffsetDateTime::now_utc();
+            let patched = match ask_ref(laptop).await {
+                Ok(o) => o,
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    return Ok(Look::NotYet(format!(
                         "BackupTarget default does not exist yet ({})",
                         manager_state(client, ns).await
-                    )),
-                    Err(e) => {
-                        return Err(anyhow::Error::new(e)
-                            .context("asking Longhorn's backup target to sync"))
-                    }
-                })
+                    )))
+                }
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::new(e).context("asking Longhorn's backup target to sync")
+                    )
+                }
+            };
+            let Some(server) = server_time_of_write(&patched, FIELD_MANAGER) else {
+                return Ok(Look::Ready(laptop.replace_nanosecond(0).unwrap_or(laptop)));
+            };
+            if (server - laptop).abs() > time::Duration::seconds(1) {
+                tracing::info!(
+                    "the server's clock is {}s off the laptop's: asking again in its time",
+                    (server - laptop).whole_seconds()
+                );
+                ask_ref(server)
+                    .await
+                    .context("asking Longhorn's backup target to sync")?;
             }
+            Ok(Look::Ready(server))
         },
     )
-    .await?;
-    Ok(requested)
+    .await
 }
 
 /// What Longhorn says of one wanted volume so far.
@@ -976,6 +1010,19 @@ mod tests {
             panic!("ready");
         };
         assert_eq!(src.fs_type, "xfs");
+    }
+
+    #[test]
+    fn the_sync_request_is_timed_by_the_servers_clock() {
+        let mut o = DynamicObject::new("default", &resource("BackupTarget", "backuptargets"));
+        o.metadata.managed_fields = serde_json::from_value(json!([
+            {"manager": "longhorn-manager", "operation": "Update", "time": "2026-11-26T12:30:00Z"},
+            {"manager": FIELD_MANAGER, "operation": "Update", "time": "2026-11-26T12:00:07Z"},
+        ]))
+        .ok();
+        let t = server_time_of_write(&o, FIELD_MANAGER).unwrap();
+        assert_eq!(timestamp(t), "2026-11-26T12:00:07Z");
+        assert_eq!(server_time_of_write(&o, "someone-else"), None);
     }
 
     #[test]
