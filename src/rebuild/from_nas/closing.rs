@@ -43,7 +43,7 @@ pub async fn report(
     let restore = ctx.restore.as_ref();
     let recurring_jobs = match recurring {
         Some(n) => format!(
-            "rebox created no recurring backup job, and Argo CD (which may bring them) started only after every restore was checked; {n} recurring job(s) exist now"
+            "rebox created no recurring backup job itself; each restored volume got its own recurring jobs back from its backup (restoreVolumeRecurringJob: enabled; Longhorn skips a volume for them while it restores), and Argo CD (which may bring more) started only after every restore was checked; {n} recurring job(s) exist now"
         ),
         None => "not checked (the cluster did not answer)".into(),
     };

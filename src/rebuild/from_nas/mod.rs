@@ -198,9 +198,9 @@ impl Phase<Ctx> for Volumes {
             None => "every volume on the NAS (listed once the server can read it)".into(),
         };
         let mut out = vec![
-            "ask Longhorn's backup target to read the NAS now; wait for every volume's BackupVolume and newest Completed Backup".into(),
+            format!("wait for Longhorn's BackupTarget default (made by its manager once it runs; up to {}s), ask it to read the NAS now, wait for every volume's BackupVolume and newest Completed Backup (up to {}s)", ctx.site.config.restore.backup_target_timeout_secs, ctx.site.config.restore.discovery_timeout_secs),
             format!(
-                "restore {count}, {} at a time, each into a Volume of the same name (fromBackup)",
+                "restore {count}, {} at a time, each into a Volume of the same name (fromBackup) with its backup's access mode and its own recurring jobs (restoreVolumeRecurringJob: enabled)",
                 ctx.site.config.restore.concurrency
             ),
         ];
@@ -211,7 +211,7 @@ impl Phase<Ctx> for Volumes {
                 out.push(format!("  {} (no PVC recorded: volume only)", w.volume));
             }
         }
-        out.push("no recurring backup job is created before every restore is checked (Argo CD comes later)".into());
+        out.push("rebox creates no recurring backup job; Longhorn skips a volume for its own jobs while it restores, and Argo CD (which may bring more) comes after every restore is checked".into());
         out
     }
     async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
@@ -222,7 +222,9 @@ impl Phase<Ctx> for Volumes {
             ctx.site.config.restore.concurrency,
         );
         let client = ctx.site.cluster().await?.client.clone();
-        let outcomes = longhorn::restore_all(&client, &ns, replicas, &wanted, concurrency).await?;
+        let deadlines = longhorn::Deadlines::from(&ctx.site.config.restore);
+        let outcomes =
+            longhorn::restore_all(&client, &ns, replicas, &wanted, concurrency, &deadlines).await?;
         let failed: Vec<String> = outcomes
             .iter()
             .filter(|o| o.error.is_some())

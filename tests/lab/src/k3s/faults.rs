@@ -13,7 +13,8 @@
 //!   "stuckRestores": ["vault-data-lh"],
 //!   "argocdOutOfSync": ["immich"],
 //!   "argocdStaleUntilHardRefresh": ["root"],
-//!   "vaultRefuseUnseal": true
+//!   "vaultRefuseUnseal": true,
+//!   "slowBackupstoreMs": 1500
 //! }
 //! ```
 //!
@@ -33,6 +34,10 @@
 //! - `vaultRefuseUnseal`: lab-vault refuses every unseal share (even the right one) as Vault
 //!   does a wrong one. lab-vault reads this file only when started with `LAB_FAULTS=<path>`
 //!   (the workloads controller passes it).
+//! - `slowBackupstoreMs`: every call the Longhorn stand-in makes to the backupstore (listing
+//!   the NAS, reading a volume's or a backup's config) takes this long instead of the lab's
+//!   usual pace: a slow NAS, or a real one over a home network, which widens each step of
+//!   Longhorn's piecemeal sync.
 //!
 //! Other faults need no switch: a corrupt backup is real corruption on the NAS
 //! ([`crate::nas::corrupt_volume`] / `NasFixture::corrupt`); a power loss is killing lab-k3s.
@@ -59,6 +64,8 @@ pub struct Faults {
     pub argocd_stale_until_hard_refresh: Vec<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub vault_refuse_unseal: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_backupstore_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
