@@ -429,3 +429,27 @@ pub struct UnsealArgs {
     #[command(flatten)]
     pub conn: KeyConnArgs,
 }
+
+impl ConnArgs {
+    /// Connection flags on top of rebox.toml's `[server]` table: a flag given wins.
+    pub fn apply_to(&self, server: &mut crate::config::Server) {
+        if let Some(h) = &self.host {
+            server.host = h.clone();
+        }
+        if let Some(p) = self.port {
+            server.port = Some(p);
+        }
+        if let Some(u) = &self.user {
+            server.user = Some(u.clone());
+        }
+        if !self.identity.is_empty() {
+            server.identity_files = self.identity.clone();
+        }
+        if let Some(k) = &self.known_hosts {
+            server.known_hosts = Some(k.clone());
+        }
+        if let Some(t) = self.connect_timeout {
+            server.connect_timeout_secs = t;
+        }
+    }
+}

@@ -466,7 +466,27 @@ pub fn nas_endpoint(target: &str) -> Option<(String, u16)> {
         _ => return None,
     };
     let host = rest.split([':', '/']).next()?.to_string();
-    (!host.is_empty()).then_some((host, port))
+    valid_host(&host).then_some((host, port))
+}
+
+/// A DNS name or IPv4 address: letters, digits, '.', '-' only. Anything else (a shell
+/// metacharacter from a tampered rebox.toml) is refused before it reaches the server.
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && !host.starts_with('-')
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+}
+
+/// The server-side TCP probe of the NAS: host and port are arguments of the inner shell,
+/// never part of its script.
+fn nas_probe(host: &str, port: u16) -> String {
+    format!(
+        "timeout 5 bash -c 'exec 3<>\"/dev/tcp/$1/$2\"' rebox-probe {} {port} 2>&1",
+        crate::remote::shell_quote(host)
+    )
 }
 
 async fn nas_check(remote: &Remote, nas: &Nas, r: &mut Report) -> anyhow::Result<()> {
@@ -476,15 +496,11 @@ async fn nas_check(remote: &Remote, nas: &Nas, r: &mut Report) -> anyhow::Result
             "nas",
             TITLE,
             format!("cannot test {} from the server", nas.backup_target),
-            "check the backup target by hand (rebox tests nfs:// and cifs:// targets)",
+            "check the backup target by hand (rebox tests nfs:// and cifs:// targets whose host is a DNS name or IPv4 address)",
         );
         return Ok(());
     };
-    let probe = format!(
-        "timeout 5 bash -c 'exec 3<>/dev/tcp/{}/{port}' 2>&1",
-        host.replace('\'', "")
-    );
-    let out = remote.exec(&probe).await?;
+    let out = remote.exec(&nas_probe(&host, port)).await?;
     if out.success() {
         r.pass("nas", TITLE, format!("{host}:{port} answers"));
     } else {
@@ -530,6 +546,36 @@ pub fn render(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nas_host_with_shell_syntax_is_refused_and_the_probe_never_runs_it() {
+        assert_eq!(nas_endpoint("nfs://nas.lan;touch /tmp/x:/v"), None);
+        assert_eq!(nas_endpoint("nfs://$(id):/v"), None);
+        assert_eq!(nas_endpoint("nfs://-oProxy:/v"), None);
+        // Even a host that slipped through is an argument of the inner shell, not its code.
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let evil = format!("x;touch {}", marker.display());
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(nas_probe(&evil, 9))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(!marker.exists(), "the probe ran the host as a command");
+    }
+
+    #[test]
+    fn nas_probe_reaches_a_listening_port() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(nas_probe("127.0.0.1", port))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
 
     #[test]
     fn nas_endpoints_from_targets() {

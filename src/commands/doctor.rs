@@ -16,12 +16,7 @@ use crate::site::Site;
 const CHECKS_FAILED: u8 = 2;
 
 fn print(global: &GlobalArgs, report: &Report) -> Result<()> {
-    if global.json {
-        println!("{}", serde_json::to_string_pretty(report)?);
-    } else {
-        print!("{}", doctor::render_doctor(report));
-    }
-    Ok(())
+    super::emit(global, report, || doctor::render_doctor(report))
 }
 
 fn exit(report: &Report) -> ExitCode {
@@ -83,7 +78,7 @@ async fn doctor(global: &GlobalArgs, args: &DoctorArgs, site: &Site) -> Result<E
     let backup = args.from.clone().map(|path| {
         let ids = args.key_identities.clone();
         Box::new(move || -> Result<Vec<SecretText>> {
-            let (doc, how) = super::key::open_backup(&path, &ids)?;
+            let (doc, how) = crate::keys::backup::open_file(&path, &ids)?;
             tracing::info!(file = %path.display(), how, "opened the offline backup");
             Ok(doc.shares())
         }) as Box<dyn FnMut() -> Result<Vec<SecretText>>>

@@ -29,7 +29,7 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> Result<ExitCode> {
         }
         ask(&mut answers)?;
     }
-    let text = render(&answers)?;
+    let text = answers.commented_toml()?;
     // Parse what we wrote, so a template mistake can never produce a broken file.
     Config::parse(&text, &path)?;
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -66,48 +66,4 @@ fn ask(c: &mut Config) -> Result<()> {
         .default(c.argocd.path.clone())
         .interact_text()?;
     Ok(())
-}
-
-/// Renders the commented template with the given answers.
-pub fn render(c: &Config) -> Result<String> {
-    let mut env = minijinja::Environment::new();
-    env.add_filter("tomlstr", |s: String| toml::Value::String(s).to_string());
-    let template = crate::embedded::text("rebox.toml.j2")?;
-    env.add_template("rebox.toml", &template)?;
-    let out = env
-        .get_template("rebox.toml")?
-        .render(minijinja::context! {
-            cluster_name => c.cluster_name,
-            host => c.server.host,
-            user => c.server.user.clone().unwrap_or_else(|| "homelab".into()),
-            backup_target => c.nas.backup_target,
-            repo_url => c.argocd.repo_url,
-            path => c.argocd.path,
-        })?;
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    #[test]
-    fn default_template_parses_back_to_the_defaults() {
-        let mut c = Config::default();
-        c.server.user = Some("homelab".into());
-        let text = render(&c).unwrap();
-        let parsed = Config::parse(&text, Path::new("t")).unwrap();
-        assert_eq!(parsed, c);
-    }
-
-    #[test]
-    fn answers_with_quotes_are_escaped() {
-        let mut c = Config::default();
-        c.server.user = Some("homelab".into());
-        c.cluster_name = "my \"lab\"".into();
-        c.server.host = "10.0.0.5".into();
-        let parsed = Config::parse(&render(&c).unwrap(), Path::new("t")).unwrap();
-        assert_eq!(parsed, c);
-    }
 }

@@ -43,13 +43,27 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Prints a command's result on stdout: as JSON under `--json`, else the human text.
+fn emit<T: serde::Serialize + ?Sized>(
+    global: &GlobalArgs,
+    value: &T,
+    human: impl FnOnce() -> String,
+) -> Result<()> {
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", human());
+    }
+    Ok(())
+}
+
 /// The config with connection flags applied, where to connect, and how to treat host keys.
 pub fn connection_settings(
     global: &GlobalArgs,
     conn: &ConnArgs,
 ) -> Result<(Config, Target, HostKeyPolicy)> {
     let (mut config, _) = Config::load(global.config.as_deref())?;
-    apply_conn_args(&mut config.server, conn);
+    conn.apply_to(&mut config.server);
     let target = Target::resolve(&config.server)?;
     let known_hosts = match &config.server.known_hosts {
         Some(p) => p.clone(),
@@ -64,26 +78,4 @@ pub fn connection_settings(
         }),
     };
     Ok((config, target, policy))
-}
-
-/// Applies connection flags on top of the `[server]` table.
-fn apply_conn_args(server: &mut crate::config::Server, args: &ConnArgs) {
-    if let Some(h) = &args.host {
-        server.host = h.clone();
-    }
-    if let Some(p) = args.port {
-        server.port = Some(p);
-    }
-    if let Some(u) = &args.user {
-        server.user = Some(u.clone());
-    }
-    if !args.identity.is_empty() {
-        server.identity_files = args.identity.clone();
-    }
-    if let Some(k) = &args.known_hosts {
-        server.known_hosts = Some(k.clone());
-    }
-    if let Some(t) = args.connect_timeout {
-        server.connect_timeout_secs = t;
-    }
 }

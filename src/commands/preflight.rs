@@ -15,11 +15,7 @@ pub async fn run(global: &GlobalArgs, args: PreflightArgs) -> Result<ExitCode> {
     let addr = target.addr();
     let connection = crate::remote::Remote::connect(target, policy).await;
     let report = preflight::run(&config, &addr, connection, args.allow_os).await;
-    if global.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", preflight::render(&report));
-    }
+    super::emit(global, &report, || preflight::render(&report))?;
     Ok(if report.ok {
         ExitCode::SUCCESS
     } else {

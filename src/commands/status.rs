@@ -44,11 +44,7 @@ pub async fn run(global: &GlobalArgs, args: StatusArgs) -> Result<ExitCode> {
         site.remote.target.addr(),
         doctor::status_checks(&site.config, &snap?),
     );
-    if global.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", doctor::render_status(&report));
-    }
+    super::emit(global, &report, || doctor::render_status(&report))?;
     Ok(if report.ok {
         ExitCode::SUCCESS
     } else {

@@ -14,7 +14,7 @@ pub async fn run(global: &GlobalArgs, args: UnsealArgs) -> Result<ExitCode> {
     // The backup first: a wrong file or identity fails before the server is touched.
     let from_backup = match &args.from {
         Some(path) => {
-            let (doc, how) = super::key::open_backup(path, &args.identities)?;
+            let (doc, how) = crate::keys::backup::open_file(path, &args.identities)?;
             let shares = doc.shares();
             tracing::info!(file = %path.display(), how, shares = shares.len(), "opened the offline backup");
             Some((shares, format!("the offline backup {}", path.display())))
@@ -25,10 +25,6 @@ pub async fn run(global: &GlobalArgs, args: UnsealArgs) -> Result<ExitCode> {
     let result = unseal::unseal(&site, from_backup).await;
     site.close().await;
     let report = result?;
-    if global.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!("{}", report.note);
-    }
+    super::emit(global, &report, || format!("{}\n", report.note))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -336,7 +336,7 @@ impl Fixer<'_, '_> {
                 })
             };
             if !wait_for(api.clone(), name, Duration::from_secs(60), refreshed).await? {
-                bail!("Argo CD did not act on the hard refresh of {ns}/{name} within 60s (is argocd-application-controller running?)");
+                bail!("Argo CD did not act on the hard refresh of {ns}/{name} within 60s (is the argo-cd-application-controller StatefulSet running?)");
             }
             // Settled: synced, or a finished sync that failed (Argo CD retries on its own;
             // a short grace lets a retry that succeeds be seen).

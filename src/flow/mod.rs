@@ -11,7 +11,7 @@ mod runner;
 use anyhow::Result;
 use async_trait::async_trait;
 
-pub use runner::{plan, run, Outcome, PhaseReport, PlanEntry, RunOptions, RunReport};
+pub use runner::{plan, render_plan, run, Outcome, PhaseReport, PlanEntry, RunOptions, RunReport};
 
 /// One step of a flow, generic over the flow's context (connections, config, results).
 #[async_trait]

@@ -50,6 +50,37 @@ pub struct PlanEntry {
     pub steps: Vec<String>,
 }
 
+impl RunReport {
+    /// One line per phase with its duration (or "already done"), under `heading`.
+    pub fn render(&self, heading: &str) -> String {
+        let total: u64 = self.phases.iter().map(|p| p.duration_ms).sum();
+        let mut out = format!("{heading} in {:.1}s:\n", total as f64 / 1000.0);
+        for p in &self.phases {
+            let how = match p.outcome {
+                Outcome::Ran => format!("{:.1}s", p.duration_ms as f64 / 1000.0),
+                Outcome::AlreadyDone => "already done".into(),
+            };
+            out.push_str(&format!("  {:<70} {how}\n", p.title));
+        }
+        out
+    }
+}
+
+/// The plan for a human: each phase numbered, `todo` ones with their steps.
+pub fn render_plan(server: &str, entries: &[PlanEntry]) -> String {
+    let mut out = format!("Rebuild plan for {server} ({} phases):\n", entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        let mark = if e.pending { "todo" } else { "done" };
+        out.push_str(&format!("{:>2}. [{mark}] {}\n", i + 1, e.title));
+        if e.pending {
+            for step in &e.steps {
+                out.push_str(&format!("         - {step}\n"));
+            }
+        }
+    }
+    out
+}
+
 /// What every phase would do on this server; changes nothing.
 pub async fn plan<C: Send>(phases: &[Box<dyn Phase<C>>], ctx: &mut C) -> Result<Vec<PlanEntry>> {
     let mut out = Vec::with_capacity(phases.len());

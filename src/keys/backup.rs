@@ -108,10 +108,7 @@ pub fn open_file(
         let pass = passphrase::ask_existing(&format!("Passphrase for {label}: "))?;
         (opened.decrypt_with_passphrase(&pass)?, "passphrase")
     } else {
-        let mut ids = Vec::new();
-        for p in identity_paths {
-            ids.extend(crypt::load_identity_file(p)?);
-        }
+        let ids = crypt::identities(identity_paths)?;
         (opened.decrypt_with_identities(&ids)?, "keys")
     };
     tracing::debug!(file = %label, bytes = plaintext.len(), how, "decrypted");

@@ -6,7 +6,7 @@
 //! A passphrase (scrypt) must be the only recipient of a file, so it has its own function.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use age::armor::{ArmoredReader, ArmoredWriter, Format};
@@ -95,6 +95,28 @@ pub fn read_recipients_file(path: &Path) -> Result<Vec<NamedRecipient>> {
     }
     if out.is_empty() {
         bail!("recipients file {} lists no recipients", path.display());
+    }
+    Ok(out)
+}
+
+/// Every `-r` (numbered in errors) and every `-R FILE`, parsed: the one reading of the
+/// recipient flags for export, rebuild's `--key-out` and rotation.
+pub fn recipients(given: &[String], files: &[PathBuf]) -> Result<Vec<NamedRecipient>> {
+    let mut out = Vec::new();
+    for (n, r) in given.iter().enumerate() {
+        out.push(parse_recipient(r).with_context(|| format!("-r recipient #{}", n + 1))?);
+    }
+    for f in files {
+        out.extend(read_recipients_file(f)?);
+    }
+    Ok(out)
+}
+
+/// The identities of every `-i FILE`, in order.
+pub fn identities(files: &[PathBuf]) -> Result<Vec<Box<dyn age::Identity>>> {
+    let mut out = Vec::new();
+    for f in files {
+        out.extend(load_identity_file(f)?);
     }
     Ok(out)
 }

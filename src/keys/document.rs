@@ -277,6 +277,26 @@ impl BackupDocument {
         Ok(())
     }
 
+    /// What `rebox key show` prints: every share, or the one extra secret named `extra`.
+    pub fn secrets(&self, extra: Option<&str>) -> Result<Vec<&SecretText>, String> {
+        let Some(name) = extra else {
+            return Ok(self.unseal.shares.iter().map(|s| &s.key).collect());
+        };
+        match self.extra.iter().find(|e| e.name == name) {
+            Some(e) => Ok(vec![&e.value]),
+            None => {
+                let names: Vec<&str> = self.extra.iter().map(|e| e.name.as_str()).collect();
+                let held = match names.is_empty() {
+                    true => "none".to_string(),
+                    false => names.join(", "),
+                };
+                Err(format!(
+                    "holds no extra secret named `{name}` (it holds: {held})"
+                ))
+            }
+        }
+    }
+
     /// Metadata and fingerprints, safe to print.
     pub fn summary(&self) -> Summary {
         Summary {

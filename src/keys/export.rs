@@ -2,33 +2,147 @@
 //! first (an unwritable directory or an existing file fails before any key or passphrase is
 //! asked for), then for each: encrypt, write, read back and decrypt, check every fingerprint,
 //! the printable page; only when every file checks out are they all committed.
+//!
+//! [`prepare`] does everything that needs neither the key nor a passphrase; the caller then
+//! fetches the shares (from the cluster or stdin) and hands them to [`Prepared::write`].
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use super::crypt::{self, NamedRecipient};
 use super::document::Summary;
 use super::output::Pending;
-use super::BackupDocument;
+use super::{passphrase, BackupDocument};
 use crate::secret::SecretText;
 
+/// What the operator asked for (flags and rebox.toml), before anything is read or written.
+pub struct Options<'a> {
+    pub cluster: String,
+    pub output: &'a Path,
+    pub recipients: &'a [String],
+    pub recipients_files: &'a [PathBuf],
+    pub identity_files: &'a [PathBuf],
+    pub passphrase: bool,
+    pub paper: bool,
+    pub force: bool,
+    /// ASCII armor (else binary age).
+    pub armor: bool,
+    pub threshold: Option<u32>,
+    pub share_count: Option<u32>,
+    pub extras: Vec<(String, SecretText)>,
+}
+
+/// An export whose every check that needs no key has passed, with its temp files made.
+pub struct Prepared {
+    cluster: String,
+    recipients: Vec<NamedRecipient>,
+    identities: Vec<Box<dyn age::Identity>>,
+    identity_files: Vec<PathBuf>,
+    passphrase: bool,
+    armor: bool,
+    threshold: Option<u32>,
+    share_count: Option<u32>,
+    extras: Vec<(String, SecretText)>,
+    targets: Vec<Target>,
+}
+
+/// Checks the protection and the outputs and creates the temp files: everything that can
+/// fail without the key or a passphrase fails here.
+pub fn prepare(o: Options<'_>) -> Result<Prepared> {
+    let recipients = crypt::recipients(o.recipients, o.recipients_files)?;
+    if recipients.is_empty() && !o.passphrase {
+        bail!(
+            "no recipients: pass -r age1… or -R FILE (e.g. -R ~/.ssh/id_ed25519.pub) to encrypt \
+             to keys, and/or -p for a passphrase; nothing was written"
+        );
+    }
+    let identities = crypt::identities(o.identity_files)?;
+    if !o.identity_files.is_empty() && recipients.is_empty() {
+        eprintln!("note: -i is only used to read back key-encrypted files; the passphrase file is checked with the passphrase");
+    }
+    let targets = plan(
+        o.output,
+        o.passphrase,
+        !recipients.is_empty(),
+        o.paper,
+        o.force,
+    )?;
+    Ok(Prepared {
+        cluster: o.cluster,
+        recipients,
+        identities,
+        identity_files: o.identity_files.to_vec(),
+        passphrase: o.passphrase,
+        armor: o.armor,
+        threshold: o.threshold,
+        share_count: o.share_count,
+        extras: o.extras,
+        targets,
+    })
+}
+
+impl Prepared {
+    /// Builds the document from `shares`, asks the new passphrase (if any), then encrypts,
+    /// writes, reads back and commits every file. Returns the document's summary and each
+    /// file with how it was checked.
+    pub fn write(self, shares: Vec<SecretText>) -> Result<(Summary, Vec<(String, String)>)> {
+        let given = shares.len() as u32;
+        let share_count = self
+            .share_count
+            .unwrap_or(given.max(self.threshold.unwrap_or(0)));
+        let threshold = self.threshold.unwrap_or(given);
+        let doc = BackupDocument::new(&self.cluster, threshold, share_count, shares, self.extras)
+            .context("cannot build the backup document; nothing was written")?;
+        if given < threshold {
+            eprintln!(
+                "warning: this backup holds {given} share(s) but Vault needs {threshold}; \
+                 it cannot unseal Vault on its own"
+            );
+        }
+        let text = doc.to_text()?;
+        // What we write must be what we can read: parse our own output before encrypting it.
+        let expected = BackupDocument::parse(text.as_bytes())
+            .map_err(|e| anyhow!("internal error, refusing to write: {e}"))?
+            .summary();
+        tracing::info!(cluster = %self.cluster, shares = given, threshold, share_count, "backup document built");
+        let pass = if self.passphrase {
+            Some(passphrase::ask_new("the backup file")?)
+        } else {
+            None
+        };
+        let reports = write(
+            text.as_bytes(),
+            &expected,
+            self.targets,
+            &Protect {
+                recipients: &self.recipients,
+                pass: pass.as_ref(),
+                identities: &self.identities,
+                identity_files: &self.identity_files,
+                armor: self.armor,
+            },
+        )?;
+        Ok((expected, reports))
+    }
+}
+
 /// How one output file is protected.
-pub enum Protection {
+enum Protection {
     Passphrase,
     Keys,
 }
 
 /// One file `export` will write, with its optional paper page.
-pub struct Target {
-    pub protection: Protection,
-    pub file: Pending,
-    pub paper: Option<Pending>,
+struct Target {
+    protection: Protection,
+    file: Pending,
+    paper: Option<Pending>,
 }
 
 /// Decides the output files and creates their temp files (so an unwritable directory or an
 /// existing file is reported before the key or a passphrase is asked for).
-pub fn plan(
+fn plan(
     output: &Path,
     passphrase: bool,
     keys: bool,
@@ -73,19 +187,18 @@ fn sibling(output: &Path, kind: &str) -> PathBuf {
 }
 
 /// What the files are encrypted to, and what proves they decrypt.
-pub struct Protect<'a> {
-    pub recipients: &'a [NamedRecipient],
-    pub pass: Option<&'a SecretText>,
-    pub identities: &'a [Box<dyn age::Identity>],
+struct Protect<'a> {
+    recipients: &'a [NamedRecipient],
+    pass: Option<&'a SecretText>,
+    identities: &'a [Box<dyn age::Identity>],
     /// The identity files, for the recovery command on the printed page.
-    pub identity_files: &'a [PathBuf],
-    /// ASCII armor (else binary age).
-    pub armor: bool,
+    identity_files: &'a [PathBuf],
+    armor: bool,
 }
 
 /// Encrypts `text` (the document whose summary is `expected`) into every target, proves each
 /// by reading it back, then commits them all. Returns each file with how it was checked.
-pub fn write(
+fn write(
     text: &[u8],
     expected: &Summary,
     mut targets: Vec<Target>,

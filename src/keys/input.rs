@@ -1,14 +1,46 @@
-//! Unseal key shares as text: parsed from one share per line (the format of the unseal
-//! Secret, and of `vault operator init` output pasted as is), or read from standard input.
-//! The cluster's Secret is read by `crate::site`; this module has no transport.
+//! Secrets given to rebox as text: unseal key shares parsed from one share per line (the
+//! format of the unseal Secret, and of `vault operator init` output pasted as is) or read
+//! from standard input, and the extra secrets of a backup from environment variables or
+//! files. The cluster's Secret is read by `crate::site`; this module has no transport.
 
 use std::io::{IsTerminal, Read};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use zeroize::Zeroizing;
 
-use super::passphrase;
+use super::{document, passphrase};
 use crate::secret::SecretText;
+
+/// `--extra-from-env NAME=VAR` and `--extra-from-file NAME=FILE`: each value trimmed, never
+/// echoed in an error.
+pub fn extras(from_env: &[String], from_file: &[String]) -> Result<Vec<(String, SecretText)>> {
+    let split = |spec: &str, flag: &str| -> Result<(String, String)> {
+        let (name, from) = spec
+            .split_once('=')
+            .ok_or_else(|| anyhow!("{flag} expects NAME=…, got `{spec}`"))?;
+        if !document::valid_name(name) {
+            bail!("{flag}: `{name}` is not a valid secret name (letters, digits, '-', '_', '.')");
+        }
+        Ok((name.to_string(), from.to_string()))
+    };
+    let mut out = Vec::new();
+    for spec in from_env {
+        let (name, var) = split(spec, "--extra-from-env")?;
+        let value = Zeroizing::new(std::env::var(&var).map_err(|_| {
+            anyhow!("--extra-from-env {name}: environment variable {var} is not set (or not UTF-8)")
+        })?);
+        out.push((name, SecretText::new(value.trim().to_owned())));
+    }
+    for spec in from_file {
+        let (name, file) = split(spec, "--extra-from-file")?;
+        let value = Zeroizing::new(
+            std::fs::read_to_string(&file)
+                .with_context(|| format!("--extra-from-file {name}: cannot read {file}"))?,
+        );
+        out.push((name, SecretText::new(value.trim().to_owned())));
+    }
+    Ok(out)
+}
 
 /// Largest key input accepted on stdin; Vault shares are tens of bytes each.
 const MAX_STDIN_BYTES: u64 = 64 * 1024;

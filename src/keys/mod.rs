@@ -6,7 +6,8 @@
 //! - [`export`]: writing the backup files: plan, encrypt, read back, paper page, commit.
 //! - [`output`]: 0600, temp-file, fsync, verify, no-clobber rename.
 //! - [`passphrase`]: prompts on `/dev/tty` with echo off.
-//! - [`input`]: shares as text: parsed one per line, or read from standard input.
+//! - [`input`]: secrets as text: shares one per line or from stdin, extras from env or files.
+//! - [`report`]: the printable summary of a backup and its comparison with the cluster.
 
 pub mod backup;
 pub mod crypt;
@@ -15,5 +16,6 @@ pub mod export;
 pub mod input;
 pub mod output;
 pub mod passphrase;
+pub mod report;
 
 pub use document::BackupDocument;

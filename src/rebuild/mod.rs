@@ -8,6 +8,7 @@ pub mod gitops;
 mod host;
 mod k3s;
 pub mod k3s_binary;
+pub mod prepare;
 mod vault;
 
 use anyhow::Result;
@@ -31,22 +32,22 @@ pub struct KeyBackup {
 
 impl KeyBackup {
     pub fn recipients(&self) -> Result<Vec<NamedRecipient>> {
-        let mut out = Vec::new();
-        for r in &self.recipients {
-            out.push(crate::keys::crypt::parse_recipient(r)?);
-        }
-        for f in &self.recipients_files {
-            out.extend(crate::keys::crypt::read_recipients_file(f)?);
-        }
-        Ok(out)
+        crate::keys::crypt::recipients(&self.recipients, &self.recipients_files)
     }
 
     pub fn identities(&self) -> Result<Vec<Box<dyn age::Identity>>> {
-        let mut out = Vec::new();
-        for f in &self.identity_files {
-            out.extend(crate::keys::crypt::load_identity_file(f)?);
+        crate::keys::crypt::identities(&self.identity_files)
+    }
+
+    /// Everything readable and parseable now, not after Vault is initialised.
+    pub fn check(&self) -> Result<()> {
+        if self.recipients()?.is_empty() || self.identities()?.is_empty() {
+            anyhow::bail!(crate::next::hinted(
+                "--key-out needs --key-recipient (or --key-recipients-file) and --key-identity",
+                "pass both, so the backup can be proven to decrypt before Vault is initialised"
+            ));
         }
-        Ok(out)
+        Ok(())
     }
 }
 

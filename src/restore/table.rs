@@ -148,6 +148,9 @@ impl Table {
                 out.push_str(&format!("      ! {flag}\n"));
             }
         }
+        if self.to_restore().next().is_some() {
+            out.push_str(FILESYSTEM_NOTE);
+        }
         let worst = self.to_restore().filter_map(|r| r.age_secs).max();
         if let Some(worst) = worst {
             out.push_str(&format!(
@@ -158,6 +161,9 @@ impl Table {
         out
     }
 }
+
+/// Longhorn's backups record each volume's access mode but not its filesystem.
+pub const FILESYSTEM_NOTE: &str = "Filesystem: Longhorn's backups do not record one. Each PV gets the fsType of its StorageClass if that class exists at restore time, else ext4 (Longhorn's default); a volume formatted otherwise (xfs) then needs its PV's spec.csi.fsType changed before it is used.\n";
 
 pub fn human_age(secs: i64) -> String {
     let secs = secs.max(0);
@@ -231,6 +237,11 @@ mod tests {
         assert!(text.contains("apps/fresh-pvc"), "{text}");
         assert!(text.contains("1h30m"), "{text}");
         assert!(text.contains("up to 2d0h"), "{text}");
+        assert!(
+            text.contains("Filesystem: Longhorn's backups do not record one"),
+            "{text}"
+        );
+        assert!(text.contains("else ext4"), "{text}");
     }
 
     #[test]

@@ -40,12 +40,12 @@ pub mod journal;
 mod protect;
 mod recover;
 mod rekey;
+mod report;
 mod steps;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
 
 use crate::config::Config;
 use crate::remote::{HostKeyPolicy, Target};
@@ -54,6 +54,7 @@ use crate::site::Site;
 use crate::vault::{SealStatus, VaultClient, VaultError};
 use journal::{Journal, Step};
 use protect::Protection;
+pub use report::Report;
 
 /// Every step boundary, in order (the crash tests iterate over these).
 pub const BOUNDARIES: &[&str] = &[
@@ -110,28 +111,6 @@ pub struct Settings {
     pub resume: bool,
     /// Cancel a rekey in progress that this rotation did not start.
     pub cancel_existing: bool,
-}
-
-/// The result, for the report and `--json`. Holds no secret: fingerprints only.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    /// `rotated`.
-    pub outcome: &'static str,
-    /// An interrupted rotation was found and finished.
-    pub resumed: bool,
-    /// An interrupted rotation was found and rolled back before this one.
-    pub rolled_back: Option<String>,
-    pub cluster: String,
-    pub server: String,
-    pub secret: String,
-    pub new_backup: PathBuf,
-    pub superseded_backup: Option<PathBuf>,
-    pub threshold: u32,
-    pub share_count: u32,
-    pub new_fingerprints: Vec<String>,
-    pub old_fingerprints: Vec<String>,
-    pub vault_healthy: bool,
-    pub next_steps: Vec<String>,
 }
 
 /// Hooks into the command's UI: progress lines and the confirmation.

@@ -41,19 +41,8 @@ impl Protection {
     /// From the flags, or from the interrupted rotation's journal at `journal_path` when
     /// there is one. Passphrases are asked here, before anything remote happens.
     pub fn load(flags: &Flags<'_>, journal_path: &Path) -> Result<Protection> {
-        let mut recipients = Vec::new();
-        for (n, r) in flags.recipients.iter().enumerate() {
-            recipients.push(
-                crypt::parse_recipient(r).with_context(|| format!("-r recipient #{}", n + 1))?,
-            );
-        }
-        for f in flags.recipients_files {
-            recipients.extend(crypt::read_recipients_file(f)?);
-        }
-        let mut identities = Vec::new();
-        for f in flags.identity_files {
-            identities.extend(crypt::load_identity_file(f)?);
-        }
+        let recipients = crypt::recipients(flags.recipients, flags.recipients_files)?;
+        let identities = crypt::identities(flags.identity_files)?;
         if flags.passphrase && !recipients.is_empty() {
             bail!("-p cannot be combined with -r/-R: age allows a passphrase only as the sole protection of a file; choose one (nothing was changed)");
         }

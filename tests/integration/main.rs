@@ -23,6 +23,7 @@ mod rebuild_lab;
 mod rebuild_plan_snapshot;
 mod rebuild_resume;
 mod restore_lab;
+mod restore_longhorn;
 mod rotate_lab;
 mod ssh_auth;
 mod ssh_preflight;

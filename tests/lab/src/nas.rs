@@ -2,7 +2,8 @@
 //! and read by the Longhorn stand-in ([`Backupstore`]).
 //!
 //! Contract followed: `longhorn/backupstore` (`config.go`, `deltablock.go`, `backupstore.go`):
-//! - `<root>/backupstore/volumes/<sha256(volume)[0:2]>/<[2:4]>/<volume>/volume.cfg` — JSON
+//! - `<root>/backupstore/volumes/<cs[0:2]>/<cs[2:4]>/<volume>/volume.cfg`, `cs` =
+//!   [`checksum`] of the volume name — JSON
 //!   of the store's `Volume` struct (`Name`, `Size` as a string, `Labels`, `CreatedTime`,
 //!   `LastBackupName`, `LastBackupAt`, `BlockCount` as a string, `BackingImageName`,
 //!   `BackingImageChecksum`, `CompressionMethod`, `StorageClassName`, `DataEngine`);
@@ -11,13 +12,18 @@
 //!   `CompressionMethod`, `Blocks: [{Offset, BlockChecksum}]`); a backup whose
 //!   `CreatedTime` is empty is still in progress;
 //! - `.../<volume>/blocks/<cs[0:2]>/<cs[2:4]>/<cs>.blk` — one 2 MiB block, named by the
-//!   sha256 of its uncompressed content; all-zero blocks are not stored.
+//!   [`checksum`] of its uncompressed content; all-zero blocks are not stored.
+//!
+//! [`checksum`] is backupstore's `util.GetChecksum` (`util/util.go`): the hex of a SHA-512,
+//! cut to its first 64 characters (`PreservedChecksumLength`); `getVolumePath` (`config.go`)
+//! and `getBlockFilePath` (`util.go`) take its first two and next two characters as the
+//! directory levels.
 //!
 //! Simplifications (said here so nobody mistakes them for Longhorn's): blocks are stored
 //! uncompressed (`CompressionMethod: "none"`, which Longhorn also supports); and since the
 //! lab's volumes are directories, not block devices, a volume's "device content" is a small
 //! archive of its files ([`encode_image`]: magic, then path/mode/length/data records),
-//! zero-padded to whole blocks. A restore checks every block's sha256 as Longhorn does and
+//! zero-padded to whole blocks. A restore checks every block's checksum as Longhorn does and
 //! fails on a mismatch, so a flipped byte ([`NasFixture::corrupt`], [`corrupt_volume`])
 //! makes the restore fail the way a corrupted backupstore does.
 //!
@@ -32,7 +38,7 @@ use anyhow::{bail, Context};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 
 /// Longhorn's `DEFAULT_BLOCK_SIZE` (2 MiB).
 pub const BLOCK_SIZE: usize = 2 << 20;
@@ -40,6 +46,13 @@ const IMAGE_MAGIC: &[u8] = b"REBOX-LAB-VOLUME-IMAGE-1\n";
 
 fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
+}
+
+/// backupstore's `util.GetChecksum`: hex SHA-512, first 64 characters.
+pub fn checksum(b: &[u8]) -> String {
+    let mut cs = hex::encode(Sha512::digest(b));
+    cs.truncate(64);
+    cs
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -133,7 +146,7 @@ impl Backupstore {
 
     /// `backupstore/volumes/<xx>/<yy>/<volume>`.
     pub fn volume_dir(&self, volume: &str) -> PathBuf {
-        let cs = sha256_hex(volume.as_bytes());
+        let cs = checksum(volume.as_bytes());
         self.root
             .join("backupstore/volumes")
             .join(&cs[0..2])
@@ -212,13 +225,16 @@ impl Backupstore {
         let p = self.block_path(volume, checksum);
         let data = std::fs::read(&p)
             .with_context(|| format!("failed to read block {checksum} from backupstore"))?;
-        let got = sha256_hex(&data);
+        let got = self::checksum(&data);
         if got != checksum {
             bail!("failed to verify block {checksum}: checksum verification failed for block {checksum} (got {got})");
         }
         Ok(data)
     }
 }
+
+/// The backup label holding a volume's recurring jobs (longhorn-manager `types.VolumeRecurringJobInfoLabel`).
+pub const VOLUME_RECURRING_JOB_INFO: &str = "VolumeRecurringJobInfo";
 
 /// `KubernetesStatus` as Longhorn stores it in a backup's labels.
 pub fn kubernetes_status_label(namespace: &str, pvc: &str, pv: &str, at: &str) -> String {
@@ -373,6 +389,8 @@ struct FixtureVolume {
     size: i64,
     backups: Vec<FixtureBackup>,
     corrupt: bool,
+    access_mode: String,
+    recurring_jobs: Option<serde_json::Value>,
 }
 
 /// Builds a NAS directory: `NasFixture::new(dir).volume("vault-data-lh", "security",
@@ -456,6 +474,8 @@ impl NasFixture {
                 size: DEFAULT_SIZE,
                 backups: vec![b],
                 corrupt: false,
+                access_mode: "rwo".into(),
+                recurring_jobs: None,
             });
         }
         self
@@ -468,6 +488,30 @@ impl NasFixture {
             .find(|v| v.name == name)
             .expect("size() after volume()")
             .size = bytes;
+        self
+    }
+
+    /// The access mode the volume had (`rwo`, `rwx`, `rwop`), recorded as Longhorn does in
+    /// every backup's `longhorn.io/volume-access-mode` label (default `rwo`).
+    pub fn access_mode(mut self, name: &str, mode: &str) -> Self {
+        self.volumes
+            .iter_mut()
+            .find(|v| v.name == name)
+            .expect("access_mode() after volume()")
+            .access_mode = mode.into();
+        self
+    }
+
+    /// The volume's own recurring jobs and groups, recorded as Longhorn's backup monitor does
+    /// (`engineapi/backup_monitor.go`): the label `VolumeRecurringJobInfo`, the JSON of a map
+    /// job name → `{"jobSpec": RecurringJobSpec, "fromJob": bool, "fromGroup": [groups]}`,
+    /// on the newest backup and so in `volume.cfg`.
+    pub fn recurring_jobs(mut self, name: &str, info: serde_json::Value) -> Self {
+        self.volumes
+            .iter_mut()
+            .find(|v| v.name == name)
+            .expect("recurring_jobs() after volume()")
+            .recurring_jobs = Some(info);
         self
     }
 
@@ -515,7 +559,7 @@ impl NasFixture {
                 for (i, chunk) in img.chunks(BLOCK_SIZE).enumerate() {
                     let mut blk = chunk.to_vec();
                     blk.resize(BLOCK_SIZE, 0);
-                    let cs = sha256_hex(&blk);
+                    let cs = checksum(&blk);
                     let p = store.block_path(&v.name, &cs);
                     std::fs::create_dir_all(p.parent().unwrap())?;
                     std::fs::write(&p, &blk)?;
@@ -532,8 +576,11 @@ impl NasFixture {
                 );
                 labels.insert(
                     "longhorn.io/volume-access-mode".to_string(),
-                    "rwo".to_string(),
+                    v.access_mode.clone(),
                 );
+                if let Some(info) = &v.recurring_jobs {
+                    labels.insert(VOLUME_RECURRING_JOB_INFO.to_string(), info.to_string());
+                }
                 let cfg = BackupCfg {
                     name: name.clone(),
                     volume_name: v.name.clone(),

@@ -7,10 +7,9 @@ mod nas_support;
 use std::time::Duration;
 
 use nas_support::{cond, Lab};
-use rebox_lab::k3s::controllers::longhorn;
 use rebox_lab::k3s::faults::{self, ApiFault};
 use rebox_lab::nas::NasFixture;
-use serde_json::json;
+use serde_json::{json, Value};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -98,8 +97,7 @@ async fn faults_stuck_restore_holds_progress_until_cleared() {
         )
         .build()
         .unwrap();
-    lab.install_crds(&longhorn::longhorn_crds());
-    lab.namespace("longhorn-system");
+    lab.install_longhorn_chart(&Value::Null);
     faults::update(&lab.data_dir, |f| f.stuck_restores.push("immich-db".into())).unwrap();
     lab.wait("BackupTarget", 20, || {
         lab.get(&[
@@ -127,7 +125,7 @@ async fn faults_stuck_restore_holds_progress_until_cleared() {
         None,
     );
     let b = lab
-        .wait("Backup CR", 20, || {
+        .wait("Backup CR Completed", 20, || {
             let l = lab
                 .get(&["backups.longhorn.io", "-n", "longhorn-system"])
                 .unwrap();
@@ -135,8 +133,9 @@ async fn faults_stuck_restore_holds_progress_until_cleared() {
                 .as_array()
                 .unwrap()
                 .first()
+                .filter(|b| b["status"]["state"] == "Completed")
                 .cloned()
-                .ok_or("none".into())
+                .ok_or(l.to_string())
         })
         .await;
     lab.apply(&json!({"apiVersion": "longhorn.io/v1beta2", "kind": "Volume",

@@ -14,14 +14,14 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use nas_support::{cond, Lab};
-use rebox_lab::k3s::controllers::longhorn::{self, backup_volume_name, volume_data_dir};
+use rebox_lab::k3s::controllers::longhorn::{backup_volume_name, volume_data_dir};
 use rebox_lab::nas::NasFixture;
 use serde_json::{json, Value};
 
+/// The chart without a backup target; waits for the manager to make BackupTarget `default`.
 async fn install_longhorn(lab: &Lab) {
-    lab.install_crds(&longhorn::longhorn_crds());
-    lab.namespace("longhorn-system");
     // The Longhorn stand-in runs already: lab-k3s starts it (controllers::spawn_all).
+    lab.install_longhorn_chart(&Value::Null);
     lab.wait("BackupTarget default", 20, || {
         lab.get(&[
             "backuptargets.longhorn.io",
@@ -80,6 +80,24 @@ fn backup_of(lab: &Lab, volume: &str) -> Value {
                 .to_string()
         })
         .expect("a backup")
+}
+
+/// Waits until `n` Backups exist and every one is Completed; returns them.
+async fn wait_completed(lab: &Lab, n: usize) -> Vec<Value> {
+    lab.wait(&format!("{n} Backups Completed"), 20, || {
+        let l = lab
+            .get(&["backups.longhorn.io", "-n", "longhorn-system"])
+            .unwrap();
+        let items = l["items"].as_array().unwrap().clone();
+        let done = items
+            .iter()
+            .filter(|b| b["status"]["state"] == "Completed")
+            .count();
+        (items.len() == n && done == n)
+            .then_some(items.clone())
+            .ok_or(format!("{} backups, {done} Completed", items.len()))
+    })
+    .await
 }
 
 async fn wait_restored(lab: &Lab, name: &str) -> Value {
@@ -177,15 +195,22 @@ async fn longhorn_fixture_volumes_restore_byte_identical_with_progress() {
         .unwrap();
 
     install_longhorn(&lab).await;
-    let bt = lab
-        .get(&[
-            "backuptargets.longhorn.io",
-            "-n",
-            "longhorn-system",
-            "default",
-        ])
-        .unwrap();
-    assert_eq!(bt["status"]["available"], json!(false), "no URL yet: {bt}");
+    lab.wait("BackupTarget unavailable without a URL", 20, || {
+        let bt = lab
+            .get(&[
+                "backuptargets.longhorn.io",
+                "-n",
+                "longhorn-system",
+                "default",
+            ])
+            .unwrap();
+        (bt["status"]["available"] == false
+            && cond(&bt, "Unavailable")
+                .is_some_and(|c| c["message"] == "backup target URL is empty"))
+        .then_some(())
+        .ok_or(bt["status"].to_string())
+    })
+    .await;
     set_target(&lab, &format!("nfs://nas.lab:{}", nas.root.display())).await;
     lab.wait("BackupTarget available", 20, || {
         let bt = lab
@@ -204,12 +229,18 @@ async fn longhorn_fixture_volumes_restore_byte_identical_with_progress() {
 
     // BackupVolumes with the fixture's times and the original namespace/PVC.
     let bvs = lab
-        .wait("3 BackupVolumes", 20, || {
+        .wait("3 BackupVolumes synced", 20, || {
             let l = lab
                 .get(&["backupvolumes.longhorn.io", "-n", "longhorn-system"])
                 .unwrap();
-            let n = l["items"].as_array().unwrap().len();
-            (n == 3).then_some(l).ok_or(format!("{n} backup volumes"))
+            let items = l["items"].as_array().unwrap();
+            let synced = items
+                .iter()
+                .filter(|b| b["status"]["lastSyncedAt"].is_string())
+                .count();
+            (items.len() == 3 && synced == 3)
+                .then_some(l.clone())
+                .ok_or(format!("{} backup volumes, {synced} synced", items.len()))
         })
         .await;
     for (vol, ns, t) in [
@@ -244,6 +275,7 @@ async fn longhorn_fixture_volumes_restore_byte_identical_with_progress() {
         assert_eq!(ks["namespace"], json!(ns));
         assert_eq!(ks["pvcName"], json!(vol));
     }
+    wait_completed(&lab, 4).await;
     let backups = lab
         .get(&[
             "backups.longhorn.io",
@@ -429,19 +461,7 @@ async fn longhorn_corrupt_backup_fails_restore_like_longhorn() {
         .unwrap();
     install_longhorn(&lab).await;
     set_target(&lab, &format!("nfs://nas:{}/", nas.root.display())).await;
-    let b = lab
-        .wait("Backup CR", 20, || {
-            let l = lab
-                .get(&["backups.longhorn.io", "-n", "longhorn-system"])
-                .unwrap();
-            l["items"]
-                .as_array()
-                .unwrap()
-                .first()
-                .cloned()
-                .ok_or("none".into())
-        })
-        .await;
+    let b = wait_completed(&lab, 1).await.remove(0);
     restore_volume(&lab, "hass-config", &b);
     let v = lab
         .wait("RestoreFailure", 30, || {
@@ -490,9 +510,7 @@ async fn longhorn_unreachable_target_and_dynamic_pvc() {
         .ok_or(bt["status"].to_string())
     })
     .await;
-    lab.apply(&json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "longhorn"},
-        "provisioner": "driver.longhorn.io", "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate",
-        "parameters": {"numberOfReplicas": "1"}}));
+    // StorageClass `longhorn` is the chart's.
     lab.namespace("media");
     lab.apply(&json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "library", "namespace": "media"},
         "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "longhorn", "resources": {"requests": {"storage": "2Gi"}}}}));
@@ -522,4 +540,256 @@ async fn longhorn_unreachable_target_and_dynamic_pvc() {
     assert_eq!(v["spec"]["size"], json!((2i64 << 30).to_string()));
     assert_eq!(v["status"]["restoreRequired"], json!(false));
     assert!(volume_data_dir(&lab.data_dir, &vol).is_dir());
+}
+
+/// What a client sees of one store event: (kind, plural, object).
+type Seen = (&'static str, String, Value);
+
+fn no_status(o: &Value) -> bool {
+    o["status"].as_object().is_none_or(|m| m.is_empty())
+}
+
+fn pod_ready(o: &Value) -> bool {
+    o["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+/// longhorn-manager v1.11.3's order of events (`app/daemon.go`, `controller/backup_target_controller.go`,
+/// `backup_volume_controller.go`, `backup_controller.go`), read from every event of the store:
+/// BackupTarget `default` only after the manager's pod is Ready, made from the chart's
+/// ConfigMap; available before any BackupVolume; BackupVolumes and Backups created without
+/// status; a BackupVolume's status only after its Backups exist; the newest Backup
+/// Completed only after its BackupVolume names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn longhorn_discovery_comes_piecemeal_as_upstream() {
+    let lab = Lab::start().await;
+    let t = Utc::now() - chrono::Duration::hours(2);
+    let nas = NasFixture::new(lab.dir.join("nas"))
+        .volume(
+            "pvc-a",
+            "apps",
+            "a",
+            &b"old"[..],
+            t - chrono::Duration::hours(24),
+        )
+        .volume("pvc-a", "apps", "a", &b"new"[..], t)
+        .volume("pvc-b", "apps", "b", &b"b"[..], t)
+        .build()
+        .unwrap();
+    let url = format!("nfs://nas:{}", nas.root.display());
+    let mut rx = lab.k3s.store.subscribe();
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Seen>::new()));
+    let rec = events.clone();
+    let recorder = tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => rec
+                    .lock()
+                    .unwrap()
+                    .push((ev.kind, ev.plural.clone(), ev.object.clone())),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    panic!("the recorder lost {n} events")
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    lab.install_longhorn_chart(&json!({"defaultBackupStore": {"backupTarget": url}}));
+    wait_completed(&lab, 3).await;
+    lab.wait("both BackupVolumes synced", 20, || {
+        let l = lab
+            .get(&["backupvolumes.longhorn.io", "-n", "longhorn-system"])
+            .unwrap();
+        let items = l["items"].as_array().unwrap();
+        (items.len() == 2
+            && items
+                .iter()
+                .all(|b| b["status"]["lastBackupName"].is_string()))
+        .then_some(())
+        .ok_or(l.to_string())
+    })
+    .await;
+    recorder.abort();
+    let ev = events.lock().unwrap().clone();
+    let first = |what: &str, f: &dyn Fn(&Seen) -> bool| -> usize {
+        ev.iter()
+            .position(f)
+            .unwrap_or_else(|| panic!("never seen: {what}"))
+    };
+
+    let manager_ready = first("the manager's pod Ready", &|(_, p, o)| {
+        p == "pods" && o["metadata"]["labels"]["app"] == "longhorn-manager" && pod_ready(o)
+    });
+    let bt_added = first("BackupTarget default created", &|(k, p, _)| {
+        *k == "ADDED" && p == "backuptargets"
+    });
+    assert!(
+        manager_ready < bt_added,
+        "BackupTarget default before the manager was Ready"
+    );
+    let bt = &ev[bt_added].2;
+    assert_eq!(
+        bt["spec"]["backupTargetURL"],
+        json!(url),
+        "from the ConfigMap: {bt}"
+    );
+    assert!(no_status(bt), "a new BackupTarget has no status: {bt}");
+    let available = first("the target available", &|(_, p, o)| {
+        p == "backuptargets" && o["status"]["available"] == true
+    });
+    assert!(
+        ev[available].2["status"]["lastSyncedAt"].is_null(),
+        "the first successful look only makes the target available: {}",
+        ev[available].2
+    );
+
+    for vol in ["pvc-a", "pvc-b"] {
+        let is_bv = |o: &Value| o["spec"]["volumeName"] == vol;
+        let bv_added = first("BackupVolume created", &|(k, p, o)| {
+            *k == "ADDED" && p == "backupvolumes" && is_bv(o)
+        });
+        assert!(
+            bv_added > available,
+            "{vol}: BackupVolume before the target was available"
+        );
+        assert!(
+            no_status(&ev[bv_added].2),
+            "{vol}: created with a status: {}",
+            ev[bv_added].2
+        );
+        let bv_status = first("BackupVolume status", &|(_, p, o)| {
+            p == "backupvolumes" && is_bv(o) && o["status"]["lastBackupName"].is_string()
+        });
+        let newest = nas.volume(vol).last_backup().name.clone();
+        assert_eq!(ev[bv_status].2["status"]["lastBackupName"], json!(newest));
+        for b in &nas.volume(vol).backups {
+            let b_added = first("Backup created", &|(k, p, o)| {
+                *k == "ADDED" && p == "backups" && o["metadata"]["name"] == b.name.as_str()
+            });
+            let o = &ev[b_added].2;
+            assert!(no_status(o), "{}: created with a status: {o}", b.name);
+            assert_eq!(o["metadata"]["labels"]["backup-volume"], json!(vol));
+            assert_eq!(o["metadata"]["labels"]["backup-target"], json!("default"));
+            assert_eq!(
+                o["spec"]["labels"]["longhorn.io/volume-access-mode"],
+                json!("rwo")
+            );
+            assert!(
+                b_added > bv_added && b_added < bv_status,
+                "{}: Backup CR out of order",
+                b.name
+            );
+            let completed = first("Backup Completed", &|(_, p, o)| {
+                p == "backups"
+                    && o["metadata"]["name"] == b.name.as_str()
+                    && o["status"]["state"] == "Completed"
+            });
+            assert!(
+                completed > bv_status,
+                "{}: Completed before its BackupVolume had a status",
+                b.name
+            );
+            let done = &ev[completed].2["status"];
+            assert!(done["url"].as_str().unwrap().contains(&b.name), "{done}");
+            assert_eq!(done["volumeSize"], json!(nas.volume(vol).size.to_string()));
+        }
+    }
+}
+
+/// `restoreVolumeRecurringJob: enabled` brings back the source volume's recurring jobs
+/// (created when missing) and labels; `disabled` does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn longhorn_restore_brings_back_recurring_jobs_when_enabled() {
+    let lab = Lab::start().await;
+    let t = Utc::now() - chrono::Duration::hours(1);
+    let jobs = json!({
+        "nightly": {"jobSpec": {"name": "nightly", "task": "backup", "cron": "0 2 * * *", "retain": 7,
+                                "concurrency": 1, "groups": [], "labels": {}}, "fromJob": true},
+        "weekly": {"jobSpec": {"name": "weekly", "task": "snapshot", "cron": "0 3 * * 0", "retain": 2,
+                               "concurrency": 1, "groups": ["critical"]}, "fromJob": false,
+                   "fromGroup": ["critical"]},
+    });
+    let nas = NasFixture::new(lab.dir.join("nas"))
+        .volume("pvc-db", "apps", "db", &b"db"[..], t)
+        .recurring_jobs("pvc-db", jobs.clone())
+        .access_mode("pvc-db", "rwx")
+        .volume("pvc-other", "apps", "other", &b"other"[..], t)
+        .recurring_jobs("pvc-other", jobs)
+        .build()
+        .unwrap();
+    lab.install_longhorn_chart(
+        &json!({"defaultBackupStore": {"backupTarget": format!("nfs://nas:{}", nas.root.display())}}),
+    );
+    wait_completed(&lab, 2).await;
+    let db = backup_of(&lab, "pvc-db");
+    assert_eq!(
+        db["status"]["labels"]["longhorn.io/volume-access-mode"],
+        json!("rwx"),
+        "{db}"
+    );
+    assert!(
+        db["status"]["labels"]["VolumeRecurringJobInfo"].is_null(),
+        "the backup controller drops the recurring-job label from a Backup: {db}"
+    );
+    lab.wait("BackupVolume labels", 20, || {
+        let l = lab
+            .get(&["backupvolumes.longhorn.io", "-n", "longhorn-system"])
+            .unwrap();
+        l["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["status"]["labels"]["VolumeRecurringJobInfo"].is_string())
+            .then_some(())
+            .ok_or(l.to_string())
+    })
+    .await;
+    for (name, mode) in [("pvc-db", "enabled"), ("pvc-other", "disabled")] {
+        let b = backup_of(&lab, name);
+        lab.apply(&json!({
+            "apiVersion": "longhorn.io/v1beta2", "kind": "Volume",
+            "metadata": {"name": name, "namespace": "longhorn-system"},
+            "spec": {"fromBackup": b["status"]["url"], "size": b["status"]["volumeSize"],
+                     "numberOfReplicas": 1, "restoreVolumeRecurringJob": mode},
+        }));
+        wait_restored(&lab, name).await;
+    }
+    let v = lab
+        .get(&["volumes.longhorn.io", "-n", "longhorn-system", "pvc-db"])
+        .unwrap();
+    let labels = &v["metadata"]["labels"];
+    assert_eq!(
+        labels["recurring-job.longhorn.io/nightly"],
+        json!("enabled"),
+        "{v}"
+    );
+    assert_eq!(
+        labels["recurring-job-group.longhorn.io/critical"],
+        json!("enabled"),
+        "{v}"
+    );
+    assert!(
+        labels["recurring-job.longhorn.io/weekly"].is_null(),
+        "weekly came from a group: {v}"
+    );
+    let nightly = lab
+        .get(&[
+            "recurringjobs.longhorn.io",
+            "-n",
+            "longhorn-system",
+            "nightly",
+        ])
+        .expect("RecurringJob nightly created");
+    assert_eq!(nightly["spec"]["cron"], json!("0 2 * * *"));
+    let other = lab
+        .get(&["volumes.longhorn.io", "-n", "longhorn-system", "pvc-other"])
+        .unwrap();
+    assert!(
+        other["metadata"]["labels"]
+            .as_object()
+            .is_none_or(|l| l.keys().all(|k| !k.starts_with("recurring-job"))),
+        "disabled: no recurring-job labels: {other}"
+    );
 }

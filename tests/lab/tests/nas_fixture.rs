@@ -7,7 +7,7 @@ use chrono::{TimeZone, Utc};
 use rebox_lab::k3s::controllers::longhorn;
 use rebox_lab::nas::{self, Backupstore, NasFixture};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha512};
 
 #[test]
 fn nas_fixture_layout_times_labels_and_corruption() {
@@ -43,14 +43,12 @@ fn nas_fixture_layout_times_labels_and_corruption() {
         bs.list_volumes().unwrap(),
         vec!["hass-config", "immich-db", "vault-data-lh"]
     );
-    // backupstore/volumes/<sha256[0:2]>/<[2:4]>/<volume>/volume.cfg
-    let cs = hex::encode(Sha256::digest(b"vault-data-lh"));
+    // backupstore/volumes/<cs[0:2]>/<cs[2:4]>/<volume>/volume.cfg, cs = backupstore's
+    // util.GetChecksum: hex SHA-512 (its first 64 characters). a709 is the start of
+    // `printf vault-data-lh | sha512sum` (sha256 would give 5f44).
     let cfg_path = tmp
         .path()
-        .join("backupstore/volumes")
-        .join(&cs[0..2])
-        .join(&cs[2..4])
-        .join("vault-data-lh/volume.cfg");
+        .join("backupstore/volumes/a7/09/vault-data-lh/volume.cfg");
     let cfg: Value = serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
     assert_eq!(cfg["Name"], "vault-data-lh");
     assert_eq!(
@@ -74,6 +72,14 @@ fn nas_fixture_layout_times_labels_and_corruption() {
         .read_block("vault-data-lh", &b.blocks[0].block_checksum)
         .unwrap();
     assert_eq!(blk.len(), nas::BLOCK_SIZE);
+    // A block is named by the same checksum of its content, 64 hex characters.
+    let cs = b.blocks[0].block_checksum.clone();
+    assert_eq!(cs, hex::encode(Sha512::digest(&blk))[..64]);
+    assert!(bs.block_path("vault-data-lh", &cs).ends_with(format!(
+        "blocks/{}/{}/{cs}.blk",
+        &cs[0..2],
+        &cs[2..4]
+    )));
     let files = nas::decode_image(&blk).unwrap();
     assert_eq!(
         files,

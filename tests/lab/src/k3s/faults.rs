@@ -12,7 +12,8 @@
 //!           {"path": "/apis/longhorn.io", "delayMs": 3000}],
 //!   "stuckRestores": ["vault-data-lh"],
 //!   "argocdOutOfSync": ["immich"],
-//!   "argocdStaleUntilHardRefresh": ["root"]
+//!   "argocdStaleUntilHardRefresh": ["root"],
+//!   "slowBackupstoreMs": 1500
 //! }
 //! ```
 //!
@@ -29,6 +30,10 @@
 //! - `argocdStaleUntilHardRefresh`: Argo CD Application names (or `*`) whose cached manifests
 //!   are stale: they stay `OutOfSync` with a `ComparisonError` until a `hard` refresh is asked
 //!   for (a `normal` one does not help), then sync as usual (guide scenario 4).
+//! - `slowBackupstoreMs`: every call the Longhorn stand-in makes to the backupstore (listing
+//!   the NAS, reading a volume's or a backup's config) takes this long instead of the lab's
+//!   usual pace: a slow NAS, or a real one over a home network, which widens each step of
+//!   Longhorn's piecemeal sync.
 //!
 //! Other faults need no switch, they are real causes: a corrupt backup is real corruption on
 //! the NAS ([`crate::nas::corrupt_volume`] / `NasFixture::corrupt`); a power loss is killing
@@ -56,6 +61,8 @@ pub struct Faults {
     pub argocd_out_of_sync: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub argocd_stale_until_hard_refresh: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_backupstore_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

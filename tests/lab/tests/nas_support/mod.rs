@@ -128,6 +128,20 @@ impl Lab {
         }
     }
 
+    /// Longhorn as its chart installs it, with the chart's `values`: the CRDs, the namespace,
+    /// then the chart's objects (the `longhorn-default-resource` ConfigMap from
+    /// `defaultBackupStore`, the longhorn-manager DaemonSet, …). Returns at once, as
+    /// `helm install` does: BackupTarget `default` comes once the manager's pod is Ready.
+    pub fn install_longhorn_chart(&self, values: &Value) {
+        use rebox_lab::k3s::controllers::{helm, longhorn};
+        self.install_crds(&longhorn::longhorn_crds());
+        self.namespace("longhorn-system");
+        let (_, objects) = helm::chart_objects("longhorn", "longhorn", "longhorn-system", values);
+        for o in objects {
+            self.apply(&o);
+        }
+    }
+
     pub fn namespace(&self, ns: &str) {
         if self.get(&["namespace", ns]).is_none() {
             self.ok(&["create", "namespace", ns], None);

@@ -5,11 +5,12 @@
 //!
 //! Contract followed: `../shared/reference/platform-facts.md` §2 (Longhorn v1.8+), read
 //! strictly:
-//! - BackupTarget `default` in `longhorn-system` (created by the manager if missing):
-//!   `spec.backupTargetURL`, `spec.pollInterval` (Go duration, default `300s`),
+//! - BackupTarget `default` in `longhorn-system`, made by the manager once it runs:
+//!   `spec.backupTargetURL`, `spec.pollInterval` (Go duration, default `5m0s`),
 //!   `spec.syncRequestedAt`; status `available`, `conditions[type=Unavailable]`,
-//!   `lastSyncedAt`, `ownerID`. The store is read at once when the URL changes, when
-//!   `syncRequestedAt` is newer than `lastSyncedAt`, and every `pollInterval`.
+//!   `lastSyncedAt`, `ownerID`. How and in which order the target, the BackupVolumes and the
+//!   Backups appear, one backupstore call at a time, is in [`sync`] (longhorn-manager
+//!   v1.11.3's controllers).
 //! - BackupVolume `<volume>-<sha256("<volume>-<target>")[..8]>` with labels `backup-volume`,
 //!   `backup-target`, `spec.volumeName`, `spec.backupTargetName`; status `lastBackupName`,
 //!   `lastBackupAt`, `size`, `labels` (incl. `KubernetesStatus`), `storageClassName`,
@@ -19,7 +20,12 @@
 //!   `snapshotCreatedAt`, `backupCreatedAt`, `labels`, `backupTargetName`, `progress`,
 //!   `lastSyncedAt`, `compressionMethod`. CRs whose backup left the store are deleted.
 //! - Volume with `spec.fromBackup`: the Backup CR named in the URL must exist (until it does
-//!   the volume waits, as the real controller retries); then `restoreRequired=true`,
+//!   the volume waits, as the real controller retries); at the restore's start
+//!   `spec.restoreVolumeRecurringJob` `enabled` (or `ignored` with the Setting
+//!   `restore-volume-recurring-jobs` "true") brings back the volume's recurring jobs from the
+//!   BackupVolume's `VolumeRecurringJobInfo` label: missing RecurringJobs are created and the
+//!   volume gets `recurring-job.longhorn.io/<job>` / `recurring-job-group.longhorn.io/<group>`
+//!   labels (`controller/volume_controller.go`, `restoreVolumeRecurringJobs`); then `restoreRequired=true`,
 //!   `restoreInitiated=true`, `kubernetesStatus` from the `KubernetesStatus` label (pvName and
 //!   pvStatus cleared, `lastPVCRefAt` = `snapshotCreatedAt`), auto-attached
 //!   (`state: attached`) with condition `Restore` True `RestoreInProgress` while the blocks
@@ -50,17 +56,19 @@
 //! (RecurringJob objects are served, never run), RWX
 //! share manager, v1.6/1.7 Settings (`backup-target` Setting CRs are not mirrored).
 
+mod sync;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::ops::{self, set_condition};
 use super::parse_quantity;
-use crate::k3s::defaults::{now, parse_time};
+
 use crate::k3s::faults;
 use crate::k3s::store::Store;
 use crate::nas::{self, Backupstore};
@@ -90,12 +98,28 @@ pub struct LonghornEnv {
     pub node_name: String,
     /// How long one restore takes at least (spread over 10 progress steps).
     pub restore_time: Duration,
+    /// Restore throughput (bytes per second of backup data) under `LAB_PACE=realistic`: a
+    /// restore then takes at least its data over this. None: [`Self::restore_time`] only.
+    pub restore_bytes_per_sec: Option<u64>,
+    /// Wall time of one backupstore call (listing the NAS, reading a `volume.cfg` or a
+    /// backup's config): the pace of the piecemeal sync in [`sync`]. 250 ms, 2 s under
+    /// `LAB_PACE=realistic`, divided by the lab clock's speed; the fault switch
+    /// `slowBackupstoreMs` overrides it.
+    pub store_call: Duration,
+    /// The lab clock's speed: `spec.pollInterval` is lab time.
+    pub clock_speed: u32,
     /// How often the controller looks again without an event (pods, NAS, faults).
     pub tick: Duration,
 }
 
+/// `LAB_PACE=realistic`: the pace of a real node on a home network.
+fn realistic() -> bool {
+    std::env::var("LAB_PACE").as_deref() == Ok("realistic")
+}
+
 impl LonghornEnv {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let realistic = realistic();
         LonghornEnv {
             data_dir: data_dir.into(),
             nas_root: std::env::var_os("LAB_NAS_ROOT").map(PathBuf::from),
@@ -105,10 +129,24 @@ impl LonghornEnv {
                 std::env::var("LAB_RESTORE_MS")
                     .ok()
                     .and_then(|v| v.parse().ok())
-                    .unwrap_or(1000),
+                    .unwrap_or(if realistic { 5000 } else { 1000 }),
             ),
+            // An NFS restore over a home LAN: ~20 MiB/s of backup data.
+            restore_bytes_per_sec: realistic.then_some(20 << 20),
+            store_call: Duration::from_millis(if realistic { 2000 } else { 250 }),
+            clock_speed: 1,
             tick: Duration::from_millis(250),
         }
+    }
+
+    /// Runs the store calls and the poll timer at the lab clock's `speed`.
+    pub fn with_clock_speed(mut self, speed: u32) -> Self {
+        self.clock_speed = speed.max(1);
+        self.store_call /= self.clock_speed;
+        self.tick = self
+            .tick
+            .min(self.store_call.max(Duration::from_millis(20)));
+        self
     }
 }
 
@@ -641,15 +679,16 @@ struct Controller {
     store: Arc<Store>,
     env: LonghornEnv,
     shared: Arc<Mutex<Shared>>,
-    /// URL the target was last synced for, and when.
-    synced: Option<(String, Instant)>,
-    /// resourceVersion of `longhorn-default-resource` last applied to BackupTarget `default`.
-    default_resource: Option<String>,
+    /// BackupTarget, BackupVolume and Backup controllers ([`sync`]).
+    sync: sync::Sync,
 }
 
 /// Starts the Longhorn stand-in with the lab's environment (called by `spawn_all`).
 pub fn spawn(store: Arc<Store>, env: &super::LabEnv) -> tokio::task::JoinHandle<()> {
-    spawn_with(store, LonghornEnv::new(&env.data_dir))
+    spawn_with(
+        store,
+        LonghornEnv::new(&env.data_dir).with_clock_speed(env.clock.speed),
+    )
 }
 
 /// Starts the Longhorn stand-in on `store` (returns at once; runs until the runtime stops).
@@ -676,8 +715,7 @@ pub async fn run(store: Arc<Store>, mut env: LonghornEnv) {
         shared: Arc::new(Mutex::new(Shared {
             restoring: HashSet::new(),
         })),
-        synced: None,
-        default_resource: None,
+        sync: sync::Sync::default(),
     };
     loop {
         tokio::select! {
@@ -711,270 +749,10 @@ impl Controller {
         {
             return;
         }
-        self.backup_target();
+        self.sync.pass(&self.store, &self.env);
         self.volumes();
         self.provision();
         self.attachments();
-    }
-
-    fn backup_target(&mut self) {
-        let st = &self.store;
-        if ops::rt(st, GROUP, "backuptargets").is_none() {
-            return;
-        }
-        let bt = match ops::get(st, GROUP, "backuptargets", NAMESPACE, "default") {
-            Some(bt) => bt,
-            None => {
-                let _ = ops::create(
-                    st,
-                    GROUP,
-                    "backuptargets",
-                    NAMESPACE,
-                    json!({
-                        "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "BackupTarget",
-                        "metadata": {"name": "default", "namespace": NAMESPACE},
-                        "spec": {"backupTargetURL": "", "credentialSecret": "", "pollInterval": "300s"},
-                    }),
-                    MANAGER,
-                );
-                return;
-            }
-        };
-        // The manager applies the chart's default resources (ConfigMap
-        // `longhorn-default-resource`) to BackupTarget `default` whenever they change.
-        if let Some(cm) = ops::get(st, "", "configmaps", NAMESPACE, "longhorn-default-resource") {
-            let rv = cm["metadata"]["resourceVersion"].as_str().map(String::from);
-            if rv != self.default_resource {
-                self.default_resource = rv;
-                let settings: BTreeMap<String, String> = cm["data"]["default-resource.yaml"]
-                    .as_str()
-                    .and_then(|t| serde_saphyr::from_str(t).ok())
-                    .unwrap_or_default();
-                let url = settings.get("backup-target").cloned().unwrap_or_default();
-                let secret = settings
-                    .get("backup-target-credential-secret")
-                    .cloned()
-                    .unwrap_or_default();
-                let poll = settings
-                    .get("backupstore-poll-interval")
-                    .and_then(|p| p.parse::<u64>().ok())
-                    .unwrap_or(300);
-                let _ = ops::modify(
-                    st,
-                    GROUP,
-                    "backuptargets",
-                    NAMESPACE,
-                    "default",
-                    None,
-                    MANAGER,
-                    |o| {
-                        o["spec"]["backupTargetURL"] = json!(url);
-                        o["spec"]["credentialSecret"] = json!(secret);
-                        o["spec"]["pollInterval"] = json!(format!("{poll}s"));
-                        true
-                    },
-                );
-                return; // the modification comes back as an event
-            }
-        }
-        let url = bt["spec"]["backupTargetURL"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let poll =
-            parse_duration(bt["spec"]["pollInterval"].as_str().unwrap_or("300s")).unwrap_or(300.0);
-        let requested = bt["spec"]["syncRequestedAt"].as_str().and_then(parse_time);
-        let last = bt["status"]["lastSyncedAt"].as_str().and_then(parse_time);
-        let due = match &self.synced {
-            None => true,
-            Some((u, _)) if *u != url => true,
-            Some((_, at)) => {
-                (poll > 0.0 && at.elapsed().as_secs_f64() >= poll)
-                    || matches!((requested, last), (Some(r), Some(l)) if r > l)
-                    || (requested.is_some() && last.is_none())
-            }
-        };
-        if !due {
-            return;
-        }
-        self.synced = Some((url.clone(), Instant::now()));
-        let node = self.env.node_name.clone();
-        if url.is_empty() {
-            let _ = ops::modify(
-                st,
-                GROUP,
-                "backuptargets",
-                NAMESPACE,
-                "default",
-                Some("status"),
-                MANAGER,
-                |o| {
-                    o["status"]["available"] = json!(false);
-                    o["status"]["ownerID"] = json!(node);
-                    o["status"]["conditions"] = json!([]);
-                    true
-                },
-            );
-            self.sync_store(&url, None);
-            return;
-        }
-        match target_dir(&url, self.env.nas_root.as_deref()) {
-            Ok(dir) => {
-                self.sync_store(&url, Some(&dir));
-                let _ = ops::modify(
-                    st,
-                    GROUP,
-                    "backuptargets",
-                    NAMESPACE,
-                    "default",
-                    Some("status"),
-                    MANAGER,
-                    |o| {
-                        o["status"]["available"] = json!(true);
-                        o["status"]["ownerID"] = json!(node);
-                        o["status"]["lastSyncedAt"] = json!(now());
-                        o["status"]["conditions"] = json!([]);
-                        true
-                    },
-                );
-            }
-            Err(msg) => {
-                let _ = ops::modify(
-                    st,
-                    GROUP,
-                    "backuptargets",
-                    NAMESPACE,
-                    "default",
-                    Some("status"),
-                    MANAGER,
-                    |o| {
-                        o["status"]["available"] = json!(false);
-                        o["status"]["ownerID"] = json!(node);
-                        o["status"]["lastSyncedAt"] = json!(now());
-                        let mut c = json!([]);
-                        set_condition(&mut c, "Unavailable", "True", "Unavailable", &msg);
-                        o["status"]["conditions"] = c;
-                        true
-                    },
-                );
-            }
-        }
-    }
-
-    /// Mirrors the store's volumes and backups into BackupVolume/Backup CRs (target `default`).
-    fn sync_store(&self, url: &str, dir: Option<&Path>) {
-        let st = &self.store;
-        let target = "default";
-        let mut keep_bv = HashSet::new();
-        let mut keep_b = HashSet::new();
-        if let Some(dir) = dir {
-            let bs = Backupstore::new(dir);
-            for vol in bs.list_volumes().unwrap_or_default() {
-                let Ok(vcfg) = bs.load_volume(&vol) else {
-                    continue;
-                };
-                let bv_name = backup_volume_name(&vol, target);
-                keep_bv.insert(bv_name.clone());
-                let t = now();
-                if ops::get(st, GROUP, "backupvolumes", NAMESPACE, &bv_name).is_none() {
-                    let _ = ops::create(
-                        st,
-                        GROUP,
-                        "backupvolumes",
-                        NAMESPACE,
-                        json!({
-                            "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "BackupVolume",
-                            "metadata": {"name": bv_name, "namespace": NAMESPACE,
-                                         "labels": {"backup-volume": vol, "backup-target": target}},
-                            "spec": {"volumeName": vol, "backupTargetName": target},
-                        }),
-                        MANAGER,
-                    );
-                }
-                let labels: BTreeMap<String, String> = vcfg.labels.clone();
-                let _ = ops::modify(
-                    st,
-                    GROUP,
-                    "backupvolumes",
-                    NAMESPACE,
-                    &bv_name,
-                    Some("status"),
-                    MANAGER,
-                    |o| {
-                        o["status"] = json!({
-                            "ownerID": self.env.node_name, "lastBackupName": vcfg.last_backup_name,
-                            "lastBackupAt": vcfg.last_backup_at, "size": vcfg.size.to_string(),
-                            "labels": labels, "storageClassName": vcfg.storage_class_name,
-                            "dataStored": (vcfg.block_count * nas::BLOCK_SIZE as i64).to_string(),
-                            "createdAt": vcfg.created_time, "lastModificationTime": vcfg.last_backup_at,
-                            "lastSyncedAt": t, "backingImageName": vcfg.backing_image_name,
-                            "backingImageChecksum": vcfg.backing_image_checksum, "messages": {},
-                        });
-                        true
-                    },
-                );
-                for bname in bs.list_backups(&vol).unwrap_or_default() {
-                    let Ok(bcfg) = bs.load_backup(&vol, &bname) else {
-                        continue;
-                    };
-                    keep_b.insert(bname.clone());
-                    if ops::get(st, GROUP, "backups", NAMESPACE, &bname).is_none() {
-                        let _ = ops::create(
-                            st,
-                            GROUP,
-                            "backups",
-                            NAMESPACE,
-                            json!({
-                                "apiVersion": format!("{GROUP}/{VERSION}"), "kind": "Backup",
-                                "metadata": {"name": bname, "namespace": NAMESPACE,
-                                             "labels": {"backup-volume": vol, "backup-target": target}},
-                                "spec": {"snapshotName": bcfg.snapshot_name, "labels": {}},
-                            }),
-                            MANAGER,
-                        );
-                    }
-                    let state = if bcfg.created_time.is_empty() {
-                        "InProgress"
-                    } else {
-                        "Completed"
-                    };
-                    let _ = ops::modify(
-                        st,
-                        GROUP,
-                        "backups",
-                        NAMESPACE,
-                        &bname,
-                        Some("status"),
-                        MANAGER,
-                        |o| {
-                            o["status"] = json!({
-                                "ownerID": self.env.node_name, "state": state,
-                                "url": backup_url(url, &bname, &vol), "volumeName": vol,
-                                "volumeSize": vcfg.size.to_string(), "size": bcfg.size.to_string(),
-                                "snapshotName": bcfg.snapshot_name, "snapshotCreatedAt": bcfg.snapshot_created_at,
-                                "backupCreatedAt": bcfg.created_time, "labels": bcfg.labels,
-                                "backupTargetName": target, "progress": if state == "Completed" { 100 } else { 0 },
-                                "lastSyncedAt": t, "compressionMethod": bcfg.compression_method,
-                                "messages": {}, "error": "",
-                            });
-                            true
-                        },
-                    );
-                }
-            }
-        }
-        for bv in ops::list(st, GROUP, "backupvolumes", Some(NAMESPACE)) {
-            let n = bv["metadata"]["name"].as_str().unwrap_or_default();
-            if bv["spec"]["backupTargetName"] == target && !keep_bv.contains(n) {
-                ops::delete(st, GROUP, "backupvolumes", NAMESPACE, n);
-            }
-        }
-        for b in ops::list(st, GROUP, "backups", Some(NAMESPACE)) {
-            let n = b["metadata"]["name"].as_str().unwrap_or_default();
-            if b["metadata"]["labels"]["backup-target"] == target && !keep_b.contains(n) {
-                ops::delete(st, GROUP, "backups", NAMESPACE, n);
-            }
-        }
     }
 
     fn volumes(&mut self) {
@@ -1042,13 +820,109 @@ impl Controller {
         }
     }
 
+    /// `restoreVolumeRecurringJobs` (`controller/volume_controller.go`), decided by
+    /// `shouldRestoreRecurringJobs`: `enabled` restores, `disabled` does not, `ignored` (or
+    /// empty) follows the Setting `restore-volume-recurring-jobs` (default false) unless the
+    /// volume already carries recurring-job labels of its own. Each job of the BackupVolume's
+    /// `VolumeRecurringJobInfo` label is created if missing (a same-named job with another
+    /// spec is kept as it is: upstream would make a new name; left out), and the volume is
+    /// labelled with it (`fromJob`) and its groups (`fromGroup`).
+    fn restore_recurring_jobs(&self, v: &Value, src_volume: &str) {
+        let st = &self.store;
+        let mode = v["spec"]["restoreVolumeRecurringJob"]
+            .as_str()
+            .unwrap_or("");
+        let own_labels = v["metadata"]["labels"].as_object().is_some_and(|l| {
+            l.keys().any(|k| {
+                k.starts_with("recurring-job.longhorn.io/")
+                    || (k.starts_with("recurring-job-group.longhorn.io/")
+                        && k != "recurring-job-group.longhorn.io/default")
+            })
+        });
+        let restore = match mode {
+            "enabled" => true,
+            "disabled" => false,
+            _ => {
+                !own_labels
+                    && ops::get(
+                        st,
+                        GROUP,
+                        "settings",
+                        NAMESPACE,
+                        "restore-volume-recurring-jobs",
+                    )
+                    .is_some_and(|s| s["value"] == "true")
+            }
+        };
+        if !restore {
+            return;
+        }
+        let Some(bv) = ops::list(st, GROUP, "backupvolumes", Some(NAMESPACE))
+            .into_iter()
+            .find(|b| {
+                b["spec"]["volumeName"] == src_volume && b["spec"]["backupTargetName"] == "default"
+            })
+        else {
+            return;
+        };
+        let Some(info) = bv["status"]["labels"][nas::VOLUME_RECURRING_JOB_INFO]
+            .as_str()
+            .and_then(|s| serde_json::from_str::<BTreeMap<String, Value>>(s).ok())
+        else {
+            return;
+        };
+        let mut labels = BTreeMap::new();
+        for (job, i) in &info {
+            if ops::get(st, GROUP, "recurringjobs", NAMESPACE, job).is_none() {
+                let mut spec = i["jobSpec"].clone();
+                for (k, empty) in [
+                    ("groups", json!([])),
+                    ("labels", json!({})),
+                    ("parameters", json!({})),
+                ] {
+                    if spec[k].is_null() {
+                        spec[k] = empty;
+                    }
+                }
+                spec["name"] = json!(job);
+                let _ = ops::create(
+                    st,
+                    GROUP,
+                    "recurringjobs",
+                    NAMESPACE,
+                    json!({"apiVersion": format!("{GROUP}/{VERSION}"), "kind": "RecurringJob",
+                           "metadata": {"name": job, "namespace": NAMESPACE}, "spec": spec}),
+                    MANAGER,
+                );
+            }
+            if i["fromJob"] == true {
+                labels.insert(format!("recurring-job.longhorn.io/{job}"), "enabled");
+            }
+            for g in i["fromGroup"].as_array().into_iter().flatten() {
+                if let Some(g) = g.as_str() {
+                    labels.insert(format!("recurring-job-group.longhorn.io/{g}"), "enabled");
+                }
+            }
+        }
+        let name = v["metadata"]["name"].as_str().unwrap_or_default();
+        let _ = ops::modify(st, GROUP, "volumes", NAMESPACE, name, None, MANAGER, |o| {
+            if !o["metadata"]["labels"].is_object() {
+                o["metadata"]["labels"] = json!({});
+            }
+            for (k, val) in &labels {
+                o["metadata"]["labels"][k] = json!(val);
+            }
+            true
+        });
+    }
+
     fn start_restore(&self, v: &Value, from: &str) {
         let st = self.store.clone();
         let name = v["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let Some((backup, _vol)) = parse_backup_url(from) else {
+        let Some((backup, src_volume)) = parse_backup_url(from) else {
             let _ = ops::modify(
                 &st,
                 GROUP,
@@ -1095,6 +969,9 @@ impl Controller {
             "lastPodRefAt": ks["lastPodRefAt"].as_str().unwrap_or_default(),
             "workloadsStatus": ks["workloadsStatus"].clone(),
         });
+        if v["status"]["restoreInitiated"] != true {
+            self.restore_recurring_jobs(v, &src_volume);
+        }
         self.shared.lock().unwrap().restoring.insert(name.clone());
         let node = self.env.node_name.clone();
         let backup_at = bcr["status"]["backupCreatedAt"].clone();
@@ -1128,7 +1005,16 @@ impl Controller {
         let target_url = from.split('?').next().unwrap_or_default().to_string();
         let nas_root = self.env.nas_root.clone();
         let data_dir = self.env.data_dir.clone();
-        let step = self.env.restore_time / 10;
+        let data_bytes = bcr["status"]["size"]
+            .as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
+        let by_size = self
+            .env
+            .restore_bytes_per_sec
+            .map(|bps| Duration::from_secs_f64(data_bytes as f64 / bps.max(1) as f64))
+            .unwrap_or_default();
+        let step = self.env.restore_time.max(by_size) / self.env.clock_speed.max(1) / 10;
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let res = restore(

@@ -1,6 +1,7 @@
 //! The phases only `rebox rebuild --restore-from-nas` has: the guard against restoring onto a
 //! cluster that already holds data, the volume restores, the check that Vault came back with
 //! its data (never initialised here), and the bootstrap Secrets from the offline backup.
+//! Before them, [`inputs`]; after them, [`closing`].
 
 use std::collections::BTreeMap;
 
@@ -12,10 +13,13 @@ use kube::api::ListParams;
 use kube::Api;
 use serde_json::json;
 
-use super::Ctx;
 use crate::flow::journal::{ServerStore, Store};
 use crate::flow::Phase;
+use crate::rebuild::Ctx;
 use crate::restore::longhorn::{self, Wanted};
+
+pub mod closing;
+pub mod inputs;
 
 /// The journal's flow name for a restore (a fresh rebuild's journal is another flow).
 pub const FLOW: &str = "rebuild --restore-from-nas";
@@ -194,9 +198,9 @@ impl Phase<Ctx> for Volumes {
             None => "every volume on the NAS (listed once the server can read it)".into(),
         };
         let mut out = vec![
-            "ask Longhorn's backup target to read the NAS now; wait for every volume's BackupVolume and newest Completed Backup".into(),
+            format!("wait for Longhorn's BackupTarget default (made by its manager once it runs; up to {}s), ask it to read the NAS now, wait for every volume's BackupVolume and newest Completed Backup (up to {}s)", ctx.site.config.restore.backup_target_timeout_secs, ctx.site.config.restore.discovery_timeout_secs),
             format!(
-                "restore {count}, {} at a time, each into a Volume of the same name (fromBackup)",
+                "restore {count}, {} at a time, each into a Volume of the same name (fromBackup) with its backup's access mode and its own recurring jobs (restoreVolumeRecurringJob: enabled)",
                 ctx.site.config.restore.concurrency
             ),
         ];
@@ -207,7 +211,7 @@ impl Phase<Ctx> for Volumes {
                 out.push(format!("  {} (no PVC recorded: volume only)", w.volume));
             }
         }
-        out.push("no recurring backup job is created before every restore is checked (Argo CD comes later)".into());
+        out.push("rebox creates no recurring backup job; Longhorn skips a volume for its own jobs while it restores, and Argo CD (which may bring more) comes after every restore is checked".into());
         out
     }
     async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
@@ -218,7 +222,9 @@ impl Phase<Ctx> for Volumes {
             ctx.site.config.restore.concurrency,
         );
         let client = ctx.site.cluster().await?.client.clone();
-        let outcomes = longhorn::restore_all(&client, &ns, replicas, &wanted, concurrency).await?;
+        let deadlines = longhorn::Deadlines::from(&ctx.site.config.restore);
+        let outcomes =
+            longhorn::restore_all(&client, &ns, replicas, &wanted, concurrency, &deadlines).await?;
         let failed: Vec<String> = outcomes
             .iter()
             .filter(|o| o.error.is_some())
@@ -268,7 +274,7 @@ impl Phase<Ctx> for VaultRestored {
         )]
     }
     async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
-        let status = super::vault::vault_answering(ctx).await?;
+        let status = crate::rebuild::vault::vault_answering(ctx).await?;
         if !status.initialized {
             bail!(crate::next::hinted(format!("Vault reports UNINITIALISED after the restore: its volume (PVC {}/{}) did not bring its data back. rebox never initialises Vault on a restore (that would make a new, empty Vault).", ctx.site.config.vault.namespace, ctx.site.config.vault.pvc), format!("check the table above lists {} with a recent backup and that it restored; `kubectl -n {} describe pvc {}` on the server", ctx.site.config.vault.pvc, ctx.site.config.vault.namespace, ctx.site.config.vault.pvc)));
         }

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+mod template;
+
 pub const DEFAULT_FILE: &str = "rebox.toml";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -175,13 +177,40 @@ pub struct Restore {
     pub concurrency: usize,
     /// A last backup older than this is flagged in the data-loss table (hours).
     pub max_backup_age_hours: u64,
+    /// How long Longhorn's manager may take to come up and make BackupTarget `default`,
+    /// after its chart's install Job completed (seconds).
+    pub backup_target_timeout_secs: u64,
+    /// How long the backup target may take to list every backed-up volume and its newest
+    /// backup as Completed, once asked to sync (seconds).
+    pub discovery_timeout_secs: u64,
+    /// Budget of one volume's restore: this base plus `restore_secs_per_gib` per GiB of the
+    /// volume's size (seconds).
+    pub restore_base_secs: u64,
+    pub restore_secs_per_gib: u64,
+    /// How long a recreated PVC may take to bind to its PV (seconds).
+    pub bind_timeout_secs: u64,
 }
 
+// The defaults are sized for a fresh node behind a home uplink, not for the lab:
+// - backup target: the manager's pod starts only after its images are pulled; with the
+//   instance-manager, engine and CSI images that is about 1.5 GB, ~10 minutes at 20 Mbit/s,
+//   so 20 minutes;
+// - discovery: a sync request is answered within a minute or two (one NFS call per
+//   BackupVolume and per Backup), but if it is missed Longhorn's own poll comes every
+//   `[longhorn] backup_poll_interval_secs` (300 s): 15 minutes covers two polls;
+// - a restore: Longhorn documents no bound; 10 minutes to start (attach, engine) plus
+//   2 minutes per GiB (~8.5 MB/s, a NAS on a busy gigabit LAN with headroom);
+// - binding: kube-controller-manager binds a pre-bound PVC within seconds: 5 minutes.
 impl Default for Restore {
     fn default() -> Self {
         Restore {
             concurrency: 4,
             max_backup_age_hours: 26,
+            backup_target_timeout_secs: 1200,
+            discovery_timeout_secs: 900,
+            restore_base_secs: 600,
+            restore_secs_per_gib: 120,
+            bind_timeout_secs: 300,
         }
     }
 }
