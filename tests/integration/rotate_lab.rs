@@ -146,7 +146,11 @@ impl RotLab {
     fn seal(&self) {
         let (ok, out) = self.root_stdin(&common::restart_vault(), "");
         assert!(ok, "vault restart: {out}");
-        assert_eq!(self.seal_status()["sealed"], true, "the restart did not seal");
+        assert_eq!(
+            self.seal_status()["sealed"],
+            true,
+            "the restart did not seal"
+        );
     }
 
     fn seal_status(&self) -> serde_json::Value {

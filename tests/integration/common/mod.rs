@@ -211,5 +211,7 @@ pub fn lab_bundle(dir: &Path) -> PathBuf {
 /// real: vault-0's bao process killed, the kubelet starting it again sealed; it returns once
 /// the new process answers sealed, or fails after 60 s.
 pub fn restart_vault() -> String {
-    rebox_lab::k3s::controllers::workloads::restart_vault_command("security", "vault-0", "vault", 60)
+    rebox_lab::k3s::controllers::workloads::restart_vault_command(
+        "security", "vault-0", "vault", 60,
+    )
 }

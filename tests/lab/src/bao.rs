@@ -133,7 +133,10 @@ pub fn spawn(
         .arg("server")
         .arg(format!("-config={}", config_path.display()))
         .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -432,7 +435,10 @@ mod tests {
     fn parses_plain_and_chunked_answers() {
         let plain = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 30\r\n\r\n{\"errors\":[\"Vault is sealed\"]}\n";
         let (code, v) = parse_response(plain).unwrap();
-        assert_eq!((code, v["errors"][0].as_str()), (503, Some("Vault is sealed")));
+        assert_eq!(
+            (code, v["errors"][0].as_str()),
+            (503, Some("Vault is sealed"))
+        );
         let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n";
         let (code, v) = parse_response(chunked).unwrap();
         assert_eq!((code, v), (200, json!({"a": 1})));

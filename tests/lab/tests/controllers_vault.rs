@@ -93,10 +93,7 @@ fn seal_status(addr: &str) -> Value {
         if let Some(v) = curl(&[&format!("{addr}/v1/sys/seal-status")]) {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "Vault never answered at {addr}"
-        );
+        assert!(Instant::now() < deadline, "Vault never answered at {addr}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -81,10 +81,7 @@ fn nas_fixture_layout_times_labels_and_corruption() {
         &cs[2..4]
     )));
     let files = nas::decode_image(&blk).unwrap();
-    assert_eq!(
-        files,
-        vec![("vault.db".to_string(), 0o644, b"{}".to_vec())]
-    );
+    assert_eq!(files, vec![("vault.db".to_string(), 0o644, b"{}".to_vec())]);
     assert_eq!(
         built.volume("immich-db").last_backup().created,
         "2026-11-19T20:00:00Z"

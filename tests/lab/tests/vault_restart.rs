@@ -196,4 +196,3 @@ async fn vault_restart_after_a_completed_rekey_opens_with_the_new_key_only() {
     assert_eq!((code, s["sealed"].clone()), (200, json!(false)));
     p.power_loss().await;
 }
-

@@ -627,7 +627,10 @@ async fn vault_pod(
         None => (true, false),
         Some(v) => {
             let exited = !matches!(v.child.try_wait(), Ok(None));
-            (v.data_dir != data_dir || v.pod_uid != uid || exited, exited && v.pod_uid == uid)
+            (
+                v.data_dir != data_dir || v.pod_uid != uid || exited,
+                exited && v.pod_uid == uid,
+            )
         }
     };
     if restart {
