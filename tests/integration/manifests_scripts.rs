@@ -1,5 +1,6 @@
 //! The CronJob scripts run for real, exactly as rendered into the CronJobs (`/bin/sh -c
-//! <script>` with the container's env), against the lab's Vault stand-in.
+//! <script>` with the container's env), against OpenBao's real
+//! server (`bao`).
 //!
 //! Every external command the scripts run goes through a logging wrapper (PATH holds only the
 //! wrappers), so the tests see each argv: the unseal key must never appear in one, nor in the
@@ -11,7 +12,7 @@ use std::process::Output;
 
 use rebox::config::Config;
 use rebox::manifests::{self, RenderInputs};
-use rebox_lab::vault::core::{Core, InitRequest};
+use rebox_lab::bao::Bao;
 use serde_json::Value;
 
 /// The tools each image must hold (what the scripts' headers declare).
@@ -90,36 +91,15 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// An initialised, sealed lab Vault with `shares` shares of which `threshold` unseal it.
-async fn sealed_vault(
-    dir: &Path,
-    shares: i64,
-    threshold: i64,
-) -> (rebox_lab::vault::Running, Vec<String>) {
-    let data = dir.join("vault-data");
-    std::fs::create_dir_all(&data).unwrap();
-    let keys = {
-        let mut core = Core::open(data.clone()).unwrap();
-        let init = core
-            .init(&InitRequest {
-                secret_shares: shares,
-                secret_threshold: threshold,
-                ..Default::default()
-            })
-            .map_err(|e| format!("{e:?}"))
-            .unwrap();
-        init["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| k.as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
-    };
-    let running = rebox_lab::vault::start(data).await.unwrap();
-    (running, keys)
+/// An initialised, sealed Vault (OpenBao's real server) with `shares` shares of which
+/// `threshold` unseal it.
+async fn sealed_vault(dir: &Path, shares: u32, threshold: u32) -> (Bao, Vec<String>) {
+    let bao = Bao::start(dir.join("vault-data")).await.unwrap();
+    let keys = bao.init(shares, threshold).await.keys;
+    (bao, keys)
 }
 
-async fn seal_status(vault: &rebox_lab::vault::Running) -> Value {
+async fn seal_status(vault: &Bao) -> Value {
     let out = tokio::process::Command::new("curl")
         .args(["-sS", &format!("{}/v1/sys/seal-status", vault.url())])
         .output()
