@@ -85,6 +85,9 @@ pub enum VaultError {
     #[error("gave {given} distinct key share(s) but Vault needs {threshold} to unseal; the partial attempt was reset")]
     NotEnoughShares { given: u32, threshold: u32 },
 
+    #[error("Vault at {url} is unsealed but not active after {secs}s (health {code}: no raft leader yet)")]
+    NotActive { url: String, secs: u64, code: u16 },
+
     #[error("the answer from {url} is not what Vault sends: {reason}")]
     Protocol { url: String, reason: String },
 
@@ -145,6 +148,7 @@ impl VaultError {
             VaultError::NoRekeyInProgress { .. } => "start the rotation again (`rebox rotate-unseal-key`)".into(),
             VaultError::VerificationPending { .. } => "verify with the NEW shares; until then only the old key opens Vault".into(),
             VaultError::NotEnoughShares { threshold, .. } => format!("supply at least {threshold} different shares from the offline backup"),
+            VaultError::NotActive { .. } => "read the Vault pod's log (raft leader election); rerun once `rebox status` shows Vault active".into(),
             VaultError::Protocol { .. } => "check that the address points at Vault's API (the Vault Service and its port in rebox.toml)".into(),
             VaultError::Config { .. } => "check the Vault address and CA certificate given to rebox".into(),
             VaultError::Other { .. } => "read Vault's message above; `rebox doctor` checks Vault's state".into(),

@@ -166,6 +166,10 @@ struct Answer {
 }
 
 /// Health codes that carry a health body rather than an error (`sys/health` defaults).
+/// How long an unsealed Vault may take to elect itself raft leader (OpenBao's default
+/// `performance_multiplier` 5 makes an election take several seconds).
+const ACTIVE_DEADLINE: Duration = Duration::from_secs(60);
+
 const HEALTH_CODES: [u16; 8] = [200, 429, 472, 473, 474, 501, 503, 530];
 
 impl VaultClient {
@@ -286,6 +290,7 @@ impl VaultClient {
             };
             if !status.sealed {
                 on_progress(UnsealProgress::from(&status));
+                self.wait_active().await?;
                 return Ok(status);
             }
             // Vault ignores a share it already has; don't report a step that did not happen.
@@ -299,6 +304,30 @@ impl VaultClient {
             let _ = self.unseal_reset().await;
         }
         Err(VaultError::NotEnoughShares { given, threshold })
+    }
+
+    /// Waits until an unsealed Vault is active: the real server (raft storage) answers
+    /// `unseal` with `sealed: false` a moment before a leader is elected, and until then
+    /// refuses every other call with 500 "local node not active but active cluster node not
+    /// found" (sys/health: 429, standby). Polls health up to [`ACTIVE_DEADLINE`].
+    pub async fn wait_active(&self) -> Result<(), VaultError> {
+        let deadline = tokio::time::Instant::now() + ACTIVE_DEADLINE;
+        loop {
+            let h = self.health().await?;
+            if h.code == 200 {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(VaultError::NotActive {
+                    url: self.base.clone(),
+                    secs: ACTIVE_DEADLINE.as_secs(),
+                    code: h.code,
+                });
+            }
+            tracing::debug!(code = h.code, "Vault unsealed, not active yet");
+            // Vault's health is only polled: no event announces a raft leader.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// `POST /v1/sys/init`: creates the key (`shares` shares, `threshold` to unseal) and the

@@ -266,8 +266,10 @@ async fn vault_client_uninitialised_vault_is_classified() {
     );
     let err = lab.client.unseal(&some_share).await.unwrap_err();
     assert!(matches!(err, VaultError::NotInitialized { .. }), "{err:?}");
+    // The real server answers a rekey status on an uninitialised Vault with 503 "Vault is
+    // sealed" (the lab's former stand-in said "not initialized").
     let err = lab.client.rekey_status().await.unwrap_err();
-    assert!(matches!(err, VaultError::NotInitialized { .. }), "{err:?}");
+    assert!(matches!(err, VaultError::Sealed { .. }), "{err:?}");
 
     // Init happens once; a second init is refused and named.
     lab.client.init(1, 1).await.unwrap();
@@ -460,13 +462,13 @@ async fn vault_client_nonce_mismatch_is_named() {
         matches!(&err, VaultError::NonceMismatch { expected: Some(n) } if *n == st.nonce),
         "{err:?}"
     );
-    let err = lab.client.rekey_cancel("not-the-nonce").await.unwrap_err();
-    assert!(matches!(err, VaultError::NonceMismatch { .. }), "{err:?}");
-    assert_eq!(
-        lab.client.rekey_status().await.unwrap().nonce,
-        st.nonce,
-        "not cancelled"
-    );
+    // OpenBao 2.7.2 cancels a rekey whatever nonce comes with the DELETE
+    // (internal/http/sys_rekey.go, handleSysRekeyInitDelete ignores the body); HashiCorp
+    // Vault >= 1.20 refuses a wrong one for a young rekey. The lab's former stand-in refused
+    // it. rebox only ever cancels with its own journalled nonce, so both are safe for it.
+    lab.client.rekey_cancel("not-the-nonce").await.unwrap();
+    assert!(!lab.client.rekey_status().await.unwrap().started);
+    let st = lab.client.rekey_init(1, 1, true).await.unwrap();
 
     let new = match lab.client.rekey_update(&old[0], &st.nonce).await.unwrap() {
         RekeyUpdate::Complete(k) => k,
