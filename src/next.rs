@@ -5,10 +5,12 @@
 //! `.context(hinted(…))`); its `Display` is only the message, so `{:#}` chains and journals
 //! stay one line per cause. [`of`] finds the hint that [`crate::ui::report_error`] prints: the
 //! outermost one, since the caller names the homelab's objects; else a low-level error's own
-//! (a [`VaultError`]'s); else one still written into a message after `next:`.
+//! (a [`VaultError`]'s or a [`RemoteError`]'s); else one written into a text after `next:`
+//! (what [`describe`] stores in journals and reports).
 
 use std::fmt;
 
+use crate::remote::RemoteError;
 use crate::vault::VaultError;
 
 /// The text that introduces a next step inside older messages.
@@ -57,6 +59,9 @@ pub fn of(err: &anyhow::Error) -> Option<String> {
         if let Some(v) = cause.downcast_ref::<VaultError>() {
             return Some(v.next());
         }
+        if let Some(r) = cause.downcast_ref::<RemoteError>() {
+            return Some(r.next());
+        }
     }
     None
 }
@@ -84,6 +89,20 @@ mod tests {
             .unwrap_err();
         assert_eq!(of(&err).as_deref(), Some("use another stick"));
         assert_eq!(format!("{err:#}"), "writing the backup: disk full");
+    }
+
+    #[test]
+    fn next_an_ssh_error_gives_its_hint_once_last_and_not_in_its_message() {
+        let err = anyhow::Error::new(RemoteError::SudoNeedsPassword { user: "ops".into() })
+            .context("checking sudo");
+        assert!(of(&err).expect("a hint").contains("NOPASSWD"));
+        assert!(!format!("{err:#}").contains("next:"), "{err:#}");
+        let printed = crate::ui::error_report(&err);
+        assert_eq!(printed.matches("next:").count(), 1, "{printed}");
+        assert!(
+            printed.trim_end().ends_with("/etc/sudoers.d/ops`"),
+            "{printed}"
+        );
     }
 
     #[test]

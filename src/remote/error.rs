@@ -1,23 +1,24 @@
-//! Failures of the SSH link that the operator must act on, each with the next step.
+//! Failures of the SSH link that the operator must act on; [`RemoteError::next`] gives each
+//! one's next step, printed once, last (see `crate::next`).
 
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
-    #[error("cannot reach {addr}: {reason}\n  next: check that the server is on and that host and port are right (`--host`, `--port`, rebox.toml [server])")]
+    #[error("cannot reach {addr}: {reason}")]
     Unreachable { addr: String, reason: String },
 
-    #[error("timed out after {secs}s connecting to {addr}\n  next: check the address and the network path; raise --connect-timeout on slow links")]
+    #[error("timed out after {secs}s connecting to {addr}")]
     Timeout { addr: String, secs: u64 },
 
-    #[error("the host key of {host} is not known (not in {}).\n  Its fingerprint is {fingerprint}\n  next: compare it with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the server's console, then rerun with --accept-new-host-key", known_hosts.display())]
+    #[error("the host key of {host} is not known (not in {}).\n  Its fingerprint is {fingerprint}", known_hosts.display())]
     HostKeyUnknown {
         host: String,
         fingerprint: String,
         known_hosts: PathBuf,
     },
 
-    #[error("the host key of {host} has CHANGED (the server offered {fingerprint}; {} line(s) {lines} hold another key).\n  Nothing was sent to the server.\n  next: if you rebuilt or reinstalled this server, read its fingerprint on its console (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`) and rerun with --replace-host-key <that SHA256:… fingerprint>.\n  If you did not, someone may be intercepting the connection: stop here.", known_hosts.display())]
+    #[error("the host key of {host} has CHANGED (the server offered {fingerprint}; {} line(s) {lines} hold another key).\n  Nothing was sent to the server.", known_hosts.display())]
     HostKeyChanged {
         host: String,
         fingerprint: String,
@@ -25,7 +26,7 @@ pub enum RemoteError {
         lines: String,
     },
 
-    #[error("--replace-host-key {expected} does not match the key {host} offered ({fingerprint}); refusing it.\n  next: read the fingerprint again on the server's console; if it really is {fingerprint}, someone else may have the address")]
+    #[error("--replace-host-key {expected} does not match the key {host} offered ({fingerprint}); refusing it.")]
     ReplaceMismatch {
         host: String,
         expected: String,
@@ -40,7 +41,7 @@ pub enum RemoteError {
         line: usize,
     },
 
-    #[error("{addr} refused every key for user `{user}` (tried: {tried})\n  next: check --user, or authorize your key: `ssh-copy-id -i KEY.pub {copy_target}`; pass the key with -i")]
+    #[error("{addr} refused every key for user `{user}` (tried: {tried})")]
     AuthFailed {
         user: String,
         addr: String,
@@ -48,9 +49,26 @@ pub enum RemoteError {
         tried: String,
     },
 
-    #[error("sudo on the server wants a password for `{user}`; rebox needs passwordless sudo\n  next: on the server run `echo '{user} ALL=(ALL) NOPASSWD:ALL' | sudo tee /etc/sudoers.d/{user}`")]
+    #[error("sudo on the server wants a password for `{user}`; rebox needs passwordless sudo")]
     SudoNeedsPassword { user: String },
 
-    #[error("the SSH connection to {host} dropped: {reason}\n  next: check the network and rerun; long operations resume where they stopped")]
+    #[error("the SSH connection to {host} dropped: {reason}")]
     Dropped { host: String, reason: String },
+}
+
+impl RemoteError {
+    /// What the operator does next.
+    pub fn next(&self) -> String {
+        match self {
+            RemoteError::Unreachable { .. } => "check that the server is on and that host and port are right (`--host`, `--port`, rebox.toml [server])".into(),
+            RemoteError::Timeout { .. } => "check the address and the network path; raise --connect-timeout on slow links".into(),
+            RemoteError::HostKeyUnknown { .. } => "compare it with `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the server's console, then rerun with --accept-new-host-key".into(),
+            RemoteError::HostKeyChanged { .. } => "if you rebuilt or reinstalled this server, read its fingerprint on its console (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`) and rerun with --replace-host-key <that SHA256:… fingerprint>; if you did not, someone may be intercepting the connection: stop here".into(),
+            RemoteError::ReplaceMismatch { fingerprint, .. } => format!("read the fingerprint again on the server's console; if it really is {fingerprint}, someone else may have the address"),
+            RemoteError::HostKeyRevoked { .. } => "do not connect: you marked this key compromised; on the server's console make new host keys (`ssh-keygen -A`, then restart sshd) and accept the new one".into(),
+            RemoteError::AuthFailed { copy_target, .. } => format!("check --user, or authorize your key: `ssh-copy-id -i KEY.pub {copy_target}`; pass the key with -i"),
+            RemoteError::SudoNeedsPassword { user } => format!("on the server run `echo '{user} ALL=(ALL) NOPASSWD:ALL' | sudo tee /etc/sudoers.d/{user}`"),
+            RemoteError::Dropped { .. } => "check the network and rerun; long operations resume where they stopped".into(),
+        }
+    }
 }
