@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::remote::{shell_quote, Remote};
+use crate::remote::{shell_quote, ExecOptions, Remote};
 
 /// One volume in the backup store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,6 +71,8 @@ pub fn nfs_source(target: &str) -> Option<String> {
 }
 
 const MARKER: &str = "--- rebox volume.cfg";
+/// How long mounting the NAS and reading every volume.cfg may take.
+const SCAN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 /// Exit statuses of the scan script.
 const NO_NFS_CLIENT: u32 = 3;
 const MOUNT_FAILED: u32 = 4;
@@ -104,7 +106,12 @@ done
 exit 0"#,
         src = shell_quote(&source),
     );
-    let out = remote.sudo(&script).await?;
+    // A NAS that stops answering mid-read must not hang the restore before it starts.
+    let opts = ExecOptions {
+        deadline: Some(SCAN_DEADLINE),
+        ..Default::default()
+    };
+    let out = remote.sudo_with(&script, opts).await?;
     match out.status {
         0 => Ok(parse_scan(&out.stdout_str())),
         NO_NFS_CLIENT => bail!(crate::next::hinted("the server cannot mount NFS yet (no mount.nfs)", "rebox installs nfs-common first when you run the restore")),
