@@ -21,6 +21,7 @@ pub mod remote;
 pub mod restore;
 pub mod rotate;
 pub mod secret;
+pub mod shield;
 pub mod site;
 pub mod ui;
 pub mod vault;

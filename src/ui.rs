@@ -7,21 +7,30 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// The log directive that silences kube-client at every level, REBOX_LOG included.
+pub const KUBE_CLIENT_OFF: &str = "kube_client=off";
+
 /// Logs go to stderr; `-v` info, `-vv` debug, `-vvv` trace. `REBOX_LOG` overrides.
 pub fn init_logging(verbose: u8) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(log_filter(verbose))
+        .with_writer(std::io::stderr)
+        .with_target(verbose >= 2)
+        .try_init();
+}
+
+/// The filter for `-v` count `verbose` (or REBOX_LOG), kube-client always silenced.
+fn log_filter(verbose: u8) -> tracing_subscriber::EnvFilter {
     let level = match verbose {
         0 => "warn",
         1 => "info",
         2 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("REBOX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(verbose >= 2)
-        .try_init();
+    tracing_subscriber::EnvFilter::try_from_env("REBOX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level))
+        // kube-client logs whole response bodies it cannot parse (a Secret among them): never.
+        .add_directive(KUBE_CLIENT_OFF.parse().expect("a valid directive"))
 }
 
 /// Prints an error and its cause chain, cargo-style, then the one next step (see
@@ -111,6 +120,16 @@ pub fn bytes_bar(len: u64, what: &str) -> ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kube_client_never_logs_even_at_trace() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry().with(log_filter(3));
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(tracing::enabled!(target: "rebox::site", tracing::Level::TRACE));
+            assert!(!tracing::enabled!(target: "kube_client::client", tracing::Level::ERROR));
+        });
+    }
     use crate::next::hinted;
 
     #[test]

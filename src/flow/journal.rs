@@ -190,6 +190,7 @@ impl Store for ServerStore<'_> {
                 ExecOptions {
                     stdin: Some(&body),
                     quiet: true,
+                    ..Default::default()
                 },
             )
             .await?;

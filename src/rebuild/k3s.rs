@@ -136,6 +136,7 @@ impl Phase<Ctx> for Configuration {
                     ExecOptions {
                         stdin: Some(text.as_bytes()),
                         quiet: false,
+                        ..Default::default()
                     },
                 )
                 .await?;

@@ -3,9 +3,12 @@
 //! the Secret the auto-unseal CronJob reads, and unseal.
 //!
 //! Never initialise a Vault that has data: an initialised Vault without our backup file is
-//! refused. The only window in which the key exists solely in memory is between Vault's init
-//! answer and the verified write of the backup, a few milliseconds on the laptop.
+//! refused, unless the unseal Secret holds a key that unseals it (a run stopped between init
+//! and the backup). From init to the committed backup, signals wait ([`crate::shield`]); the
+//! key goes to the Secret first, so only the instant between Vault's answer and that write
+//! (well under a second) has the key in this process's memory alone.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -15,6 +18,7 @@ use super::Ctx;
 use crate::flow::Phase;
 use crate::keys::backup;
 use crate::keys::BackupDocument;
+use crate::shield::Hold;
 use crate::site::{progress_line, Stored};
 
 /// How long Vault's pod may take to answer once installed.
@@ -100,7 +104,7 @@ impl Phase<Ctx> for Init {
         let settings = ctx.key_backup()?;
         let path = settings.path.clone();
         if status.initialized {
-            anyhow::bail!(crate::next::hinted(format!("Vault is already initialised, and {} (where this rebuild would have written its key) does not exist: this Vault holds data rebox did not create; refusing to go on", path.display()), "for a node restored from backups use `rebox rebuild --restore-from-nas`; otherwise point --key-out at the backup of this Vault"));
+            return recover_interrupted_init(ctx, status.sealed).await;
         }
         if path.exists() {
             anyhow::bail!(crate::next::hinted(
@@ -122,7 +126,18 @@ impl Phase<Ctx> for Init {
             ctx.site.config.vault.key_shares,
             ctx.site.config.vault.key_threshold,
         );
+        // From Vault's answer until the backup is committed the key exists nowhere else:
+        // Ctrl-C, SIGTERM and a closed terminal wait for the backup.
+        let hold = Hold::new("Vault's new unseal key is not in the offline backup yet");
         let init = ctx.site.vault().await?.init(shares, threshold).await?;
+        hold.failpoint("vault-init:answered").await;
+        // The second copy first: the Secret is on the server within a second and outlives
+        // this laptop (a SIGKILL, a panic, a dead battery before the backup is written).
+        let second_copy = ctx.site.write_unseal_secret(&init.keys).await;
+        if let Err(e) = &second_copy {
+            eprintln!("warning: could not put the new key in Secret {} yet ({e:#}); the offline backup is written next", ctx.site.unseal_secret_name());
+        }
+        crate::failpoint::exit_after("vault-init:secret-written");
         let doc = BackupDocument::new(
             &ctx.site.config.cluster_name,
             threshold,
@@ -141,13 +156,10 @@ impl Phase<Ctx> for Init {
             )
         };
         if let Err(e) = written {
-            // Only an I/O failure can get here (the checks above passed). The key must not die
-            // with this process: put it in the cluster's Secret, from where `rebox key export`
-            // writes the backup once the destination is fixed.
-            let saved = ctx.site.write_unseal_secret(&init.keys).await;
-            let next = match saved {
+            // Only an I/O failure can get here (the checks above passed).
+            let next = match second_copy {
                 Ok(()) => format!(
-                    "the key was saved to Secret {} instead; fix the destination, then `rebox key export -o {} -r …` and rerun `rebox rebuild`",
+                    "the key is in Secret {} instead; fix the destination, then `rebox key export -o {} -r …` and rerun `rebox rebuild`",
                     ctx.site.unseal_secret_name(), path.display()
                 ),
                 Err(s) => format!("saving it to the Secret failed too ({s:#}); Vault must be initialised again by hand"),
@@ -159,6 +171,7 @@ impl Phase<Ctx> for Init {
             path.display()
         );
         ctx.unseal_shares = Some(init.keys);
+        drop(hold);
         Ok(())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
@@ -248,6 +261,97 @@ impl Phase<Ctx> for Unseal {
         anyhow::ensure!(!status.sealed, "Vault reports sealed after unsealing");
         Ok(())
     }
+}
+
+/// Vault is initialised but the offline backup at --key-out is missing: the run that
+/// initialised it was stopped before the backup was committed (or the file was removed).
+/// When the Secret holds a key that unseals this sealed Vault, that key is Vault's: the
+/// backup is written from it and the rebuild goes on. Otherwise nothing is changed, and the
+/// error says where the key may still be (the Secret, a leftover temporary file).
+async fn recover_interrupted_init(ctx: &mut Ctx, sealed: bool) -> Result<()> {
+    let path = ctx.key_backup()?.path.clone();
+    let leftovers = leftover_temp_files(&path);
+    let in_secret = ctx
+        .site
+        .read_unseal_secret()
+        .await
+        .ok()
+        .and_then(Stored::shares);
+    let secret = ctx.site.unseal_secret_name();
+    let Some(shares) = in_secret.filter(|s| !s.is_empty()) else {
+        let mut next = "for a node restored from backups use `rebox rebuild --restore-from-nas`; otherwise point --key-out at the backup of this Vault".to_string();
+        if !leftovers.is_empty() {
+            next = format!("{} may hold this Vault's key, encrypted, from an interrupted run: `rebox key verify FILE` opens it; if it does, rename it to {} and rerun; {next}", list(&leftovers), path.display());
+        }
+        anyhow::bail!(crate::next::hinted(format!("Vault is already initialised, {} (where this rebuild would have written its key) does not exist, and Secret {secret} holds no key: this Vault holds data rebox did not create; refusing to go on", path.display()), next));
+    };
+    if !sealed {
+        anyhow::bail!(crate::next::hinted(
+            format!("Vault is initialised and unsealed, but {} does not exist", path.display()),
+            format!("make the offline backup from Secret {secret}: `rebox key export -o {} -r …` (check it with `rebox key verify {} --against-cluster`), then rerun", path.display(), path.display()),
+        ));
+    }
+    eprintln!("Vault was initialised by a run that stopped before the offline backup was written; trying the key in Secret {secret}");
+    if !ctx.site.try_unseal(&shares).await? {
+        anyhow::bail!(crate::next::hinted(
+            format!("Vault is initialised, {} does not exist, and the key in Secret {secret} does not unseal it; nothing was changed", path.display()),
+            if leftovers.is_empty() { "find this Vault's offline backup and pass it with --key-out".to_string() } else { format!("{} may hold the key, encrypted: `rebox key verify FILE` opens it; if it does, rename it to {} and rerun", list(&leftovers), path.display()) },
+        ));
+    }
+    let (threshold, count) = (ctx.site.config.vault.key_threshold, shares.len() as u32);
+    let doc = BackupDocument::new(
+        &ctx.site.config.cluster_name,
+        threshold,
+        count,
+        shares.clone(),
+        vec![],
+    )?;
+    {
+        let settings = ctx.key_backup()?;
+        backup::write_verified(
+            &doc,
+            &settings.recipients()?,
+            &settings.identities()?,
+            &path,
+        )?;
+    }
+    eprintln!(
+        "the key in Secret {secret} unsealed Vault; wrote the offline backup {} from it and verified that it decrypts",
+        path.display()
+    );
+    ctx.unseal_shares = Some(shares);
+    Ok(())
+}
+
+/// Temporary files an interrupted write of `path` may have left (`keys::output` names them
+/// `.NAME.rebox-tmp-PID-RANDOM` beside it).
+fn leftover_temp_files(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.rebox-tmp-", name.to_string_lossy());
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Opens the offline backup with the configured identities.

@@ -52,6 +52,13 @@ pub enum RemoteError {
     #[error("sudo on the server wants a password for `{user}`; rebox needs passwordless sudo")]
     SudoNeedsPassword { user: String },
 
+    #[error("a command on {host} did not finish within {secs}s and was abandoned: `{command}`")]
+    CommandTimedOut {
+        host: String,
+        secs: u64,
+        command: String,
+    },
+
     #[error("the SSH connection to {host} dropped: {reason}")]
     Dropped { host: String, reason: String },
 }
@@ -68,6 +75,7 @@ impl RemoteError {
             RemoteError::HostKeyRevoked { .. } => "do not connect: you marked this key compromised; on the server's console make new host keys (`ssh-keygen -A`, then restart sshd) and accept the new one".into(),
             RemoteError::AuthFailed { copy_target, .. } => format!("check --user, or authorize your key: `ssh-copy-id -i KEY.pub {copy_target}`; pass the key with -i"),
             RemoteError::SudoNeedsPassword { user } => format!("on the server run `echo '{user} ALL=(ALL) NOPASSWD:ALL' | sudo tee /etc/sudoers.d/{user}`"),
+            RemoteError::CommandTimedOut { .. } => "look on the server for what hangs (`ps -ef`; a NAS that stopped answering, apt waiting for a lock), then rerun: long operations resume where they stopped".into(),
             RemoteError::Dropped { .. } => "check the network and rerun; long operations resume where they stopped".into(),
         }
     }

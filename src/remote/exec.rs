@@ -1,6 +1,8 @@
 //! Running commands on the server: exit status, stdout and stderr kept apart and streamed to
 //! the log line by line; `sudo -n` wrapping; secrets only ever on stdin.
 
+use std::time::Duration;
+
 use anyhow::Result;
 use russh::ChannelMsg;
 
@@ -40,7 +42,14 @@ pub struct ExecOptions<'a> {
     pub stdin: Option<&'a [u8]>,
     /// Don't copy the output to the log (for output that could hold a secret).
     pub quiet: bool,
+    /// How long the command may run before rebox gives up on it; [`DEFAULT_DEADLINE`] if
+    /// not given.
+    pub deadline: Option<Duration>,
 }
+
+/// The longest any remote command may run (apt on a slow uplink included): past it the
+/// command is abandoned and named, never waited on forever.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
 impl Remote {
     /// Runs `cmd` as the SSH user.
@@ -109,23 +118,35 @@ impl Remote {
         let mut status = None;
         let mut log_out = LineLog::new("stdout", opts.quiet);
         let mut log_err = LineLog::new("stderr", opts.quiet);
-        while let Some(msg) = channel.wait().await {
-            match msg {
-                ChannelMsg::Data { data } => {
-                    log_out.feed(&data);
-                    out.stdout.extend_from_slice(&data);
+        let deadline = opts.deadline.unwrap_or(DEFAULT_DEADLINE);
+        let read = async {
+            while let Some(msg) = channel.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => {
+                        log_out.feed(&data);
+                        out.stdout.extend_from_slice(&data);
+                    }
+                    ChannelMsg::ExtendedData { data, ext: 1 } => {
+                        log_err.feed(&data);
+                        out.stderr.extend_from_slice(&data);
+                    }
+                    ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                    ChannelMsg::ExitSignal { signal_name, .. } => {
+                        tracing::debug!(target: "rebox::remote", "killed by signal {signal_name:?}");
+                        status = Some(128 + 9);
+                    }
+                    _ => {}
                 }
-                ChannelMsg::ExtendedData { data, ext: 1 } => {
-                    log_err.feed(&data);
-                    out.stderr.extend_from_slice(&data);
-                }
-                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
-                ChannelMsg::ExitSignal { signal_name, .. } => {
-                    tracing::debug!(target: "rebox::remote", "killed by signal {signal_name:?}");
-                    status = Some(128 + 9);
-                }
-                _ => {}
             }
+        };
+        if tokio::time::timeout(deadline, read).await.is_err() {
+            let _ = channel.close().await;
+            return Err(RemoteError::CommandTimedOut {
+                host: self.target.addr(),
+                secs: deadline.as_secs(),
+                command: command_summary(cmd),
+            }
+            .into());
         }
         log_out.flush();
         log_err.flush();
@@ -141,6 +162,16 @@ impl Remote {
             )),
         }
     }
+}
+
+/// The start of a command for an error message (a script's first line, at most 80 chars).
+fn command_summary(cmd: &str) -> String {
+    let first = cmd.lines().next().unwrap_or_default();
+    let mut short: String = first.chars().take(80).collect();
+    if short.len() < cmd.len() {
+        short.push('…');
+    }
+    short
 }
 
 fn sudo_wants_password(stderr: &[u8]) -> bool {

@@ -22,6 +22,9 @@ pub struct Row {
     pub flag: Option<String>,
     /// Left out by `--skip-volume`.
     pub skipped: bool,
+    /// Not restorable: what the NAS holds for it cannot be trusted (see `flag`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rejected: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +52,10 @@ impl Table {
                     .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
                 let age_secs = at.map(|t| (now - t).whole_seconds());
                 let flag = match (&v.last_backup, age_secs) {
+                    _ if v.rejected.is_some() => v
+                        .rejected
+                        .as_ref()
+                        .map(|why| format!("not restored: {why}")),
                     (None, _) => Some("no completed backup: nothing to restore".to_string()),
                     (Some(_), None) => Some("backup time unreadable".to_string()),
                     (Some(_), Some(age)) if age > max_age_hours as i64 * 3600 => Some(format!(
@@ -69,6 +76,7 @@ impl Table {
                     size_bytes: v.size_bytes,
                     flag,
                     skipped: skip.contains(&v.volume),
+                    rejected: v.rejected.is_some(),
                 }
             })
             .collect();
@@ -88,7 +96,7 @@ impl Table {
     pub fn to_restore(&self) -> impl Iterator<Item = &Row> {
         self.rows
             .iter()
-            .filter(|r| !r.skipped && r.last_backup.is_some())
+            .filter(|r| !r.skipped && !r.rejected && r.last_backup.is_some())
     }
 
     pub fn flagged(&self) -> usize {
@@ -202,6 +210,7 @@ mod tests {
             last_backup: at.map(|_| "backup-1".to_string()),
             last_backup_at: at.map(String::from),
             size_bytes: 1 << 30,
+            rejected: None,
         }
     }
 

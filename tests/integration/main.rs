@@ -19,6 +19,7 @@ mod manifests_render;
 mod manifests_scripts;
 mod manifests_snapshots;
 mod rebuild_download;
+mod rebuild_key_safety;
 mod rebuild_lab;
 mod rebuild_plan_snapshot;
 mod rebuild_resume;

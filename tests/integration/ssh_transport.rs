@@ -175,6 +175,7 @@ async fn exec_keeps_streams_apart_and_passes_stdin() {
             rebox::remote::ExecOptions {
                 stdin: Some(b"payload"),
                 quiet: true,
+                ..Default::default()
             },
         )
         .await
@@ -183,6 +184,33 @@ async fn exec_keeps_streams_apart_and_passes_stdin() {
     assert_eq!(
         std::fs::read(lab.server.path("/root/from-stdin")).unwrap(),
         b"payload"
+    );
+
+    // A command that hangs (a NAS that stopped answering) is abandoned at its deadline and
+    // named; the connection still works afterwards.
+    let started = std::time::Instant::now();
+    let err = remote
+        .exec_with(
+            "sleep 600",
+            rebox::remote::ExecOptions {
+                deadline: Some(std::time::Duration::from_secs(2)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "waited past the deadline"
+    );
+    let timed_out = err
+        .downcast_ref::<rebox::remote::RemoteError>()
+        .is_some_and(|e| matches!(e, rebox::remote::RemoteError::CommandTimedOut { .. }));
+    assert!(timed_out, "{err:#}");
+    assert!(format!("{err:#}").contains("sleep 600"), "{err:#}");
+    assert_eq!(
+        remote.exec("echo still").await.unwrap().stdout_str(),
+        "still\n"
     );
 }
 
