@@ -400,6 +400,10 @@ impl Config {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("reading config file {}", path.display()))?;
                 let config = Config::parse(&text, &path)?;
+                let from_cwd = explicit.is_none() && path == Path::new(DEFAULT_FILE);
+                for warning in provenance_warnings(&path, from_cwd) {
+                    eprintln!("warning: {warning}");
+                }
                 return Ok((config, Some(path)));
             }
         }
@@ -407,9 +411,60 @@ impl Config {
     }
 }
 
+/// What the operator should know about where the config came from: the file decides which
+/// server gets the unseal key and where its backup goes, so one picked up silently from the
+/// working directory, or one that someone else can edit, is said out loud.
+pub fn provenance_warnings(path: &Path, from_cwd: bool) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    if from_cwd {
+        out.push(format!(
+            "using {} from the working directory ({}); pass --config FILE to choose another",
+            path.display(),
+            std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default()
+        ));
+    }
+    if let Ok(meta) = std::fs::metadata(path) {
+        let me = rustix::process::getuid().as_raw();
+        if meta.uid() != me && meta.uid() != 0 {
+            out.push(format!(
+                "{} belongs to another user (uid {}): whoever edits it chooses the server and the backup's destination",
+                path.display(),
+                meta.uid()
+            ));
+        }
+        if meta.mode() & 0o022 != 0 {
+            out.push(format!(
+                "{} can be written by others (mode {:o}): `chmod go-w {}`",
+                path.display(),
+                meta.mode() & 0o777,
+                path.display()
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_from_the_working_directory_or_writable_by_others_is_said() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rebox.toml");
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(provenance_warnings(&path, false).is_empty());
+        let w = provenance_warnings(&path, true);
+        assert!(w.len() == 1 && w[0].contains("working directory"), "{w:?}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let w = provenance_warnings(&path, false);
+        assert!(w.len() == 1 && w[0].contains("chmod go-w"), "{w:?}");
+    }
 
     #[test]
     fn empty_file_gives_homelab_defaults() {

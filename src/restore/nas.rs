@@ -96,7 +96,7 @@ pub async fn scan(remote: &Remote, target: &str) -> Result<Vec<BackedUpVolume>> 
 command -v mount.nfs >/dev/null 2>&1 || test -x /sbin/mount.nfs || exit {NO_NFS_CLIENT}
 d=$(mktemp -d /run/rebox-nas.XXXXXX) || exit 1
 trap 'umount "$d" 2>/dev/null; rmdir "$d"' EXIT
-mount -t nfs -o ro,soft,timeo=100,retrans=2 {src} "$d" || exit {MOUNT_FAILED}
+mount -t nfs -o ro,nosuid,nodev,noexec,soft,timeo=100,retrans=2 {src} "$d" || exit {MOUNT_FAILED}
 for cfg in "$d"/backupstore/volumes/*/*/*/volume.cfg; do
   [ -f "$cfg" ] || continue
   printf '%s %s\n' '{MARKER}' "${{cfg#"$d"/}}"
