@@ -56,10 +56,30 @@ pub fn check(path: &Path, host: &str, port: u16, key: &PublicKey) -> Result<Verd
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Verdict::Unknown),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
+    for line in unreadable_lines(&text) {
+        tracing::warn!(
+            "{} line {line} is not a known_hosts entry rebox can read; it is ignored",
+            path.display()
+        );
+    }
     Ok(check_text(&text, &host_port_name(host, port), key))
 }
 
+/// 1-based numbers of the lines that are neither blank, comments nor parsable entries.
+fn unreadable_lines(text: &str) -> Vec<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let t = l.trim();
+            !t.is_empty() && !t.starts_with('#') && parse_line(l).is_none()
+        })
+        .map(|(i, _)| i + 1)
+        .collect()
+}
+
 fn check_text(text: &str, name: &str, key: &PublicKey) -> Verdict {
+    // OpenSSH lower-cases host names before matching and hashing them.
+    let name = &name.to_ascii_lowercase();
     let mut known = false;
     let mut other_lines = Vec::new();
     for (idx, line) in text.lines().enumerate() {
@@ -97,18 +117,46 @@ pub fn record(path: &Path, host: &str, port: u16, key: &PublicKey) -> Result<()>
     write_atomically(path, &text)
 }
 
-/// Removes the given 1-based lines (the old keys of a rebuilt server) and records `key`.
+/// Takes `host:port` off the given 1-based lines (the old keys of a rebuilt server) and
+/// records `key`. A line that also names other hosts keeps them (only this host's name is
+/// removed from it); a line left naming no host goes.
 pub fn replace(path: &Path, host: &str, port: u16, key: &PublicKey, lines: &[usize]) -> Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = host_port_name(host, port).to_ascii_lowercase();
     let mut kept: String = text
         .lines()
         .enumerate()
-        .filter(|(idx, _)| !lines.contains(&(idx + 1)))
-        .map(|(_, l)| format!("{l}\n"))
+        .filter_map(|(idx, l)| {
+            if !lines.contains(&(idx + 1)) {
+                return Some(format!("{l}\n"));
+            }
+            without_host(l, &name).map(|l| format!("{l}\n"))
+        })
         .collect();
     kept.push_str(&entry_line(host, port, key)?);
     write_atomically(path, &kept)
+}
+
+/// `line` with the plain patterns matching `name` taken out of its host list; None when no
+/// host is left (or the list is one hashed name, which cannot be split).
+fn without_host(line: &str, name: &str) -> Option<String> {
+    let mut fields: Vec<&str> = line.split_whitespace().collect();
+    let at = usize::from(fields.first().is_some_and(|f| f.starts_with('@')));
+    let hosts = fields.get(at)?;
+    if hosts.starts_with('|') {
+        return None;
+    }
+    let left: Vec<&str> = hosts
+        .split(',')
+        .filter(|p| p.starts_with('!') || !glob(p, name))
+        .collect();
+    if left.iter().all(|p| p.starts_with('!')) {
+        return None;
+    }
+    let joined = left.join(",");
+    fields[at] = &joined;
+    Some(fields.join(" "))
 }
 
 fn entry_line(host: &str, port: u16, key: &PublicKey) -> Result<String> {
@@ -117,6 +165,15 @@ fn entry_line(host: &str, port: u16, key: &PublicKey) -> Result<String> {
 }
 
 fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    // A symlinked known_hosts (dotfiles) stays a symlink: the file it points to is replaced.
+    let resolved;
+    let path = if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        resolved = std::fs::canonicalize(path)
+            .with_context(|| format!("following the symlink {}", path.display()))?;
+        resolved.as_path()
+    } else {
+        path
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -223,6 +280,48 @@ mod tests {
             check_text(&text, "server.lan", &key(KEY_B)),
             Verdict::Changed { lines: vec![2] }
         );
+    }
+
+    #[test]
+    fn hashed_names_are_matched_lower_cased_as_openssh_writes_them() {
+        let text = format!("{} {KEY_A}\n", hashed("nas.lan"));
+        assert_eq!(check_text(&text, "NAS.lan", &key(KEY_A)), Verdict::Known);
+    }
+
+    #[test]
+    fn unreadable_lines_are_found() {
+        let text = format!("# c\n\n10.0.0.5 {KEY_A}\nnot an entry\n");
+        assert_eq!(unreadable_lines(&text), vec![4]);
+    }
+
+    #[test]
+    fn replacing_a_key_keeps_the_other_hosts_of_a_shared_line() {
+        assert_eq!(
+            without_host(&format!("10.0.0.5,nas.lan {KEY_A}"), "10.0.0.5").as_deref(),
+            Some(format!("nas.lan {KEY_A}").as_str())
+        );
+        assert_eq!(without_host(&format!("10.0.0.5 {KEY_A}"), "10.0.0.5"), None);
+        assert_eq!(
+            without_host(&format!("@cert-authority 10.0.0.5,b {KEY_A}"), "10.0.0.5").as_deref(),
+            Some(format!("@cert-authority b {KEY_A}").as_str())
+        );
+    }
+
+    #[test]
+    fn a_symlinked_known_hosts_stays_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("dotfiles-known_hosts");
+        std::fs::write(&real, "").unwrap();
+        let link = dir.path().join("known_hosts");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        record(&link, "10.0.0.5", 22, &key(KEY_A)).unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(std::fs::read_to_string(&real)
+            .unwrap()
+            .contains("10.0.0.5 "));
     }
 
     #[test]
