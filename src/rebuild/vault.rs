@@ -287,7 +287,7 @@ async fn recover_interrupted_init(ctx: &mut Ctx, sealed: bool) -> Result<()> {
     };
     if !sealed {
         anyhow::bail!(crate::next::hinted(
-            format!("Vault is initialised and unsealed, but {} does not exist", path.display()),
+            format!("Vault is already initialised and unsealed, and {} does not exist: refusing to go on without a verified offline backup of its key", path.display()),
             format!("make the offline backup from Secret {secret}: `rebox key export -o {} -r …` (check it with `rebox key verify {} --against-cluster`), then rerun", path.display(), path.display()),
         ));
     }
