@@ -2,6 +2,8 @@
 //! validation, so a typo in a manifest is an error from the API server, not a silent drop.
 //! Each object's kind is resolved through API discovery (CRDs applied earlier included).
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use kube::api::{DynamicObject, Patch, PatchParams, ValidationDirective};
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
@@ -107,12 +109,57 @@ impl Cluster {
             field_validation: Some(ValidationDirective::Strict),
             dry_run: false,
         };
-        api.patch(name, &params, &Patch::Apply(obj))
-            .await
-            .with_context(|| format!("applying {}", describe(obj)))?;
+        // An admission webhook with failurePolicy Fail refuses every write until its pods
+        // serve (ESO's and Longhorn's start minutes after their chart's install Job is done);
+        // nothing announces that, so the write is tried again until the deadline.
+        let deadline = tokio::time::Instant::now() + WEBHOOK_DEADLINE;
+        let mut told = false;
+        loop {
+            match api.patch(name, &params, &Patch::Apply(obj)).await {
+                Ok(_) => break,
+                Err(kube::Error::Api(status))
+                    if webhook_not_serving(&status) && tokio::time::Instant::now() < deadline =>
+                {
+                    if !told {
+                        eprintln!(
+                            "    waiting for the admission webhook that checks {} to serve ({})",
+                            describe(obj),
+                            status.message
+                        );
+                        told = true;
+                    }
+                    tracing::debug!("webhook not serving yet: {}", status.message);
+                    tokio::time::sleep(WEBHOOK_RETRY).await;
+                }
+                Err(kube::Error::Api(status)) if webhook_not_serving(&status) => {
+                    return Err(anyhow::anyhow!("{}", status.message).context(
+                        crate::next::hinted(
+                            format!(
+                                "applying {}: its admission webhook did not serve within {}s",
+                                describe(obj),
+                                WEBHOOK_DEADLINE.as_secs()
+                            ),
+                            "`kubectl get pods -A | grep -i webhook` on the server shows which pod is not Ready, and its log why",
+                        ),
+                    ))
+                }
+                Err(e) => return Err(e).with_context(|| format!("applying {}", describe(obj))),
+            }
+        }
         tracing::info!("applied {}", describe(obj));
         Ok(())
     }
+}
+
+/// How long a write may be refused because its admission webhook does not serve yet.
+const WEBHOOK_DEADLINE: Duration = Duration::from_secs(600);
+const WEBHOOK_RETRY: Duration = Duration::from_secs(2);
+
+/// kube-apiserver's answer when it cannot call a webhook (not running, no endpoints, a CA
+/// bundle not injected yet): 500 InternalError "failed calling webhook …"
+/// (k8s.io/apiserver pkg/admission/plugin/webhook/errors).
+fn webhook_not_serving(status: &kube::core::Status) -> bool {
+    status.code == 500 && status.message.contains("failed calling webhook")
 }
 
 fn resolve(discovery: &Discovery, obj: &Value) -> Option<(ApiResource, ApiCapabilities)> {

@@ -1,13 +1,13 @@
 //! Admission of an object body: kind/apiVersion match, decoding and unknown fields
 //! (`fieldValidation` Ignore / Warn / Strict), CRD schema validation, name rules and the
-//! handful of semantic checks rebox's manifests depend on.
+//! handful of semantic checks rebox's manifests depend on. Admission webhooks: [`super::webhooks`].
 //!
 //! Contract followed: kube-apiserver's field validation (default Warn: unknown fields are
 //! dropped and reported in a `Warning: 299` header; Strict: 400 BadRequest
 //! `strict decoding error: unknown field "spec.foo"`), 422 Invalid for schema and semantic
 //! errors, RFC 1123 name rules.
 //! Left out: most of the built-in kinds' semantic validation (only the checks below),
-//! admission webhooks, quota, RBAC authorization (every authenticated client is admin).
+//! quota, RBAC authorization (every authenticated client is admin).
 
 use serde_json::Value;
 

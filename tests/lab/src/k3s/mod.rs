@@ -16,9 +16,10 @@
 //! - [`store`]: objects, resourceVersions, persistence, the event bus; [`watch`];
 //!   [`selectors`]; [`status`]: Kubernetes `Status` errors.
 //! - [`faults`]: the lab's fault switches (`<data-dir>/lab-faults.json`).
+//! - [`webhooks`]: the charts' admission webhooks, refusing writes until they serve.
 //!
 //! Left out (on purpose): controllers (part 2 runs them in this process through
-//! [`store::Store::subscribe`]), kubelet, networking, RBAC, admission webhooks, API
+//! [`store::Store::subscribe`]), kubelet, networking, RBAC, API
 //! aggregation, protobuf responses.
 
 pub mod admit;
@@ -44,6 +45,7 @@ pub mod table;
 pub mod tls;
 pub mod typed;
 pub mod watch;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

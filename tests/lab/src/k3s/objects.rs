@@ -114,6 +114,7 @@ pub fn create(
     admit_partial(inner, rt, body.clone(), &mut probe)?;
     ensure_namespace(inner, rt, ns)?;
     let mut obj = admit(inner, rt, body, ctx)?;
+    super::webhooks::check(inner, rt)?;
     let name = obj["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -215,6 +216,9 @@ pub fn update(
         }
     }
     let mut obj = admit(inner, rt, body, ctx)?;
+    if sub.is_none() {
+        super::webhooks::check(inner, rt)?;
+    }
     match sub {
         Some("status") => {
             let status = obj.get("status").cloned();
