@@ -172,6 +172,7 @@ const SERVER_CHECKS: &[(&str, &str)] = &[
     ("disk", "free disk on /var/lib"),
     ("packages", "Longhorn packages"),
     ("iscsid", "iscsid running"),
+    ("multipath", "multipathd leaves Longhorn's devices alone"),
     ("time_sync", "time synchronised"),
     ("ports", "ports 6443 and 10250 free"),
     ("k3s", "no existing k3s"),
@@ -351,6 +352,15 @@ async fn server_checks(
         ),
     }
 
+    // Ubuntu's multipathd claims the block devices Longhorn attaches over iSCSI, and the
+    // volumes then fail to mount (Longhorn KB "troubleshooting-volume-with-multipath").
+    let multipath = remote
+        .exec("systemctl is-active multipathd 2>/dev/null; cat /etc/multipath.conf 2>/dev/null")
+        .await?;
+    let text = multipath.stdout_str();
+    let (state, conf) = text.split_once('\n').unwrap_or((text.trim(), ""));
+    check_multipath(state.trim(), conf, r);
+
     let ntp = remote
         .exec("timedatectl show -p NTPSynchronized --value 2>&1")
         .await?;
@@ -415,6 +425,27 @@ async fn server_checks(
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("").trim()
+}
+
+/// multipathd inactive, or told to leave `sd*` devices alone: pass; else a warning.
+fn check_multipath(state: &str, conf: &str, r: &mut Report) {
+    const ID: &str = "multipath";
+    const TITLE: &str = "multipathd leaves Longhorn's devices alone";
+    let blacklisted = conf.contains("blacklist")
+        && conf.lines().any(|l| {
+            let l = l.trim();
+            l.starts_with("devnode") && l.contains("^sd")
+        });
+    match (state, blacklisted) {
+        ("active", false) => r.warn(
+            ID,
+            TITLE,
+            "multipathd is active and does not blacklist sd* devices",
+            "add `blacklist { devnode \"^sd[a-z0-9]+\" }` to /etc/multipath.conf, then `sudo systemctl restart multipathd` (or disable multipathd if no multipath storage is used); Longhorn KB: troubleshooting-volume-with-multipath",
+        ),
+        ("active", true) => r.pass(ID, TITLE, "active, sd* devices blacklisted"),
+        (s, _) => r.pass(ID, TITLE, format!("not active ({})", first_line(s))),
+    }
 }
 
 fn check_os(os_release: &str, req: &Requirements, allow_os: bool, r: &mut Report) {
@@ -546,6 +577,24 @@ pub fn render(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multipathd_claiming_longhorns_devices_is_a_warning() {
+        let status = |state: &str, conf: &str| {
+            let mut r = Report::default();
+            check_multipath(state, conf, &mut r);
+            r.checks[0].status
+        };
+        assert_eq!(
+            status("active", "defaults {\n user_friendly_names yes\n}\n"),
+            Status::Warn
+        );
+        assert_eq!(
+            status("active", "blacklist {\n    devnode \"^sd[a-z0-9]+\"\n}\n"),
+            Status::Pass
+        );
+        assert_eq!(status("inactive", ""), Status::Pass);
+    }
 
     #[test]
     fn nas_host_with_shell_syntax_is_refused_and_the_probe_never_runs_it() {

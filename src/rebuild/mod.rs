@@ -132,6 +132,8 @@ impl Ctx {
         if !self.site.config.k3s.node_name.is_empty() {
             return Ok(self.site.config.k3s.node_name.clone());
         }
+        // The node is named after the host name lower-cased, as the kubelet does
+        // (k8s.io/component-helpers node/util GetHostname): "Homelab" is node "homelab".
         Ok(self
             .site
             .remote
@@ -139,7 +141,7 @@ impl Ctx {
             .await?
             .stdout_str()
             .trim()
-            .to_string())
+            .to_ascii_lowercase())
     }
 }
 
