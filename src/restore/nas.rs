@@ -60,14 +60,37 @@ struct KubernetesStatus {
     pvc_name: String,
 }
 
-/// `nfs://host:/export/path` as `host:/export/path`, the form `mount -t nfs` takes.
+/// `nfs://host:/export/path` as `host:/export/path`, the form `mount -t nfs` takes. A
+/// `?nfsOptions=…` query (Longhorn's syntax for mount options) is not part of the path.
 pub fn nfs_source(target: &str) -> Option<String> {
     let rest = target.strip_prefix("nfs://")?;
+    let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
     let (host, path) = rest.split_once(':')?;
     if host.is_empty() || !path.starts_with('/') {
         return None;
     }
     Some(format!("{host}:{path}"))
+}
+
+/// The options of a target's `?nfsOptions=` that the read-only scan mount takes too: only
+/// those that decide whether the NAS can be reached at all (protocol version, transport,
+/// port). Anything else (`rw`, `suid`, …) is left to Longhorn and never reaches `mount`.
+pub fn scan_mount_options(target: &str) -> Vec<String> {
+    let Some((_, query)) = target.split_once('?') else {
+        return Vec::new();
+    };
+    query
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("nfsOptions="))
+        .flat_map(|opts| opts.split(','))
+        .filter(|o| {
+            let (key, value) = o.split_once('=').unwrap_or((o, ""));
+            matches!(key, "vers" | "nfsvers" | "proto" | "port")
+                && !value.is_empty()
+                && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')
+        })
+        .map(String::from)
+        .collect()
 }
 
 const MARKER: &str = "--- rebox volume.cfg";
@@ -96,7 +119,7 @@ pub async fn scan(remote: &Remote, target: &str) -> Result<Vec<BackedUpVolume>> 
 command -v mount.nfs >/dev/null 2>&1 || test -x /sbin/mount.nfs || exit {NO_NFS_CLIENT}
 d=$(mktemp -d /run/rebox-nas.XXXXXX) || exit 1
 trap 'umount "$d" 2>/dev/null; rmdir "$d"' EXIT
-mount -t nfs -o ro,nosuid,nodev,noexec,soft,timeo=100,retrans=2 {src} "$d" || exit {MOUNT_FAILED}
+mount -t nfs -o ro,nosuid,nodev,noexec,soft,timeo=100,retrans=2{extra} {src} "$d" || exit {MOUNT_FAILED}
 for cfg in "$d"/backupstore/volumes/*/*/*/volume.cfg; do
   [ -f "$cfg" ] || continue
   printf '%s %s\n' '{MARKER}' "${{cfg#"$d"/}}"
@@ -105,6 +128,10 @@ for cfg in "$d"/backupstore/volumes/*/*/*/volume.cfg; do
 done
 exit 0"#,
         src = shell_quote(&source),
+        extra = scan_mount_options(target)
+            .iter()
+            .map(|o| format!(",{o}"))
+            .collect::<String>(),
     );
     // A NAS that stops answering mid-read must not hang the restore before it starts.
     let opts = ExecOptions {
@@ -240,6 +267,21 @@ mod tests {
         assert_eq!(nfs_source("s3://bucket@us-east-1/"), None);
         assert_eq!(nfs_source("nfs://nas.lan"), None);
         assert_eq!(nfs_source("nfs://:/x"), None);
+        assert_eq!(
+            nfs_source("nfs://nas.lan:/volume1/lh?nfsOptions=soft,timeo=330").as_deref(),
+            Some("nas.lan:/volume1/lh")
+        );
+    }
+
+    #[test]
+    fn only_reachability_options_of_nfs_options_reach_the_scan_mount() {
+        let t = "nfs://nas:/lh?nfsOptions=nfsvers=4.1,rw,suid,proto=tcp,port=2049,timeo=9;id";
+        assert_eq!(
+            scan_mount_options(t),
+            ["nfsvers=4.1", "proto=tcp", "port=2049"]
+        );
+        assert!(scan_mount_options("nfs://nas:/lh").is_empty());
+        assert!(scan_mount_options("nfs://nas:/lh?nfsOptions=vers=4;reboot").is_empty());
     }
 
     #[test]
