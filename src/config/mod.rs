@@ -82,6 +82,9 @@ pub struct Vault {
     /// Unseal key shares and threshold for a fresh `vault operator init` (the homelab: 1 of 1).
     pub key_shares: u32,
     pub key_threshold: u32,
+    /// How long Vault's API may take to answer once its chart is installed: the image pull
+    /// and the Longhorn volume's provisioning and attach come first (seconds).
+    pub start_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -130,7 +133,7 @@ pub enum RepoAuth {
     Ssh,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct K3s {
     /// Node name; empty means the server's host name.
@@ -142,6 +145,9 @@ pub struct K3s {
     /// Where to download k3s releases from when no `--bundle` is given; empty means the
     /// upstream GitHub releases. `{tag}` and `{file}` are filled in (a local mirror works).
     pub release_url: String,
+    /// How long one chart's `helm-install-<name>` Job may take (seconds). helm-controller
+    /// pulls the klipper-helm image first, and a chart's own hooks pull theirs.
+    pub chart_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -282,6 +288,20 @@ impl Default for Nas {
     }
 }
 
+impl Default for K3s {
+    fn default() -> Self {
+        K3s {
+            node_name: String::new(),
+            tls_san: Vec::new(),
+            disable: Vec::new(),
+            release_url: String::new(),
+            // Longhorn's chart on a fresh node behind a home uplink: its images (~1.5 GB) at
+            // 20 Mbit/s take ~10 minutes; 30 minutes for one chart.
+            chart_timeout_secs: 1800,
+        }
+    }
+}
+
 impl Default for Vault {
     fn default() -> Self {
         Vault {
@@ -297,6 +317,9 @@ impl Default for Vault {
             pvc_storage_class: "longhorn".into(),
             key_shares: 1,
             key_threshold: 1,
+            // Vault's image (~150 MB) at 20 Mbit/s is a minute; a fresh Longhorn volume's
+            // first attach, a few more: 15 minutes.
+            start_timeout_secs: 900,
         }
     }
 }

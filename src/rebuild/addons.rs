@@ -15,9 +15,6 @@ use crate::cluster::apply::describe;
 use crate::flow::Phase;
 use crate::manifests::Group;
 
-/// How long one chart may take to install.
-const CHART_DEADLINE: Duration = Duration::from_secs(600);
-
 /// Applies every manifest of `group` and waits for its charts.
 pub struct Apply {
     pub group: Group,
@@ -142,12 +139,13 @@ impl Phase<Ctx> for Apply {
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
         let objects = self.objects(ctx)?;
+        let deadline = Duration::from_secs(ctx.site.config.k3s.chart_timeout_secs);
         let cluster = ctx.site.cluster().await?;
         for (ns, name) in helm_charts(&objects) {
             let job = format!("helm-install-{name}");
             let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), &ns);
             match tokio::time::timeout(
-                CHART_DEADLINE,
+                deadline,
                 await_condition(jobs, &job, conditions::is_job_completed()),
             )
             .await
@@ -158,9 +156,9 @@ impl Phase<Ctx> for Apply {
                 Err(_) => anyhow::bail!(crate::next::hinted(
                     format!(
                         "chart {name} did not install within {}s (Job {ns}/{job} not complete)",
-                        CHART_DEADLINE.as_secs()
+                        deadline.as_secs()
                     ),
-                    format!("`kubectl -n {ns} logs job/{job}` on the server shows why")
+                    format!("`kubectl -n {ns} logs job/{job}` on the server shows why; on a slow uplink raise [k3s] chart_timeout_secs")
                 )),
             }
         }

@@ -21,12 +21,10 @@ use crate::keys::BackupDocument;
 use crate::shield::Hold;
 use crate::site::{progress_line, Stored};
 
-/// How long Vault's pod may take to answer once installed.
-const VAULT_DEADLINE: Duration = Duration::from_secs(300);
-
 /// Waits until Vault answers seal-status (its pod started), up to the deadline.
 pub(super) async fn vault_answering(ctx: &mut Ctx) -> Result<crate::vault::SealStatus> {
-    let deadline = tokio::time::Instant::now() + VAULT_DEADLINE;
+    let budget = Duration::from_secs(ctx.site.config.vault.start_timeout_secs);
+    let deadline = tokio::time::Instant::now() + budget;
     loop {
         let attempt = async {
             ctx.site
@@ -41,9 +39,9 @@ pub(super) async fn vault_answering(ctx: &mut Ctx) -> Result<crate::vault::SealS
             Ok(status) => return Ok(status),
             Err(e) if tokio::time::Instant::now() > deadline => {
                 return Err(e.context(crate::next::hinted(
-                    format!("Vault did not answer within {}s", VAULT_DEADLINE.as_secs()),
+                    format!("Vault did not answer within {}s", budget.as_secs()),
                     format!(
-                        "`kubectl -n {} describe pod {}` on the server",
+                        "`kubectl -n {} describe pod {}` on the server (on a slow uplink raise [vault] start_timeout_secs)",
                         ctx.site.config.vault.namespace, ctx.site.config.vault.pod
                     ),
                 )))
