@@ -14,7 +14,7 @@
 //! but `vault` and Vault auth methods but `kubernetes`/`tokenSecretRef`/`appRole`; Argo CD
 //! fields rebox and the homelab never write (multi-source `sources` is kept, ApplicationSet is
 //! not served); status schemas of ESO and Argo CD are `x-kubernetes-preserve-unknown-fields`
-//! (their controllers in this crate own them). `tests/lab/tests/controllers_crds.rs` checks
+//! (their controllers in this crate own them). `tests/lab/tests/lab/controllers_crds.rs` checks
 //! every property we declare against the upstream CRDs in `../shared/crds` when present.
 
 use std::collections::BTreeMap;

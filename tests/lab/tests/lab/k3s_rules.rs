@@ -2,7 +2,7 @@
 //! addresses, label and field selectors, field validation Warn, server dry-run,
 //! generateName, pods/log before a container runs.
 
-mod k3s_support;
+use crate::k3s_support;
 
 use k3s_support::Lab;
 

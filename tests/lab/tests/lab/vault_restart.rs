@@ -5,7 +5,7 @@
 //! `../shared/reference/platform-facts.md` §1 "Rekey") is gone and the old key stays valid.
 //! rebox's crash-safe rotation is built on exactly this.
 
-mod vault_support;
+use crate::vault_support;
 
 use serde_json::json;
 use vault_support::{errors, Vault};

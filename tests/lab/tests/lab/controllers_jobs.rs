@@ -2,7 +2,7 @@
 //! root, in a private mount namespace), with env, mounted Secrets and a service-account token
 //! that authenticates; output is the pod log; CronJobs fire on the lab clock.
 
-mod k3s_support;
+use crate::k3s_support;
 
 use k3s_support::Lab;
 
@@ -192,10 +192,9 @@ fn controllers_job_from_cronjob_runs_with_secret_token_and_logs() {
 
 #[test]
 fn controllers_cronjob_fires_on_the_lab_clock() {
-    // LAB_CLOCK_SPEED is read by the lab-k3s child (inherits the test's environment).
-    std::env::set_var("LAB_CLOCK_SPEED", "60");
-    let lab = Lab::start();
-    std::env::remove_var("LAB_CLOCK_SPEED");
+    // LAB_CLOCK_SPEED is read by the lab-k3s child, given to it alone (the other tests of
+    // this binary start labs concurrently).
+    let lab = Lab::start_with_env(&[("LAB_CLOCK_SPEED", "60")]);
     setup(&lab, "* * * * *");
     // Every lab minute = one wall second: Jobs appear and complete; history is pruned to 2.
     lab.ok(

@@ -257,7 +257,7 @@ fn cleanup_removes_labs_of_dead_owners_only() {
     let mut child = Command::new(exe)
         .args([
             "--exact",
-            "owner_process_that_gets_killed",
+            "server_cleanup::owner_process_that_gets_killed",
             "--ignored",
             "--nocapture",
         ])

@@ -3,7 +3,7 @@
 //! ("connection refused"), then while the cert-controller has not injected the CA bundle
 //! (x509), and accepted once both are done; without ESO's webhook Service nothing is called.
 
-mod nas_support;
+use crate::nas_support;
 
 use nas_support::{cond, Lab};
 use rebox_lab::k3s::controllers::crds;

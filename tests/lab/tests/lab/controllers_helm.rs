@@ -2,7 +2,7 @@
 //! lab-k3s binary on 127.0.0.1:0. Waits are `kubectl wait` / `kubectl rollout status` with
 //! timeouts, never sleeps.
 
-mod k3s_support;
+use crate::k3s_support;
 
 use k3s_support::Lab;
 

@@ -2,7 +2,7 @@
 //! server-side apply and conflicts, patch, stale replace, delete, watch, create job
 //! --from=cronjob, missing namespaces, and a restart on the same data dir.
 
-mod k3s_support;
+use crate::k3s_support;
 
 use std::io::{BufRead, BufReader};
 use std::sync::mpsc;

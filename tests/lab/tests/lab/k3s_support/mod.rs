@@ -27,9 +27,14 @@ pub fn kubectl_bin() -> String {
 
 impl Lab {
     pub fn start() -> Lab {
+        Lab::start_with_env(&[])
+    }
+
+    /// Starts lab-k3s in a new directory with `env` set for it alone.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Lab {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
-        let mut lab = Lab::start_in(&dir);
+        let mut lab = Lab::launch(&dir, Path::new("/dev/null"), env);
         lab._tmp = Some(tmp);
         lab
     }
@@ -41,6 +46,10 @@ impl Lab {
 
     /// Starts lab-k3s with `--config <config>` (k3s's config.yaml) on `dir`.
     pub fn start_with_config(dir: &Path, config: &Path) -> Lab {
+        Lab::launch(dir, config, &[])
+    }
+
+    fn launch(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Lab {
         kubectl_bin();
         std::fs::create_dir_all(dir.join("home")).unwrap();
         let kubeconfig = dir.join("k3s.yaml");
@@ -57,6 +66,7 @@ impl Lab {
                 "--cluster-init",
                 "--snapshotter=native",
             ])
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

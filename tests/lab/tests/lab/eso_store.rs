@@ -2,9 +2,8 @@
 //! degraded when Vault is sealed, STAYS degraded after the unseal until the three ESO
 //! Deployments are rollout-restarted; an ExternalSecret syncs its Secret from the lab KV.
 
-mod nas_support;
-#[path = "vault_support/mod.rs"]
-mod vault_support;
+use crate::nas_support;
+use crate::vault_support;
 
 use base64::Engine;
 use nas_support::{cond, Lab};

@@ -4,9 +4,8 @@
 //! when a pod uses it; Vault's restored volume brings Vault back initialised and sealed; a
 //! corrupt backup fails the restore as Longhorn reports it; a `longhorn` PVC is provisioned.
 
-mod nas_support;
-#[path = "vault_support/mod.rs"]
-mod vault_support;
+use crate::nas_support;
+use crate::vault_support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -2,7 +2,7 @@
 //! sync; the hard-refresh annotation is removed and `reconciledAt` advances; the
 //! `argocdOutOfSync` switch keeps an app OutOfSync with a sync error until cleared.
 
-mod nas_support;
+use crate::nas_support;
 
 use nas_support::{cond, Lab};
 use rebox_lab::k3s::controllers::crds;

@@ -2,7 +2,7 @@
 //! with the real kubectl: 500, 409, a slow answer (kubectl's request timeout), counted rules,
 //! a stuck restore (progress stops while switched on, finishes when cleared).
 
-mod nas_support;
+use crate::nas_support;
 
 use std::time::Duration;
 

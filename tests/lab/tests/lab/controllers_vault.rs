@@ -5,7 +5,7 @@
 //! host the Service is reached at the 127.0.0.1 address lab-k3s records in the Service (no
 //! host network change).
 
-mod k3s_support;
+use crate::k3s_support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 //! upstream CRDs in ../shared/crds when present), strict unknown-field detection, pruning,
 //! defaulting, status subresources, and CRD deletion taking its objects.
 
-mod k3s_support;
+use crate::k3s_support;
 
 use k3s_support::{shared_crd, Lab};
 
