@@ -84,7 +84,19 @@ async fn manifests_apply_strictly_to_the_lab_api_server() {
 
     let rendered = manifests::render_all(&Config::default(), &RenderInputs::online()).unwrap();
     for m in &rendered {
-        let out = kubectl(&kc, APPLY, Some(&m.yaml)).await;
+        // ESO's webhook refuses its stores until it serves (as kube-apiserver does, a while
+        // after the chart's install); rebox's apply waits for it the same way.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let out = loop {
+            let out = kubectl(&kc, APPLY, Some(&m.yaml)).await;
+            if out.status.success()
+                || !text(&out).contains("failed calling webhook")
+                || std::time::Instant::now() > deadline
+            {
+                break out;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        };
         assert!(out.status.success(), "{}: {}", m.name, text(&out));
         for o in &m.objects {
             let kind = o["kind"].as_str().unwrap();
