@@ -1,17 +1,20 @@
 //! The phase runner: every long command (rebuild, restore, rotation) is a list of phases.
 //!
 //! A phase knows its title, whether it still has work to do (so a rerun skips what is done),
-//! what it would do (for `plan` and `--dry-run`), how to do it, and how to verify it. The
+//! how to do it — each step with the line that `plan` and `--dry-run` show ([`Steps`]) — and
+//! how to verify it. The
 //! runner records each finished phase in a journal on the server and on the laptop, so a
 //! dropped connection or a closed laptop resumes where it stopped.
 
 pub mod journal;
 mod runner;
+mod steps;
 
 use anyhow::Result;
 use async_trait::async_trait;
 
 pub use runner::{plan, render_plan, run, Outcome, PhaseReport, PlanEntry, RunOptions, RunReport};
+pub use steps::Steps;
 
 /// One step of a flow, generic over the flow's context (connections, config, results).
 #[async_trait]
@@ -22,10 +25,10 @@ pub trait Phase<C: Send>: Send + Sync {
     fn title(&self) -> String;
     /// Whether work remains. Read-only; must be cheap and safe to call at any time.
     async fn pending(&self, ctx: &mut C) -> Result<bool>;
-    /// What `apply` would do, one line per step, for `plan` and `--dry-run`.
-    fn describe(&self, ctx: &C) -> Vec<String>;
-    /// Does the work. Must be safe to rerun after an interruption at any point.
-    async fn apply(&self, ctx: &mut C) -> Result<()>;
+    /// Does the work, every action through `steps.run(line, …)`; `plan` calls it with
+    /// [`Steps::plan`], which collects the lines and runs nothing, so no I/O outside `run`.
+    /// Must be safe to rerun after an interruption at any point.
+    async fn apply(&self, ctx: &mut C, steps: &mut Steps) -> Result<()>;
     /// Proves the work took effect (e.g. the node is Ready), with a deadline of its own.
     async fn verify(&self, ctx: &mut C) -> Result<()>;
 }

@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::journal::{self, Entry, Journal, State, Store};
-use super::Phase;
+use super::{Phase, Steps};
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -32,6 +32,8 @@ pub struct PhaseReport {
     pub title: String,
     pub outcome: Outcome,
     pub duration_ms: u64,
+    /// The step lines of what was done (none when already done): the plan's lines.
+    pub steps: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -81,16 +83,19 @@ pub fn render_plan(server: &str, entries: &[PlanEntry]) -> String {
     out
 }
 
-/// What every phase would do on this server; changes nothing.
+/// What every phase would do on this server: its `apply` with a plan's [`Steps`], which
+/// runs no action; changes nothing.
 pub async fn plan<C: Send>(phases: &[Box<dyn Phase<C>>], ctx: &mut C) -> Result<Vec<PlanEntry>> {
     let mut out = Vec::with_capacity(phases.len());
     for phase in phases {
         let pending = phase.pending(ctx).await?;
+        let mut steps = Steps::plan();
+        phase.apply(ctx, &mut steps).await?;
         out.push(PlanEntry {
             id: phase.id(),
             title: phase.title(),
             pending,
-            steps: phase.describe(ctx),
+            steps: steps.into_lines(),
         });
     }
     Ok(out)
@@ -119,11 +124,12 @@ pub async fn run<C: Send>(
         let title = phase.title();
         let line = PhaseLine::start(&title);
         let started = Instant::now();
+        let mut steps = Steps::run_all();
         let result = async {
             if !phase.pending(ctx).await? {
                 return Ok(Outcome::AlreadyDone);
             }
-            phase.apply(ctx).await?;
+            phase.apply(ctx, &mut steps).await?;
             phase.verify(ctx).await?;
             Ok::<_, anyhow::Error>(Outcome::Ran)
         }
@@ -154,6 +160,7 @@ pub async fn run<C: Send>(
                     title,
                     outcome,
                     duration_ms: elapsed.as_millis() as u64,
+                    steps: steps.into_lines(),
                 });
             }
             Err(e) => {
@@ -288,15 +295,17 @@ mod tests {
         async fn pending(&self, w: &mut World) -> Result<bool> {
             Ok(!w.applied.contains(&self.0))
         }
-        fn describe(&self, _: &World) -> Vec<String> {
-            vec![format!("would do {}", self.0)]
-        }
-        async fn apply(&self, w: &mut World) -> Result<()> {
-            if w.fail_once == Some(self.0) {
-                w.fail_once = None;
-                anyhow::bail!("{} broke", self.0);
-            }
-            w.applied.push(self.0);
+        async fn apply(&self, w: &mut World, steps: &mut Steps) -> Result<()> {
+            steps
+                .run(format!("do {}", self.0), async {
+                    if w.fail_once == Some(self.0) {
+                        w.fail_once = None;
+                        anyhow::bail!("{} broke", self.0);
+                    }
+                    w.applied.push(self.0);
+                    Ok(())
+                })
+                .await?;
             Ok(())
         }
         async fn verify(&self, w: &mut World) -> Result<()> {
@@ -363,6 +372,9 @@ mod tests {
             vec![Outcome::AlreadyDone, Outcome::Ran, Outcome::Ran]
         );
         assert_eq!(world.applied, vec!["a", "b", "c"], "a phase ran twice");
+        // What ran is what the plan says: the same lines, from the same call.
+        let done: Vec<&[String]> = report.phases.iter().map(|p| p.steps.as_slice()).collect();
+        assert_eq!(done, vec![&[][..], &["do b".to_string()][..], &["do c".to_string()][..]]);
     }
 
     #[tokio::test]
@@ -374,7 +386,7 @@ mod tests {
         let entries = plan(&phases(), &mut world).await.unwrap();
         let pending: Vec<bool> = entries.iter().map(|e| e.pending).collect();
         assert_eq!(pending, vec![false, true, true]);
-        assert_eq!(entries[1].steps, vec!["would do b".to_string()]);
+        assert_eq!(entries[1].steps, vec!["do b".to_string()]);
         assert_eq!(world.applied, vec!["a"]);
     }
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::Ctx;
 use crate::cluster::apply::describe;
-use crate::flow::Phase;
+use crate::flow::{Phase, Steps};
 use crate::manifests::Group;
 
 /// Applies every manifest of `group` and waits for its charts.
@@ -116,53 +116,63 @@ impl Phase<Ctx> for Apply {
         }
         Ok(false)
     }
-    fn describe(&self, ctx: &Ctx) -> Vec<String> {
-        match self.objects(ctx) {
-            Ok(objects) => {
-                let mut steps: Vec<String> = objects
-                    .iter()
-                    .map(|o| format!("apply {}", describe(o)))
-                    .collect();
-                steps.extend(
-                    helm_charts(&objects)
-                        .into_iter()
-                        .map(|(ns, n)| format!("wait for Job {ns}/helm-install-{n} to complete")),
-                );
-                steps
+    async fn apply(&self, ctx: &mut Ctx, steps: &mut Steps) -> Result<()> {
+        let objects = match self.objects(ctx) {
+            Ok(objects) => objects,
+            // A plan shows why; a run fails with it.
+            Err(e) => {
+                let line = format!("cannot render: {e:#}");
+                steps.run(line, async { Err::<(), _>(e) }).await?;
+                return Ok(());
             }
-            Err(e) => vec![format!("cannot render: {e:#}")],
-        }
-    }
-    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
-        let objects = self.objects(ctx)?;
-        ctx.site.cluster().await?.apply_all(&objects).await
-    }
-    async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
-        let objects = self.objects(ctx)?;
+        };
+        let lines = objects.iter().map(|o| format!("apply {}", describe(o)));
+        steps
+            .run_lines(lines, async {
+                ctx.site.cluster().await?.apply_all(&objects).await
+            })
+            .await?;
         let deadline = Duration::from_secs(ctx.site.config.k3s.chart_timeout_secs);
-        let cluster = ctx.site.cluster().await?;
         for (ns, name) in helm_charts(&objects) {
-            let job = format!("helm-install-{name}");
-            let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), &ns);
-            match tokio::time::timeout(
-                deadline,
-                await_condition(jobs, &job, conditions::is_job_completed()),
-            )
-            .await
-            {
-                Ok(result) => {
-                    result.with_context(|| format!("watching Job {ns}/{job}"))?;
-                }
-                Err(_) => anyhow::bail!(crate::next::hinted(
-                    format!(
-                        "chart {name} did not install within {}s (Job {ns}/{job} not complete)",
-                        deadline.as_secs()
-                    ),
-                    format!("`kubectl -n {ns} logs job/{job}` on the server shows why; on a slow uplink raise [k3s] chart_timeout_secs")
-                )),
-            }
+            let line = format!("wait for Job {ns}/helm-install-{name} to complete");
+            steps
+                .run(line, chart_installed(ctx, &ns, &name, deadline))
+                .await?;
         }
         Ok(())
+    }
+    async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
+        anyhow::ensure!(
+            !self.pending(ctx).await?,
+            "an object of {} is missing, or a chart's install Job is not complete, after the apply",
+            self.group.name()
+        );
+        Ok(())
+    }
+}
+
+/// Waits for klipper-helm's install Job of chart `name` to complete, up to `deadline`.
+async fn chart_installed(ctx: &mut Ctx, ns: &str, name: &str, deadline: Duration) -> Result<()> {
+    let cluster = ctx.site.cluster().await?;
+    let job = format!("helm-install-{name}");
+    let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), ns);
+    match tokio::time::timeout(
+        deadline,
+        await_condition(jobs, &job, conditions::is_job_completed()),
+    )
+    .await
+    {
+        Ok(result) => {
+            result.with_context(|| format!("watching Job {ns}/{job}"))?;
+            Ok(())
+        }
+        Err(_) => anyhow::bail!(crate::next::hinted(
+            format!(
+                "chart {name} did not install within {}s (Job {ns}/{job} not complete)",
+                deadline.as_secs()
+            ),
+            format!("`kubectl -n {ns} logs job/{job}` on the server shows why; on a slow uplink raise [k3s] chart_timeout_secs")
+        )),
     }
 }
 

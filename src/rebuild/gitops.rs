@@ -11,7 +11,7 @@ use kube::runtime::wait::await_condition;
 use kube::Api;
 
 use super::Ctx;
-use crate::flow::Phase;
+use crate::flow::{Phase, Steps};
 use crate::site::readiness::{
     app_resource, app_state, app_synced, rollout_restart, store_ready, store_resource, store_state,
 };
@@ -72,29 +72,39 @@ impl Phase<Ctx> for StoreReady {
             api.get_opt(&store).await.ok().flatten().as_ref(),
         ))
     }
-    fn describe(&self, ctx: &Ctx) -> Vec<String> {
+    async fn apply(&self, ctx: &mut Ctx, steps: &mut Steps) -> Result<()> {
         let eso = &ctx.site.config.eso;
-        vec![
-            format!(
-                "wait up to {}s for ClusterSecretStore {} to be Ready",
-                STORE_FIRST_DEADLINE.as_secs(),
-                eso.store
-            ),
-            format!(
-                "if it stays degraded: rollout-restart Deployments {}/{} and wait again",
-                eso.namespace,
-                eso.deployments.join(", ")
-            ),
-        ]
-    }
-    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
-        if Self::wait(ctx, STORE_FIRST_DEADLINE).await? {
+        let first = format!(
+            "wait up to {}s for ClusterSecretStore {} to be Ready",
+            STORE_FIRST_DEADLINE.as_secs(),
+            eso.store
+        );
+        let again = format!(
+            "if it stays degraded: rollout-restart Deployments {}/{} and wait again (up to {}s)",
+            eso.namespace,
+            eso.deployments.join(", "),
+            STORE_DEADLINE.as_secs()
+        );
+        if steps.run(first, Self::wait(ctx, STORE_FIRST_DEADLINE)).await? == Some(true) {
             return Ok(());
         }
         // ESO re-validates a degraded store only every few minutes: restart it.
-        Self::restart_eso(ctx).await
+        steps.run(again, Self::restart_and_wait(ctx)).await?;
+        Ok(())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
+        anyhow::ensure!(
+            !self.pending(ctx).await?,
+            "ClusterSecretStore {} is not Ready after the wait",
+            ctx.site.config.eso.store
+        );
+        Ok(())
+    }
+}
+
+impl StoreReady {
+    async fn restart_and_wait(ctx: &mut Ctx) -> Result<()> {
+        Self::restart_eso(ctx).await?;
         if Self::wait(ctx, STORE_DEADLINE).await? {
             return Ok(());
         }
@@ -136,20 +146,30 @@ impl Phase<Ctx> for AppsSynced {
             api.get_opt(&name).await.ok().flatten().as_ref(),
         ))
     }
-    fn describe(&self, ctx: &Ctx) -> Vec<String> {
+    async fn apply(&self, ctx: &mut Ctx, steps: &mut Steps) -> Result<()> {
+        // Argo CD syncs on its own (automated sync policy): the step is the wait.
         let a = &ctx.site.config.argocd;
-        vec![format!(
+        let line = format!(
             "wait up to {}s for Application {}/{} to be Synced and Healthy",
             APP_DEADLINE.as_secs(),
             a.namespace,
             a.app_name
-        )]
-    }
-    async fn apply(&self, _ctx: &mut Ctx) -> Result<()> {
-        // Argo CD syncs on its own (automated sync policy); the wait is the verification.
+        );
+        steps.run(line, Self::wait(ctx)).await?;
         Ok(())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
+        anyhow::ensure!(
+            !self.pending(ctx).await?,
+            "Application {} is not Synced and Healthy after the wait",
+            ctx.site.config.argocd.app_name
+        );
+        Ok(())
+    }
+}
+
+impl AppsSynced {
+    async fn wait(ctx: &mut Ctx) -> Result<()> {
         let name = ctx.site.config.argocd.app_name.clone();
         let ns = ctx.site.config.argocd.namespace.clone();
         let api = Self::api(ctx).await?;

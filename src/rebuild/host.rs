@@ -6,7 +6,7 @@ use async_trait::async_trait;
 
 use super::Ctx;
 use crate::flow::journal::SERVER_PATH;
-use crate::flow::Phase;
+use crate::flow::{Phase, Steps};
 
 /// Files that mean k3s is (or was) installed.
 const K3S_TRACES: &[&str] = &[
@@ -29,36 +29,39 @@ impl Phase<Ctx> for Guard {
     async fn pending(&self, _: &mut Ctx) -> Result<bool> {
         Ok(true) // always checked: it is read-only
     }
-    fn describe(&self, _: &Ctx) -> Vec<String> {
-        vec![format!(
+    async fn apply(&self, ctx: &mut Ctx, steps: &mut Steps) -> Result<()> {
+        let line = format!(
             "refuse if any of {} exists without a rebox journal (unless --force)",
             K3S_TRACES.join(", ")
-        )]
-    }
-    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
-        let script = format!(
-            "for p in {}; do [ -e \"$p\" ] && echo \"$p\"; done; true",
-            K3S_TRACES.join(" ")
         );
-        let found = ctx.site.remote.sudo_ok(&script).await?;
-        let found: Vec<&str> = found.lines().filter(|l| !l.is_empty()).collect();
-        if found.is_empty() {
-            return Ok(());
-        }
-        let ours = ctx
-            .site
-            .remote
-            .sudo(&format!("test -s {SERVER_PATH}"))
-            .await?
-            .success();
-        if ours || ctx.force {
-            return Ok(());
-        }
-        anyhow::bail!(crate::next::hinted(format!("this server already has k3s ({}) that rebox did not install; a rebuild will not clobber it", found.join(", ")), "rebuild onto a freshly installed server, or pass --force if this k3s is expendable"))
+        steps.run(line, refuse_foreign_k3s(ctx)).await?;
+        Ok(())
     }
     async fn verify(&self, _: &mut Ctx) -> Result<()> {
         Ok(())
     }
+}
+
+async fn refuse_foreign_k3s(ctx: &Ctx) -> Result<()> {
+    let script = format!(
+        "for p in {}; do [ -e \"$p\" ] && echo \"$p\"; done; true",
+        K3S_TRACES.join(" ")
+    );
+    let found = ctx.site.remote.sudo_ok(&script).await?;
+    let found: Vec<&str> = found.lines().filter(|l| !l.is_empty()).collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    let ours = ctx
+        .site
+        .remote
+        .sudo(&format!("test -s {SERVER_PATH}"))
+        .await?
+        .success();
+    if ours || ctx.force {
+        return Ok(());
+    }
+    anyhow::bail!(crate::next::hinted(format!("this server already has k3s ({}) that rebox did not install; a rebuild will not clobber it", found.join(", ")), "rebuild onto a freshly installed server, or pass --force if this k3s is expendable"))
 }
 
 /// open-iscsi + nfs-common installed, iscsid enabled and running, iscsi_tcp loaded at boot.
@@ -91,25 +94,13 @@ impl Phase<Ctx> for Prerequisites {
     async fn pending(&self, ctx: &mut Ctx) -> Result<bool> {
         missing(ctx).await
     }
-    fn describe(&self, _: &Ctx) -> Vec<String> {
-        vec![
+    async fn apply(&self, ctx: &mut Ctx, steps: &mut Steps) -> Result<()> {
+        let lines = [
             format!("apt-get install -y {PACKAGES}"),
             "systemctl enable --now iscsid".into(),
             "load iscsi_tcp at boot (/etc/modules-load.d/rebox-longhorn.conf)".into(),
-        ]
-    }
-    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
-        let script = format!(
-            "set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; apt-get install -y -qq {PACKAGES}; \
-             systemctl enable --now iscsid; echo iscsi_tcp > /etc/modules-load.d/rebox-longhorn.conf"
-        );
-        let out = ctx.site.remote.sudo(&script).await?;
-        if !out.success() {
-            anyhow::bail!(crate::next::hinted(
-                format!("installing {PACKAGES} failed: {}", out.stderr_str().trim()),
-                "check the server's apt sources and network (`sudo apt-get update`)"
-            ));
-        }
+        ];
+        steps.run_lines(lines, install_prerequisites(ctx)).await?;
         Ok(())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
@@ -119,4 +110,19 @@ impl Phase<Ctx> for Prerequisites {
         );
         Ok(())
     }
+}
+
+async fn install_prerequisites(ctx: &Ctx) -> Result<()> {
+    let script = format!(
+        "set -e; export DEBIAN_FRONTEND=noninteractive; apt-get update -qq; apt-get install -y -qq {PACKAGES}; \
+         systemctl enable --now iscsid; echo iscsi_tcp > /etc/modules-load.d/rebox-longhorn.conf"
+    );
+    let out = ctx.site.remote.sudo(&script).await?;
+    if !out.success() {
+        anyhow::bail!(crate::next::hinted(
+            format!("installing {PACKAGES} failed: {}", out.stderr_str().trim()),
+            "check the server's apt sources and network (`sudo apt-get update`)"
+        ));
+    }
+    Ok(())
 }

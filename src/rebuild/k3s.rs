@@ -7,7 +7,7 @@ use anyhow::Result;
 use async_trait::async_trait;
 
 use super::Ctx;
-use crate::flow::Phase;
+use crate::flow::{Phase, Steps};
 use crate::manifests::{render_k3s_config, render_k3s_unit};
 use crate::remote::{shell_quote, ExecOptions, UploadSpec};
 
@@ -52,32 +52,15 @@ impl Phase<Ctx> for Binary {
     async fn pending(&self, ctx: &mut Ctx) -> Result<bool> {
         Ok(remote_sha256(ctx, BINARY).await?.as_deref() != Some(ctx.k3s.sha256.as_str()))
     }
-    fn describe(&self, ctx: &Ctx) -> Vec<String> {
-        vec![format!(
+    async fn apply(&self, ctx: &mut Ctx, steps: &mut Steps) -> Result<()> {
+        let line = format!(
             "upload {} (k3s {}, sha256 {}) to {BINARY}, mode 0755",
             ctx.k3s.path.display(),
             ctx.k3s.version,
             &ctx.k3s.sha256[..16]
-        )]
-    }
-    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
-        let spec = UploadSpec {
-            local: &ctx.k3s.path,
-            remote: BINARY,
-            mode: 0o755,
-            owner: "root:root",
-        };
-        let bar = crate::ui::bytes_bar(0, "uploading k3s");
-        let uploaded = ctx
-            .site
-            .remote
-            .upload_with_progress(&spec, &|sent, size| {
-                bar.set_length(size);
-                bar.set_position(sent);
-            })
-            .await;
-        bar.finish_and_clear();
-        uploaded.map(|_| ())
+        );
+        steps.run(line, upload_binary(ctx)).await?;
+        Ok(())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
         let got = remote_sha256(ctx, BINARY).await?;
@@ -87,6 +70,26 @@ impl Phase<Ctx> for Binary {
         );
         Ok(())
     }
+}
+
+async fn upload_binary(ctx: &Ctx) -> Result<()> {
+    let spec = UploadSpec {
+        local: &ctx.k3s.path,
+        remote: BINARY,
+        mode: 0o755,
+        owner: "root:root",
+    };
+    let bar = crate::ui::bytes_bar(0, "uploading k3s");
+    let uploaded = ctx
+        .site
+        .remote
+        .upload_with_progress(&spec, &|sent, size| {
+            bar.set_length(size);
+            bar.set_position(sent);
+        })
+        .await;
+    bar.finish_and_clear();
+    uploaded.map(|_| ())
 }
 
 /// The systemd unit and config.yaml, rendered from rebox.toml.
@@ -115,38 +118,21 @@ impl Phase<Ctx> for Configuration {
         }
         Ok(false)
     }
-    fn describe(&self, _: &Ctx) -> Vec<String> {
-        vec![
-            format!("write {UNIT} (0644)"),
-            format!("write {CONFIG} (0600)"),
-            "systemctl daemon-reload".into(),
-        ]
-    }
-    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+    async fn apply(&self, ctx: &mut Ctx, steps: &mut Steps) -> Result<()> {
         for (path, text, mode) in rendered(ctx)? {
-            let script = format!(
-                "set -e; mkdir -p \"$(dirname {p})\"; umask 077; cat > {p}.rebox-new; chmod {mode} {p}.rebox-new; mv -f {p}.rebox-new {p}",
-                p = shell_quote(path)
-            );
-            let out = ctx
-                .site
-                .remote
-                .sudo_with(
-                    &script,
-                    ExecOptions {
-                        stdin: Some(text.as_bytes()),
-                        quiet: false,
-                        ..Default::default()
-                    },
+            steps
+                .run(
+                    format!("write {path} ({mode})"),
+                    write_file(ctx, path, &text, mode),
                 )
                 .await?;
-            anyhow::ensure!(
-                out.success(),
-                "writing {path} failed: {}",
-                out.stderr_str().trim()
-            );
         }
-        ctx.site.remote.sudo_ok("systemctl daemon-reload").await?;
+        steps
+            .run("systemctl daemon-reload", async {
+                ctx.site.remote.sudo_ok("systemctl daemon-reload").await?;
+                Ok(())
+            })
+            .await?;
         Ok(())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
@@ -156,6 +142,32 @@ impl Phase<Ctx> for Configuration {
         );
         Ok(())
     }
+}
+
+/// `text` at `path` with `mode`, written beside it and renamed into place.
+async fn write_file(ctx: &Ctx, path: &str, text: &str, mode: &str) -> Result<()> {
+    let script = format!(
+        "set -e; mkdir -p \"$(dirname {p})\"; umask 077; cat > {p}.rebox-new; chmod {mode} {p}.rebox-new; mv -f {p}.rebox-new {p}",
+        p = shell_quote(path)
+    );
+    let out = ctx
+        .site
+        .remote
+        .sudo_with(
+            &script,
+            ExecOptions {
+                stdin: Some(text.as_bytes()),
+                quiet: false,
+                ..Default::default()
+            },
+        )
+        .await?;
+    anyhow::ensure!(
+        out.success(),
+        "writing {path} failed: {}",
+        out.stderr_str().trim()
+    );
+    Ok(())
 }
 
 /// k3s enabled and running, its kubeconfig written, the node Ready.
@@ -191,44 +203,55 @@ impl Phase<Ctx> for Running {
             Err(_) => Ok(true),
         }
     }
-    fn describe(&self, _: &Ctx) -> Vec<String> {
-        vec![
-            "systemctl enable --now k3s".into(),
-            format!(
-                "wait for {KUBECONFIG}, then the node's Ready condition (up to {}s)",
-                START_DEADLINE.as_secs()
-            ),
-        ]
-    }
-    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
-        ctx.site.drop_cluster();
-        // A kubeconfig left by an earlier k3s (a --force takeover) would be read before the new
-        // k3s writes its own: remove it when k3s is not running, so the wait sees the new one.
-        ctx.site
-            .remote
-            .sudo_ok(&format!(
-                "systemctl is-active --quiet k3s || rm -f {KUBECONFIG}; systemctl enable --now k3s"
-            ))
+    async fn apply(&self, ctx: &mut Ctx, steps: &mut Steps) -> Result<()> {
+        steps
+            .run("systemctl enable --now k3s", async {
+                ctx.site.drop_cluster();
+                // A kubeconfig left by an earlier k3s (a --force takeover) would be read before
+                // the new k3s writes its own: remove it when k3s is not running, so the wait
+                // sees the new one.
+                ctx.site
+                    .remote
+                    .sudo_ok(&format!(
+                        "systemctl is-active --quiet k3s || rm -f {KUBECONFIG}; systemctl enable --now k3s"
+                    ))
+                    .await?;
+                Ok(())
+            })
             .await?;
+        let line = format!(
+            "wait for {KUBECONFIG}, then the node's Ready condition (up to {}s)",
+            START_DEADLINE.as_secs()
+        );
+        steps.run(line, wait_started(ctx)).await?;
         Ok(())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
-        // The kubeconfig appears once the API serves; k3s gives no other signal to a client.
-        let deadline = tokio::time::Instant::now() + START_DEADLINE;
-        let wait = format!("i=0; while [ ! -s {KUBECONFIG} ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done; test -s {KUBECONFIG}");
-        while !ctx.site.remote.sudo(&wait).await?.success() {
-            if tokio::time::Instant::now() > deadline {
-                anyhow::bail!(crate::next::hinted(
-                    format!(
-                        "k3s wrote no kubeconfig at {KUBECONFIG} within {}s",
-                        START_DEADLINE.as_secs()
-                    ),
-                    "`sudo systemctl status k3s` and `sudo journalctl -u k3s` on the server"
-                ));
-            }
-        }
-        let node = ctx.node_name().await?;
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        ctx.site.cluster().await?.wait_node_ready(&node, left).await
+        anyhow::ensure!(
+            !self.pending(ctx).await?,
+            "k3s is not active, or the node is not Ready, after it started"
+        );
+        Ok(())
     }
+}
+
+/// k3s gives a client no signal but its kubeconfig, which appears once the API serves; then
+/// the node registers and turns Ready.
+async fn wait_started(ctx: &mut Ctx) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + START_DEADLINE;
+    let wait = format!("i=0; while [ ! -s {KUBECONFIG} ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done; test -s {KUBECONFIG}");
+    while !ctx.site.remote.sudo(&wait).await?.success() {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!(crate::next::hinted(
+                format!(
+                    "k3s wrote no kubeconfig at {KUBECONFIG} within {}s",
+                    START_DEADLINE.as_secs()
+                ),
+                "`sudo systemctl status k3s` and `sudo journalctl -u k3s` on the server"
+            ));
+        }
+    }
+    let node = ctx.node_name().await?;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    ctx.site.cluster().await?.wait_node_ready(&node, left).await
 }

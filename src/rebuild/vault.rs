@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use async_trait::async_trait;
 
 use super::Ctx;
-use crate::flow::Phase;
+use crate::flow::{Phase, Steps};
 use crate::keys::backup;
 use crate::keys::BackupDocument;
 use crate::shield::Hold;
@@ -78,98 +78,41 @@ impl Phase<Ctx> for Init {
         };
         Ok(!initialised || !ctx.key_backup()?.path.exists())
     }
-    fn describe(&self, ctx: &Ctx) -> Vec<String> {
+    async fn apply(&self, ctx: &mut Ctx, steps: &mut Steps) -> Result<()> {
+        let vault = &ctx.site.config.vault;
+        let answer = format!("wait for Vault ({}/{}) to answer", vault.namespace, vault.service);
+        let initialise = format!(
+            "initialise it: {} share(s), threshold {}",
+            vault.key_shares, vault.key_threshold
+        );
+        let second_copy = format!(
+            "put the key in Secret {} at once (the second copy, on the server)",
+            ctx.site.unseal_secret_name()
+        );
         let out = ctx
             .key_backup()
             .map(|b| b.path.display().to_string())
             .unwrap_or_else(|e| format!("(not set: {e})"));
-        vec![
-            format!(
-                "wait for Vault ({}/{}) to answer",
-                ctx.site.config.vault.namespace, ctx.site.config.vault.service
-            ),
-            "refuse if it is already initialised (a fresh rebuild never touches a Vault with data)"
-                .into(),
-            format!(
-                "initialise it: {} share(s), threshold {}",
-                ctx.site.config.vault.key_shares, ctx.site.config.vault.key_threshold
-            ),
-            format!("write the key to {out}, read it back and decrypt it, before anything else"),
-        ]
-    }
-    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
-        let status = vault_answering(ctx).await?;
-        let settings = ctx.key_backup()?;
-        let path = settings.path.clone();
-        if status.initialized {
-            return recover_interrupted_init(ctx, status.sealed).await;
+        let recover = format!("if it is already initialised: refuse, unless Secret {} holds a key that unseals it (a run stopped before its backup); then write {out} from that key", ctx.site.unseal_secret_name());
+        let checks = format!("check {out} does not exist and can be written, and the identity opens what the recipients can read");
+        let backup = format!("write the key to {out}, read it back and decrypt it, before anything else");
+
+        let status = steps.run(answer, vault_answering(ctx)).await?;
+        // A plan shows the refusal; a run takes it only when Vault has data.
+        if steps.planning() || status.as_ref().is_some_and(|s| s.initialized) {
+            let sealed = status.as_ref().is_none_or(|s| s.sealed);
+            steps
+                .run(recover, recover_interrupted_init(ctx, sealed))
+                .await?;
+            if !steps.planning() {
+                return Ok(());
+            }
         }
-        if path.exists() {
-            anyhow::bail!(crate::next::hinted(
-                format!(
-                    "{} already exists and belongs to another Vault; a new key needs a new file",
-                    path.display()
-                ),
-                "pass --key-out NEW-FILE (keep the old backup)"
-            ));
-        }
-        // Everything that can fail without Vault is checked before init: the destination is
-        // writable and free, and the identity opens what the recipients can read.
-        {
-            let settings = ctx.key_backup()?;
-            drop(crate::keys::output::Pending::create(&path, false)?);
-            backup::check_identities_match(&settings.recipients()?, &settings.identities()?)?;
-        }
-        let (shares, threshold) = (
-            ctx.site.config.vault.key_shares,
-            ctx.site.config.vault.key_threshold,
-        );
-        // From Vault's answer until the backup is committed the key exists nowhere else:
-        // Ctrl-C, SIGTERM and a closed terminal wait for the backup.
-        let hold = Hold::new("Vault's new unseal key is not in the offline backup yet");
-        let init = ctx.site.vault().await?.init(shares, threshold).await?;
-        hold.failpoint("vault-init:answered").await;
-        // The second copy first: the Secret is on the server within a second and outlives
-        // this laptop (a SIGKILL, a panic, a dead battery before the backup is written).
-        let second_copy = ctx.site.write_unseal_secret(&init.keys).await;
-        if let Err(e) = &second_copy {
-            eprintln!("warning: could not put the new key in Secret {} yet ({e:#}); the offline backup is written next", ctx.site.unseal_secret_name());
-        }
-        crate::failpoint::exit_after("vault-init:secret-written");
-        let doc = BackupDocument::new(
-            &ctx.site.config.cluster_name,
-            threshold,
-            shares,
-            init.keys.clone(),
-            vec![("vault-root-token".to_string(), init.root_token.clone())],
-        )?;
-        // age's recipients and identities are not Send: keep them out of the awaits below.
-        let written = {
-            let settings = ctx.key_backup()?;
-            backup::write_verified(
-                &doc,
-                &settings.recipients()?,
-                &settings.identities()?,
-                &path,
-            )
-        };
-        if let Err(e) = written {
-            // Only an I/O failure can get here (the checks above passed).
-            let next = match second_copy {
-                Ok(()) => format!(
-                    "the key is in Secret {} instead; fix the destination, then `rebox key export -o {} -r …` and rerun `rebox rebuild`",
-                    ctx.site.unseal_secret_name(), path.display()
-                ),
-                Err(s) => format!("saving it to the Secret failed too ({s:#}); Vault must be initialised again by hand"),
-            };
-            return Err(e.context(format!("Vault WAS initialised but its key could not be written to the offline backup: {next}")));
-        }
-        eprintln!(
-            "wrote the offline backup {} and verified that it decrypts",
-            path.display()
-        );
-        ctx.unseal_shares = Some(init.keys);
-        drop(hold);
+        // Everything that can fail without Vault is checked before init.
+        steps.run(checks, async { check_destination(ctx) }).await?;
+        steps
+            .run_lines([initialise, second_copy, backup], initialise_and_back_up(ctx))
+            .await?;
         Ok(())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
@@ -181,6 +124,80 @@ impl Phase<Ctx> for Init {
         );
         Ok(())
     }
+}
+
+/// The offline backup's destination is writable and free, and the identity opens what the
+/// recipients can read.
+fn check_destination(ctx: &Ctx) -> Result<()> {
+    let settings = ctx.key_backup()?;
+    let path = &settings.path;
+    if path.exists() {
+        anyhow::bail!(crate::next::hinted(
+            format!(
+                "{} already exists and belongs to another Vault; a new key needs a new file",
+                path.display()
+            ),
+            "pass --key-out NEW-FILE (keep the old backup)"
+        ));
+    }
+    drop(crate::keys::output::Pending::create(path, false)?);
+    backup::check_identities_match(&settings.recipients()?, &settings.identities()?)
+}
+
+/// sys/init, the key into the Secret, the verified offline backup.
+async fn initialise_and_back_up(ctx: &mut Ctx) -> Result<()> {
+    let path = ctx.key_backup()?.path.clone();
+    let (shares, threshold) = (
+        ctx.site.config.vault.key_shares,
+        ctx.site.config.vault.key_threshold,
+    );
+    // From Vault's answer until the backup is committed the key exists nowhere else:
+    // Ctrl-C, SIGTERM and a closed terminal wait for the backup.
+    let hold = Hold::new("Vault's new unseal key is not in the offline backup yet");
+    let init = ctx.site.vault().await?.init(shares, threshold).await?;
+    hold.failpoint("vault-init:answered").await;
+    // The second copy first: the Secret is on the server within a second and outlives
+    // this laptop (a SIGKILL, a panic, a dead battery before the backup is written).
+    let second_copy = ctx.site.write_unseal_secret(&init.keys).await;
+    if let Err(e) = &second_copy {
+        eprintln!("warning: could not put the new key in Secret {} yet ({e:#}); the offline backup is written next", ctx.site.unseal_secret_name());
+    }
+    crate::failpoint::exit_after("vault-init:secret-written");
+    let doc = BackupDocument::new(
+        &ctx.site.config.cluster_name,
+        threshold,
+        shares,
+        init.keys.clone(),
+        vec![("vault-root-token".to_string(), init.root_token.clone())],
+    )?;
+    // age's recipients and identities are not Send: keep them out of the awaits below.
+    let written = {
+        let settings = ctx.key_backup()?;
+        backup::write_verified(
+            &doc,
+            &settings.recipients()?,
+            &settings.identities()?,
+            &path,
+        )
+    };
+    if let Err(e) = written {
+        // Only an I/O failure can get here (the checks above passed).
+        let next = match second_copy {
+            Ok(()) => format!(
+                "the key is in Secret {} instead; fix the destination, then `rebox key export -o {} -r …` and rerun `rebox rebuild`",
+                ctx.site.unseal_secret_name(), path.display()
+            ),
+            Err(s) => format!("saving it to the Secret failed too ({s:#}); Vault must be initialised again by hand"),
+        };
+        return Err(e.context(format!("Vault WAS initialised but its key could not be written to the offline backup: {next}")));
+    }
+    eprintln!(
+        "wrote the offline backup {} and verified that it decrypts",
+        path.display()
+    );
+    ctx.unseal_shares = Some(init.keys);
+    drop(hold);
+    Ok(())
 }
 
 /// The unseal key in Secret `vault-unseal-key`, for the auto-unseal CronJob.
@@ -200,17 +217,19 @@ impl Phase<Ctx> for KeySecret {
             Ok(Stored::Shares(_))
         ))
     }
-    fn describe(&self, ctx: &Ctx) -> Vec<String> {
-        vec![format!(
+    async fn apply(&self, ctx: &mut Ctx, steps: &mut Steps) -> Result<()> {
+        let vault = &ctx.site.config.vault;
+        let line = format!(
             "create Secret {}/{} (key `{}`) from the verified offline backup",
-            ctx.site.config.vault.namespace,
-            ctx.site.config.vault.unseal_secret,
-            ctx.site.config.vault.unseal_secret_key
-        )]
-    }
-    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
-        let shares = ctx.shares_from_backup()?;
-        ctx.site.write_unseal_secret(&shares).await
+            vault.namespace, vault.unseal_secret, vault.unseal_secret_key
+        );
+        steps
+            .run(line, async {
+                let shares = ctx.shares_from_backup()?;
+                ctx.site.write_unseal_secret(&shares).await
+            })
+            .await?;
+        Ok(())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
         let shares = ctx.shares_from_backup()?;
@@ -240,18 +259,21 @@ impl Phase<Ctx> for Unseal {
             Err(_) => true,
         })
     }
-    fn describe(&self, _: &Ctx) -> Vec<String> {
-        vec!["submit the key share(s) from the offline backup to Vault's unseal API, through the SSH tunnel".into()]
-    }
-    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
-        let shares = ctx.shares_from_backup()?;
-        vault_answering(ctx).await?;
-        ctx.site
-            .unseal(&shares, "the offline backup", |p| {
-                eprintln!("    {}", progress_line(&p))
+    async fn apply(&self, ctx: &mut Ctx, steps: &mut Steps) -> Result<()> {
+        let line = "submit the key share(s) from the offline backup to Vault's unseal API, through the SSH tunnel";
+        steps
+            .run(line, async {
+                let shares = ctx.shares_from_backup()?;
+                vault_answering(ctx).await?;
+                ctx.site
+                    .unseal(&shares, "the offline backup", |p| {
+                        eprintln!("    {}", progress_line(&p))
+                    })
+                    .await
+                    .context(crate::next::hinted("Vault did not accept the key from the offline backup: it stays sealed, and nothing was changed or deleted", "use the offline backup of THIS Vault (`rebox key verify FILE` shows its fingerprints and cluster), then rerun"))?;
+                Ok(())
             })
-            .await
-            .context(crate::next::hinted("Vault did not accept the key from the offline backup: it stays sealed, and nothing was changed or deleted", "use the offline backup of THIS Vault (`rebox key verify FILE` shows its fingerprints and cluster), then rerun"))?;
+            .await?;
         Ok(())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {

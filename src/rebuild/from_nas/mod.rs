@@ -14,7 +14,7 @@ use kube::Api;
 use serde_json::json;
 
 use crate::flow::journal::{ServerStore, Store};
-use crate::flow::Phase;
+use crate::flow::{Phase, Steps};
 use crate::rebuild::Ctx;
 use crate::restore::longhorn::{self, Wanted};
 
@@ -88,21 +88,10 @@ impl Guard {
     }
 }
 
-#[async_trait]
-impl Phase<Ctx> for Guard {
-    fn id(&self) -> &'static str {
-        "restore-guard"
-    }
-    fn title(&self) -> String {
-        "Check the cluster holds no volumes or workloads a restore would collide with".into()
-    }
-    async fn pending(&self, _: &mut Ctx) -> Result<bool> {
-        Ok(true) // always checked: it is read-only
-    }
-    fn describe(&self, _: &Ctx) -> Vec<String> {
-        vec!["on a server that already runs k3s (not from an earlier run of this restore), refuse if it holds Longhorn volumes, PVCs or app workloads (unless --force)".into()]
-    }
-    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
+const GUARD_ID: &str = "restore-guard";
+
+impl Guard {
+    async fn refuse_occupied(ctx: &mut Ctx) -> Result<()> {
         let installed = ctx
             .site
             .remote
@@ -118,7 +107,7 @@ impl Phase<Ctx> for Guard {
             .await
             .ok()
             .flatten()
-            .is_some_and(|j| j.flow == FLOW && j.is_done(self.id()));
+            .is_some_and(|j| j.flow == FLOW && j.is_done(GUARD_ID));
         if ours {
             return Ok(()); // an earlier run of this restore passed here: its volumes are expected
         }
@@ -149,6 +138,24 @@ impl Phase<Ctx> for Guard {
                 String::new()
             }), "restore onto a freshly installed server, or pass --force if everything on this cluster is expendable"))
     }
+}
+
+#[async_trait]
+impl Phase<Ctx> for Guard {
+    fn id(&self) -> &'static str {
+        GUARD_ID
+    }
+    fn title(&self) -> String {
+        "Check the cluster holds no volumes or workloads a restore would collide with".into()
+    }
+    async fn pending(&self, _: &mut Ctx) -> Result<bool> {
+        Ok(true) // always checked: it is read-only
+    }
+    async fn apply(&self, ctx: &mut Ctx, steps: &mut Steps) -> Result<()> {
+        let line = "on a server that already runs k3s (not from an earlier run of this restore), refuse if it holds Longhorn volumes, PVCs or app workloads (unless --force)";
+        steps.run(line, Self::refuse_occupied(ctx)).await?;
+        Ok(())
+    }
     async fn verify(&self, _: &mut Ctx) -> Result<()> {
         Ok(())
     }
@@ -163,6 +170,31 @@ impl Volumes {
             .as_ref()
             .map(|r| r.table.to_restore().map(Wanted::from).collect())
             .unwrap_or_default()
+    }
+
+    async fn restore(ctx: &mut Ctx) -> Result<()> {
+        let wanted = Self::wanted(ctx);
+        let (ns, replicas, concurrency) = (
+            ctx.site.config.longhorn.namespace.clone(),
+            ctx.site.config.longhorn.replica_count,
+            ctx.site.config.restore.concurrency,
+        );
+        let client = ctx.site.cluster().await?.client.clone();
+        let deadlines = longhorn::Deadlines::from(&ctx.site.config.restore);
+        let outcomes =
+            longhorn::restore_all(&client, &ns, replicas, &wanted, concurrency, &deadlines).await?;
+        let failed: Vec<String> = outcomes
+            .iter()
+            .filter(|o| o.error.is_some())
+            .map(|o| format!("{}: {}", o.volume, o.error.as_deref().unwrap_or_default()))
+            .collect();
+        if let Some(r) = ctx.restore.as_mut() {
+            r.outcomes = outcomes;
+        }
+        if !failed.is_empty() {
+            bail!(crate::next::hinted(format!("{} of {} volume(s) did not restore (the others did and stay restored):\n    {}", failed.len(), wanted.len(), failed.join("\n    ")), "a rerun retries only these; a backup that is corrupt on the NAS can be left out with --skip-volume NAME (its app then starts without its data)"));
+        }
+        Ok(())
     }
 }
 
@@ -191,13 +223,13 @@ impl Phase<Ctx> for Volumes {
         }
         Ok(false)
     }
-    fn describe(&self, ctx: &Ctx) -> Vec<String> {
+    async fn apply(&self, ctx: &mut Ctx, steps: &mut Steps) -> Result<()> {
         let wanted = Self::wanted(ctx);
         let count = match &ctx.restore {
             Some(_) => format!("{} volume(s)", wanted.len()),
             None => "every volume on the NAS (listed once the server can read it)".into(),
         };
-        let mut out = vec![
+        let mut lines = vec![
             format!("wait for Longhorn's BackupTarget default (made by its manager once it runs; up to {}s), ask it to read the NAS now, wait for every volume's BackupVolume and newest Completed Backup (up to {}s)", ctx.site.config.restore.backup_target_timeout_secs, ctx.site.config.restore.discovery_timeout_secs),
             format!(
                 "restore {count}, {} at a time, each into a Volume of the same name (fromBackup) with its backup's access mode and its own recurring jobs (restoreVolumeRecurringJob: enabled)",
@@ -206,36 +238,13 @@ impl Phase<Ctx> for Volumes {
         ];
         for w in &wanted {
             if let (Some(ns), Some(pvc)) = (&w.namespace, &w.pvc) {
-                out.push(format!("  {} → PV {} + PVC {ns}/{pvc}", w.volume, w.volume));
+                lines.push(format!("  {} → PV {} + PVC {ns}/{pvc}", w.volume, w.volume));
             } else {
-                out.push(format!("  {} (no PVC recorded: volume only)", w.volume));
+                lines.push(format!("  {} (no PVC recorded: volume only)", w.volume));
             }
         }
-        out.push("rebox creates no recurring backup job; Longhorn skips a volume for its own jobs while it restores, and Argo CD (which may bring more) comes after every restore is checked".into());
-        out
-    }
-    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
-        let wanted = Self::wanted(ctx);
-        let (ns, replicas, concurrency) = (
-            ctx.site.config.longhorn.namespace.clone(),
-            ctx.site.config.longhorn.replica_count,
-            ctx.site.config.restore.concurrency,
-        );
-        let client = ctx.site.cluster().await?.client.clone();
-        let deadlines = longhorn::Deadlines::from(&ctx.site.config.restore);
-        let outcomes =
-            longhorn::restore_all(&client, &ns, replicas, &wanted, concurrency, &deadlines).await?;
-        let failed: Vec<String> = outcomes
-            .iter()
-            .filter(|o| o.error.is_some())
-            .map(|o| format!("{}: {}", o.volume, o.error.as_deref().unwrap_or_default()))
-            .collect();
-        if let Some(r) = ctx.restore.as_mut() {
-            r.outcomes = outcomes;
-        }
-        if !failed.is_empty() {
-            bail!(crate::next::hinted(format!("{} of {} volume(s) did not restore (the others did and stay restored):\n    {}", failed.len(), wanted.len(), failed.join("\n    ")), "a rerun retries only these; a backup that is corrupt on the NAS can be left out with --skip-volume NAME (its app then starts without its data)"));
-        }
+        lines.push("rebox creates no recurring backup job; Longhorn skips a volume for its own jobs while it restores, and Argo CD (which may bring more) comes after every restore is checked".into());
+        steps.run_lines(lines, Self::restore(ctx)).await?;
         Ok(())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
@@ -267,17 +276,20 @@ impl Phase<Ctx> for VaultRestored {
     async fn pending(&self, _: &mut Ctx) -> Result<bool> {
         Ok(true) // read-only, and the reason a restore must stop
     }
-    fn describe(&self, ctx: &Ctx) -> Vec<String> {
-        vec![format!(
+    async fn apply(&self, ctx: &mut Ctx, steps: &mut Steps) -> Result<()> {
+        let line = format!(
             "wait for Vault to answer; stop with an error if it reports uninitialised (PVC {}/{} did not bring its data back)",
             ctx.site.config.vault.namespace, ctx.site.config.vault.pvc
-        )]
-    }
-    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
-        let status = crate::rebuild::vault::vault_answering(ctx).await?;
-        if !status.initialized {
-            bail!(crate::next::hinted(format!("Vault reports UNINITIALISED after the restore: its volume (PVC {}/{}) did not bring its data back. rebox never initialises Vault on a restore (that would make a new, empty Vault).", ctx.site.config.vault.namespace, ctx.site.config.vault.pvc), format!("check the table above lists {} with a recent backup and that it restored; `kubectl -n {} describe pvc {}` on the server", ctx.site.config.vault.pvc, ctx.site.config.vault.namespace, ctx.site.config.vault.pvc)));
-        }
+        );
+        steps
+            .run(line, async {
+                let status = crate::rebuild::vault::vault_answering(ctx).await?;
+                if !status.initialized {
+                    bail!(crate::next::hinted(format!("Vault reports UNINITIALISED after the restore: its volume (PVC {}/{}) did not bring its data back. rebox never initialises Vault on a restore (that would make a new, empty Vault).", ctx.site.config.vault.namespace, ctx.site.config.vault.pvc), format!("check the table above lists {} with a recent backup and that it restored; `kubectl -n {} describe pvc {}` on the server", ctx.site.config.vault.pvc, ctx.site.config.vault.namespace, ctx.site.config.vault.pvc)));
+                }
+                Ok(())
+            })
+            .await?;
         Ok(())
     }
     async fn verify(&self, _: &mut Ctx) -> Result<()> {
@@ -345,25 +357,26 @@ impl Phase<Ctx> for BootstrapSecrets {
         };
         Ok(!cluster.all_exist(&secrets).await.unwrap_or(false))
     }
-    fn describe(&self, ctx: &Ctx) -> Vec<String> {
+    async fn apply(&self, ctx: &mut Ctx, steps: &mut Steps) -> Result<()> {
         if ctx.site.config.bootstrap_secrets.is_empty() {
-            return vec!["none configured ([[bootstrap_secrets]] in rebox.toml)".into()];
+            let line = "none configured ([[bootstrap_secrets]] in rebox.toml)";
+            steps.run(line, async { Ok(()) }).await?;
+            return Ok(());
         }
-        ctx.site
-            .config
-            .bootstrap_secrets
-            .iter()
-            .map(|s| {
-                format!(
-                    "Secret {}/{} key {} from the backup's extra secret {:?} (or a prompt)",
-                    s.namespace, s.secret, s.key, s.source
-                )
+        let lines = ctx.site.config.bootstrap_secrets.iter().map(|s| {
+            format!(
+                "Secret {}/{} key {} from the backup's extra secret {:?} (or a prompt)",
+                s.namespace, s.secret, s.key, s.source
+            )
+        });
+        let lines: Vec<String> = lines.collect();
+        steps
+            .run_lines(lines, async {
+                let objects = Self::objects(ctx)?;
+                ctx.site.cluster().await?.apply_all(&objects).await
             })
-            .collect()
-    }
-    async fn apply(&self, ctx: &mut Ctx) -> Result<()> {
-        let objects = Self::objects(ctx)?;
-        ctx.site.cluster().await?.apply_all(&objects).await
+            .await?;
+        Ok(())
     }
     async fn verify(&self, ctx: &mut Ctx) -> Result<()> {
         anyhow::ensure!(
