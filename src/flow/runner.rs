@@ -374,7 +374,14 @@ mod tests {
         assert_eq!(world.applied, vec!["a", "b", "c"], "a phase ran twice");
         // What ran is what the plan says: the same lines, from the same call.
         let done: Vec<&[String]> = report.phases.iter().map(|p| p.steps.as_slice()).collect();
-        assert_eq!(done, vec![&[][..], &["do b".to_string()][..], &["do c".to_string()][..]]);
+        assert_eq!(
+            done,
+            vec![
+                &[][..],
+                &["do b".to_string()][..],
+                &["do c".to_string()][..]
+            ]
+        );
     }
 
     #[tokio::test]

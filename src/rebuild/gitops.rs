@@ -85,7 +85,11 @@ impl Phase<Ctx> for StoreReady {
             eso.deployments.join(", "),
             STORE_DEADLINE.as_secs()
         );
-        if steps.run(first, Self::wait(ctx, STORE_FIRST_DEADLINE)).await? == Some(true) {
+        if steps
+            .run(first, Self::wait(ctx, STORE_FIRST_DEADLINE))
+            .await?
+            == Some(true)
+        {
             return Ok(());
         }
         // ESO re-validates a degraded store only every few minutes: restart it.

@@ -80,7 +80,10 @@ impl Phase<Ctx> for Init {
     }
     async fn apply(&self, ctx: &mut Ctx, steps: &mut Steps) -> Result<()> {
         let vault = &ctx.site.config.vault;
-        let answer = format!("wait for Vault ({}/{}) to answer", vault.namespace, vault.service);
+        let answer = format!(
+            "wait for Vault ({}/{}) to answer",
+            vault.namespace, vault.service
+        );
         let initialise = format!(
             "initialise it: {} share(s), threshold {}",
             vault.key_shares, vault.key_threshold
@@ -95,7 +98,8 @@ impl Phase<Ctx> for Init {
             .unwrap_or_else(|e| format!("(not set: {e})"));
         let recover = format!("if it is already initialised: refuse, unless Secret {} holds a key that unseals it (a run stopped before its backup); then write {out} from that key", ctx.site.unseal_secret_name());
         let checks = format!("check {out} does not exist and can be written, and the identity opens what the recipients can read");
-        let backup = format!("write the key to {out}, read it back and decrypt it, before anything else");
+        let backup =
+            format!("write the key to {out}, read it back and decrypt it, before anything else");
 
         let status = steps.run(answer, vault_answering(ctx)).await?;
         // A plan shows the refusal; a run takes it only when Vault has data.
@@ -111,7 +115,10 @@ impl Phase<Ctx> for Init {
         // Everything that can fail without Vault is checked before init.
         steps.run(checks, async { check_destination(ctx) }).await?;
         steps
-            .run_lines([initialise, second_copy, backup], initialise_and_back_up(ctx))
+            .run_lines(
+                [initialise, second_copy, backup],
+                initialise_and_back_up(ctx),
+            )
             .await?;
         Ok(())
     }
@@ -189,7 +196,9 @@ async fn initialise_and_back_up(ctx: &mut Ctx) -> Result<()> {
             ),
             Err(s) => format!("saving it to the Secret failed too ({s:#}); Vault must be initialised again by hand"),
         };
-        return Err(e.context(format!("Vault WAS initialised but its key could not be written to the offline backup: {next}")));
+        return Err(e.context(format!(
+            "Vault WAS initialised but its key could not be written to the offline backup: {next}"
+        )));
     }
     eprintln!(
         "wrote the offline backup {} and verified that it decrypts",

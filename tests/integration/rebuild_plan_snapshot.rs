@@ -123,7 +123,11 @@ fn rebuild_does_what_its_plan_said() {
         planned.iter().map(|(id, _)| id).collect::<Vec<_>>(),
         "the run's phases are not the plan's"
     );
-    let outcomes = report["phases"].as_array().unwrap().iter().map(|p| &p["outcome"]);
+    let outcomes = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["outcome"]);
     for (((id, done), (_, plan)), outcome) in ran.iter().zip(&planned).zip(outcomes) {
         if outcome == "ran" {
             assert!(!done.is_empty(), "phase {id} ran and did no step: {report}");
