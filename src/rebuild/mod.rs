@@ -39,6 +39,17 @@ impl KeyBackup {
         crate::keys::crypt::identities(&self.identity_files)
     }
 
+    /// Writes `doc` to the backup's path, encrypted to the recipients, and proves the
+    /// identities decrypt it (age's objects are not `Send`: call it between awaits).
+    pub fn write_verified(&self, doc: &crate::keys::BackupDocument) -> Result<()> {
+        crate::keys::backup::write_verified(
+            doc,
+            &self.recipients()?,
+            &self.identities()?,
+            &self.path,
+        )
+    }
+
     /// Everything readable and parseable now, not after Vault is initialised.
     pub fn check(&self) -> Result<()> {
         if self.recipients()?.is_empty() || self.identities()?.is_empty() {

@@ -177,16 +177,7 @@ async fn initialise_and_back_up(ctx: &mut Ctx) -> Result<()> {
         init.keys.clone(),
         vec![("vault-root-token".to_string(), init.root_token.clone())],
     )?;
-    // age's recipients and identities are not Send: keep them out of the awaits below.
-    let written = {
-        let settings = ctx.key_backup()?;
-        backup::write_verified(
-            &doc,
-            &settings.recipients()?,
-            &settings.identities()?,
-            &path,
-        )
-    };
+    let written = ctx.key_backup()?.write_verified(&doc);
     if let Err(e) = written {
         // Only an I/O failure can get here (the checks above passed).
         let next = match second_copy {
@@ -335,15 +326,7 @@ async fn recover_interrupted_init(ctx: &mut Ctx, sealed: bool) -> Result<()> {
         shares.clone(),
         vec![],
     )?;
-    {
-        let settings = ctx.key_backup()?;
-        backup::write_verified(
-            &doc,
-            &settings.recipients()?,
-            &settings.identities()?,
-            &path,
-        )?;
-    }
+    ctx.key_backup()?.write_verified(&doc)?;
     eprintln!(
         "the key in Secret {secret} unsealed Vault; wrote the offline backup {} from it and verified that it decrypts",
         path.display()
