@@ -316,25 +316,14 @@ impl Fixer<'_, '_> {
         );
         let mut done = vec![];
         for name in apps {
-            let before = api
-                .get(name)
+            api.get(name)
                 .await
                 .with_context(|| format!("reading Application {ns}/{name}"))?;
-            let reconciled_before = before.data["status"]["reconciledAt"].clone();
             let patch = json!({"metadata": {"annotations": {REFRESH: "hard"}}});
             api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .with_context(|| format!("asking Argo CD for a hard refresh of {ns}/{name}"))?;
-            // Refresh done: the annotation is gone and reconciledAt moved.
-            let refreshed = move |o: Option<&DynamicObject>| {
-                o.is_some_and(|o| {
-                    o.metadata
-                        .annotations
-                        .as_ref()
-                        .is_none_or(|a| !a.contains_key(REFRESH))
-                        && o.data["status"]["reconciledAt"] != reconciled_before
-                })
-            };
+            let refreshed = |o: Option<&DynamicObject>| o.is_some_and(hard_refresh_done);
             if !wait_for(api.clone(), name, Duration::from_secs(60), refreshed).await? {
                 bail!("Argo CD did not act on the hard refresh of {ns}/{name} within 60s (is the argo-cd-application-controller StatefulSet running?)");
             }
@@ -353,5 +342,41 @@ impl Fixer<'_, '_> {
             "hard-refreshed {}: Synced and Healthy",
             done.join(", ")
         ))
+    }
+}
+
+/// Argo CD removes the refresh annotation in the same status write that ends the refresh
+/// (argo-cd controller/appcontroller.go, persistAppStatus), so its absence is the signal.
+/// `reconciledAt` has second resolution: a refresh that lands in the same second as the
+/// reconcile before it leaves it unchanged, so it cannot be required to move.
+fn hard_refresh_done(app: &DynamicObject) -> bool {
+    app.metadata
+        .annotations
+        .as_ref()
+        .is_none_or(|a| !a.contains_key(REFRESH))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(annotated: bool, reconciled_at: &str) -> DynamicObject {
+        let mut o: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
+            "metadata": {"name": "root", "namespace": "argocd"},
+            "status": {"reconciledAt": reconciled_at}
+        }))
+        .unwrap();
+        if annotated {
+            o.metadata.annotations = Some([(REFRESH.to_string(), "hard".to_string())].into());
+        }
+        o
+    }
+
+    #[test]
+    fn a_hard_refresh_in_the_same_second_as_the_last_reconcile_is_seen_as_done() {
+        // Before: reconciled at 10:00:00 with no annotation; the refresh ends in that second.
+        assert!(!hard_refresh_done(&app(true, "2026-12-04T10:00:00Z")));
+        assert!(hard_refresh_done(&app(false, "2026-12-04T10:00:00Z")));
     }
 }

@@ -124,6 +124,19 @@ fn pass(store: &Store, env: &ArgoEnv, apps: &mut HashMap<(String, String), AppSt
             let refresh = app["metadata"]["annotations"][REFRESH]
                 .as_str()
                 .map(String::from);
+            reconcile(
+                store,
+                env,
+                &faults,
+                st,
+                &ns,
+                &name,
+                &app,
+                refresh.as_deref(),
+            );
+            // Upstream removes the annotation in the same write as the status that ends the
+            // refresh (argo-cd controller/appcontroller.go, persistAppStatus); the lab does it
+            // just after, never before, so "annotation gone" always means "status written".
             if refresh.is_some() {
                 let _ = ops::modify(
                     store,
@@ -141,163 +154,177 @@ fn pass(store: &Store, env: &ArgoEnv, apps: &mut HashMap<(String, String), AppSt
                     },
                 );
             }
-            let rev = revision(&app);
-            let compared =
-                json!({"source": app["spec"]["source"], "destination": app["spec"]["destination"]});
-            let t = now();
-            if faults.argocd_stale(&name) && !st.stale_cleared {
-                if refresh.as_deref() == Some("hard") {
-                    // The manifest cache is dropped: compare and sync again below.
-                    st.stale_cleared = true;
-                    st.synced_spec = None;
-                    st.sync_until = None;
-                } else {
-                    let msg = format!("rpc error: code = Unknown desc = Manifest generation error (cached): the lab's fault switch argocdStaleUntilHardRefresh holds {name}; a hard refresh regenerates the manifests");
-                    let _ = ops::modify(
-                        store,
-                        GROUP,
-                        "applications",
-                        &ns,
-                        &name,
-                        Some("status"),
-                        MANAGER,
-                        |o| {
-                            let lt = o["status"]["conditions"][0]["lastTransitionTime"]
-                                .as_str()
-                                .map(String::from)
-                                .unwrap_or(t.clone());
-                            o["status"]["sync"] = json!({"status": "OutOfSync", "revision": rev, "comparedTo": compared});
-                            o["status"]["conditions"] = json!([{"type": "ComparisonError", "message": msg, "lastTransitionTime": lt}]);
-                            if refresh.is_some() || o["status"]["reconciledAt"].is_null() {
-                                o["status"]["reconciledAt"] = json!(t);
-                            }
-                            true
-                        },
-                    );
-                    continue;
-                }
-            }
-            if faults.argocd_out_of_sync(&name) {
-                st.sync_until = None;
-                st.synced_spec = None;
-                let msg = format!("one or more synchronization tasks completed unsuccessfully, reason: the lab's fault switch argocdOutOfSync holds {name} (Failed sync attempt to {rev})");
-                let _ = ops::modify(
-                    store,
-                    GROUP,
-                    "applications",
-                    &ns,
-                    &name,
-                    Some("status"),
-                    MANAGER,
-                    |o| {
-                        let prev_failed = o["status"]["operationState"]["phase"] == "Failed";
-                        let started = if prev_failed {
-                            o["status"]["operationState"]["startedAt"].clone()
-                        } else {
-                            json!(t)
-                        };
-                        let lt = o["status"]["conditions"][0]["lastTransitionTime"]
-                            .as_str()
-                            .map(String::from)
-                            .unwrap_or(t.clone());
-                        o["status"] = json!({
-                            "sync": {"status": "OutOfSync", "revision": rev, "comparedTo": compared},
-                            "health": {"status": "Degraded", "message": "sync failed"},
-                            "conditions": [{"type": "SyncError", "message": msg, "lastTransitionTime": lt}],
-                            "operationState": {"phase": "Failed", "message": msg, "startedAt": started,
-                                               "finishedAt": if prev_failed { o["status"]["operationState"]["finishedAt"].clone() } else { json!(t) },
-                                               "operation": {"sync": {"revision": rev}}, "retryCount": 1,
-                                               "syncResult": {"revision": rev}},
-                            "reconciledAt": if refresh.is_some() || o["status"]["reconciledAt"].is_null() { json!(t) } else { o["status"]["reconciledAt"].clone() },
-                            "sourceType": "Directory",
-                        });
-                        true
-                    },
-                );
-                continue;
-            }
-            let spec = app["spec"].clone();
-            // After a restart: an app already Synced at this revision stays Synced.
-            if st.synced_spec.is_none()
-                && st.sync_until.is_none()
-                && app["status"]["sync"]["status"] == "Synced"
-                && app["status"]["sync"]["revision"] == rev.as_str()
-            {
-                st.synced_spec = Some(spec.clone());
-            }
-            let up_to_date = st.synced_spec.as_ref() == Some(&spec)
-                && app["status"]["sync"]["status"] == "Synced";
-            if up_to_date {
-                if refresh.is_some() {
-                    let _ = ops::modify(
-                        store,
-                        GROUP,
-                        "applications",
-                        &ns,
-                        &name,
-                        Some("status"),
-                        MANAGER,
-                        |o| {
-                            o["status"]["reconciledAt"] = json!(t);
-                            true
-                        },
-                    );
-                }
-                continue;
-            }
-            match st.sync_until {
-                None => {
-                    st.sync_until = Some(Instant::now() + env.sync_time);
-                    let _ = ops::modify(
-                        store,
-                        GROUP,
-                        "applications",
-                        &ns,
-                        &name,
-                        Some("status"),
-                        MANAGER,
-                        |o| {
-                            o["status"] = json!({
-                                "sync": {"status": "OutOfSync", "revision": rev, "comparedTo": compared},
-                                "health": {"status": "Progressing"},
-                                "operationState": {"phase": "Running", "message": "one or more tasks are running",
-                                                   "startedAt": t, "operation": {"sync": {"revision": rev}}},
-                                "reconciledAt": t,
-                                "sourceType": "Directory",
-                            });
-                            true
-                        },
-                    );
-                }
-                Some(until) if Instant::now() >= until => {
-                    st.sync_until = None;
-                    st.synced_spec = Some(spec);
-                    let _ = ops::modify(
-                        store,
-                        GROUP,
-                        "applications",
-                        &ns,
-                        &name,
-                        Some("status"),
-                        MANAGER,
-                        |o| {
-                            let started = o["status"]["operationState"]["startedAt"].clone();
-                            o["status"] = json!({
-                                "sync": {"status": "Synced", "revision": rev, "comparedTo": compared},
-                                "health": {"status": "Healthy"},
-                                "operationState": {"phase": "Succeeded", "message": "successfully synced (all tasks run)",
-                                                   "startedAt": started, "finishedAt": t,
-                                                   "operation": {"sync": {"revision": rev}},
-                                                   "syncResult": {"revision": rev}},
-                                "reconciledAt": t,
-                                "sourceType": "Directory",
-                            });
-                            true
-                        },
-                    );
-                }
-                Some(_) => {}
-            }
         }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn reconcile(
+    store: &Store,
+    env: &ArgoEnv,
+    faults: &faults::Faults,
+    st: &mut AppState,
+    ns: &str,
+    name: &str,
+    app: &Value,
+    refresh: Option<&str>,
+) {
+    let rev = revision(app);
+    let compared =
+        json!({"source": app["spec"]["source"], "destination": app["spec"]["destination"]});
+    let t = now();
+    if faults.argocd_stale(&name) && !st.stale_cleared {
+        if refresh.as_deref() == Some("hard") {
+            // The manifest cache is dropped: compare and sync again below.
+            st.stale_cleared = true;
+            st.synced_spec = None;
+            st.sync_until = None;
+        } else {
+            let msg = format!("rpc error: code = Unknown desc = Manifest generation error (cached): the lab's fault switch argocdStaleUntilHardRefresh holds {name}; a hard refresh regenerates the manifests");
+            let _ = ops::modify(
+                store,
+                GROUP,
+                "applications",
+                &ns,
+                &name,
+                Some("status"),
+                MANAGER,
+                |o| {
+                    let lt = o["status"]["conditions"][0]["lastTransitionTime"]
+                        .as_str()
+                        .map(String::from)
+                        .unwrap_or(t.clone());
+                    o["status"]["sync"] =
+                        json!({"status": "OutOfSync", "revision": rev, "comparedTo": compared});
+                    o["status"]["conditions"] = json!([{"type": "ComparisonError", "message": msg, "lastTransitionTime": lt}]);
+                    if refresh.is_some() || o["status"]["reconciledAt"].is_null() {
+                        o["status"]["reconciledAt"] = json!(t);
+                    }
+                    true
+                },
+            );
+            return;
+        }
+    }
+    if faults.argocd_out_of_sync(&name) {
+        st.sync_until = None;
+        st.synced_spec = None;
+        let msg = format!("one or more synchronization tasks completed unsuccessfully, reason: the lab's fault switch argocdOutOfSync holds {name} (Failed sync attempt to {rev})");
+        let _ = ops::modify(
+            store,
+            GROUP,
+            "applications",
+            &ns,
+            &name,
+            Some("status"),
+            MANAGER,
+            |o| {
+                let prev_failed = o["status"]["operationState"]["phase"] == "Failed";
+                let started = if prev_failed {
+                    o["status"]["operationState"]["startedAt"].clone()
+                } else {
+                    json!(t)
+                };
+                let lt = o["status"]["conditions"][0]["lastTransitionTime"]
+                    .as_str()
+                    .map(String::from)
+                    .unwrap_or(t.clone());
+                o["status"] = json!({
+                    "sync": {"status": "OutOfSync", "revision": rev, "comparedTo": compared},
+                    "health": {"status": "Degraded", "message": "sync failed"},
+                    "conditions": [{"type": "SyncError", "message": msg, "lastTransitionTime": lt}],
+                    "operationState": {"phase": "Failed", "message": msg, "startedAt": started,
+                                       "finishedAt": if prev_failed { o["status"]["operationState"]["finishedAt"].clone() } else { json!(t) },
+                                       "operation": {"sync": {"revision": rev}}, "retryCount": 1,
+                                       "syncResult": {"revision": rev}},
+                    "reconciledAt": if refresh.is_some() || o["status"]["reconciledAt"].is_null() { json!(t) } else { o["status"]["reconciledAt"].clone() },
+                    "sourceType": "Directory",
+                });
+                true
+            },
+        );
+        return;
+    }
+    let spec = app["spec"].clone();
+    // After a restart: an app already Synced at this revision stays Synced.
+    if st.synced_spec.is_none()
+        && st.sync_until.is_none()
+        && app["status"]["sync"]["status"] == "Synced"
+        && app["status"]["sync"]["revision"] == rev.as_str()
+    {
+        st.synced_spec = Some(spec.clone());
+    }
+    let up_to_date =
+        st.synced_spec.as_ref() == Some(&spec) && app["status"]["sync"]["status"] == "Synced";
+    if up_to_date {
+        if refresh.is_some() {
+            let _ = ops::modify(
+                store,
+                GROUP,
+                "applications",
+                &ns,
+                &name,
+                Some("status"),
+                MANAGER,
+                |o| {
+                    o["status"]["reconciledAt"] = json!(t);
+                    true
+                },
+            );
+        }
+        return;
+    }
+    match st.sync_until {
+        None => {
+            st.sync_until = Some(Instant::now() + env.sync_time);
+            let _ = ops::modify(
+                store,
+                GROUP,
+                "applications",
+                &ns,
+                &name,
+                Some("status"),
+                MANAGER,
+                |o| {
+                    o["status"] = json!({
+                        "sync": {"status": "OutOfSync", "revision": rev, "comparedTo": compared},
+                        "health": {"status": "Progressing"},
+                        "operationState": {"phase": "Running", "message": "one or more tasks are running",
+                                           "startedAt": t, "operation": {"sync": {"revision": rev}}},
+                        "reconciledAt": t,
+                        "sourceType": "Directory",
+                    });
+                    true
+                },
+            );
+        }
+        Some(until) if Instant::now() >= until => {
+            st.sync_until = None;
+            st.synced_spec = Some(spec);
+            let _ = ops::modify(
+                store,
+                GROUP,
+                "applications",
+                &ns,
+                &name,
+                Some("status"),
+                MANAGER,
+                |o| {
+                    let started = o["status"]["operationState"]["startedAt"].clone();
+                    o["status"] = json!({
+                        "sync": {"status": "Synced", "revision": rev, "comparedTo": compared},
+                        "health": {"status": "Healthy"},
+                        "operationState": {"phase": "Succeeded", "message": "successfully synced (all tasks run)",
+                                           "startedAt": started, "finishedAt": t,
+                                           "operation": {"sync": {"revision": rev}},
+                                           "syncResult": {"revision": rev}},
+                        "reconciledAt": t,
+                        "sourceType": "Directory",
+                    });
+                    true
+                },
+            );
+        }
+        Some(_) => {}
     }
 }
