@@ -173,8 +173,8 @@ fn reconcile(
     let compared =
         json!({"source": app["spec"]["source"], "destination": app["spec"]["destination"]});
     let t = now();
-    if faults.argocd_stale(&name) && !st.stale_cleared {
-        if refresh.as_deref() == Some("hard") {
+    if faults.argocd_stale(name) && !st.stale_cleared {
+        if refresh == Some("hard") {
             // The manifest cache is dropped: compare and sync again below.
             st.stale_cleared = true;
             st.synced_spec = None;
@@ -185,8 +185,8 @@ fn reconcile(
                 store,
                 GROUP,
                 "applications",
-                &ns,
-                &name,
+                ns,
+                name,
                 Some("status"),
                 MANAGER,
                 |o| {
@@ -206,7 +206,7 @@ fn reconcile(
             return;
         }
     }
-    if faults.argocd_out_of_sync(&name) {
+    if faults.argocd_out_of_sync(name) {
         st.sync_until = None;
         st.synced_spec = None;
         let msg = format!("one or more synchronization tasks completed unsuccessfully, reason: the lab's fault switch argocdOutOfSync holds {name} (Failed sync attempt to {rev})");
@@ -214,8 +214,8 @@ fn reconcile(
             store,
             GROUP,
             "applications",
-            &ns,
-            &name,
+            ns,
+            name,
             Some("status"),
             MANAGER,
             |o| {
@@ -262,8 +262,8 @@ fn reconcile(
                 store,
                 GROUP,
                 "applications",
-                &ns,
-                &name,
+                ns,
+                name,
                 Some("status"),
                 MANAGER,
                 |o| {
@@ -281,8 +281,8 @@ fn reconcile(
                 store,
                 GROUP,
                 "applications",
-                &ns,
-                &name,
+                ns,
+                name,
                 Some("status"),
                 MANAGER,
                 |o| {
@@ -305,8 +305,8 @@ fn reconcile(
                 store,
                 GROUP,
                 "applications",
-                &ns,
-                &name,
+                ns,
+                name,
                 Some("status"),
                 MANAGER,
                 |o| {
