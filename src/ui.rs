@@ -76,6 +76,59 @@ pub fn confirm(question: &str, yes: bool) -> anyhow::Result<bool> {
         .interact()?)
 }
 
+/// A line typed by the operator; `None` under `--yes` or without a terminal.
+pub fn ask_text(prompt: &str, yes: bool) -> anyhow::Result<Option<String>> {
+    if yes || !interactive() {
+        return Ok(None);
+    }
+    Ok(Some(
+        dialoguer::Input::new()
+            .with_prompt(prompt)
+            .interact_text()?,
+    ))
+}
+
+/// A secret typed by the operator, not echoed; `None` under `--yes` or without a terminal.
+pub fn ask_secret(prompt: &str, yes: bool) -> anyhow::Result<Option<crate::secret::SecretText>> {
+    if yes || !interactive() {
+        return Ok(None);
+    }
+    let value = dialoguer::Password::new().with_prompt(prompt).interact()?;
+    Ok(Some(crate::secret::SecretText::new(value)))
+}
+
+/// `rebox init`'s questions: the few values that differ per lab, the defaults offered.
+pub fn ask_init(c: &mut crate::config::Config) -> anyhow::Result<()> {
+    use dialoguer::Input;
+    c.cluster_name = Input::new()
+        .with_prompt("Cluster name")
+        .default(c.cluster_name.clone())
+        .interact_text()?;
+    c.server.host = Input::new()
+        .with_prompt("Server host (name, address or ~/.ssh/config alias)")
+        .allow_empty(true)
+        .interact_text()?;
+    c.server.user = Some(
+        Input::new()
+            .with_prompt("SSH user with passwordless sudo")
+            .default("homelab".to_string())
+            .interact_text()?,
+    );
+    c.nas.backup_target = Input::new()
+        .with_prompt("Longhorn backup target on the NAS")
+        .default(c.nas.backup_target.clone())
+        .interact_text()?;
+    c.argocd.repo_url = Input::new()
+        .with_prompt("Git repository for Argo CD")
+        .allow_empty(true)
+        .interact_text()?;
+    c.argocd.path = Input::new()
+        .with_prompt("Path of the root app in the repository")
+        .default(c.argocd.path.clone())
+        .interact_text()?;
+    Ok(())
+}
+
 /// The terminal as the SSH layer's [`crate::remote::Asker`].
 pub struct Terminal;
 

@@ -27,7 +27,7 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> Result<ExitCode> {
         if !ui::interactive() {
             anyhow::bail!("`rebox init` needs a terminal to ask questions; pass --defaults to write the defaults");
         }
-        ask(&mut answers)?;
+        ui::ask_init(&mut answers)?;
     }
     let text = answers.commented_toml()?;
     // Parse what we wrote, so a template mistake can never produce a broken file.
@@ -35,35 +35,4 @@ pub fn run(global: &GlobalArgs, args: InitArgs) -> Result<ExitCode> {
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     eprintln!("wrote {}; next: `rebox preflight`", path.display());
     Ok(ExitCode::SUCCESS)
-}
-
-fn ask(c: &mut Config) -> Result<()> {
-    use dialoguer::Input;
-    c.cluster_name = Input::new()
-        .with_prompt("Cluster name")
-        .default(c.cluster_name.clone())
-        .interact_text()?;
-    c.server.host = Input::new()
-        .with_prompt("Server host (name, address or ~/.ssh/config alias)")
-        .allow_empty(true)
-        .interact_text()?;
-    c.server.user = Some(
-        Input::new()
-            .with_prompt("SSH user with passwordless sudo")
-            .default("homelab".to_string())
-            .interact_text()?,
-    );
-    c.nas.backup_target = Input::new()
-        .with_prompt("Longhorn backup target on the NAS")
-        .default(c.nas.backup_target.clone())
-        .interact_text()?;
-    c.argocd.repo_url = Input::new()
-        .with_prompt("Git repository for Argo CD")
-        .allow_empty(true)
-        .interact_text()?;
-    c.argocd.path = Input::new()
-        .with_prompt("Path of the root app in the repository")
-        .default(c.argocd.path.clone())
-        .interact_text()?;
-    Ok(())
 }

@@ -109,29 +109,24 @@ async fn verify(global: &GlobalArgs, args: KeyVerifyArgs) -> Result<ExitCode> {
         .iter()
         .map(|s| s.sha256_hex())
         .collect();
-    let cmp = Comparison::new(&summary, &cluster);
-    let (what, server) = (secret.describe(), secret.target.addr());
     let at = Against {
-        secret: &what,
-        key: secret.key(),
-        server: &server,
+        secret: secret.describe(),
+        key: secret.key().into(),
+        server: secret.target.addr(),
     };
+    let cmp = Comparison::new(&summary, cluster, at);
     if global.json {
         let mut v = report::summary_json(&summary, Some(&verified), &[]);
-        v["against_cluster"] = cmp.json(&at, &cluster);
+        v["against_cluster"] = cmp.json();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", report::summary_text(&summary, Some(&verified)));
-        print!("{}", cmp.text(&at, &summary, &cluster));
+        print!("{}", cmp.text(&summary));
     }
     if cmp.matches {
-        tracing::info!(secret = %what, "backup matches the cluster");
         return Ok(ExitCode::SUCCESS);
     }
-    crate::ui::report_error(&anyhow!(crate::next::hinted(
-        format!("the backup {} does not hold the key in Secret {what} on {server}", args.file.display()),
-        "if the cluster's key was rotated, make a new backup from it (`rebox key export --host … -o NEW.age`, then `rebox key verify NEW.age --against-cluster`); if the backup is the right key, the Secret is wrong: `rebox doctor` checks it",
-    )));
+    crate::ui::report_error(&cmp.mismatch(&args.file));
     Ok(ExitCode::from(MISMATCH))
 }
 

@@ -1,6 +1,7 @@
 //! The guide's fixes, applied by `rebox doctor --fix`. Each waits (a watch with a deadline)
 //! for the state it is meant to produce and fails with what it saw instead.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -41,13 +42,14 @@ fn app_failed(o: &DynamicObject) -> bool {
 
 /// Where the unseal key comes from when a fix needs it: the Secret, else the offline backup
 /// (opened on first use, so nothing is asked for when no fix needs it).
-pub struct KeyMaterial<'a> {
-    backup: Option<Box<dyn FnMut() -> Result<Vec<SecretText>> + 'a>>,
+pub struct KeyMaterial {
+    /// The offline backup file and the identities that open it (`--from`, `-i`).
+    backup: Option<(PathBuf, Vec<PathBuf>)>,
     loaded: Option<Vec<SecretText>>,
 }
 
-impl<'a> KeyMaterial<'a> {
-    pub fn new(backup: Option<Box<dyn FnMut() -> Result<Vec<SecretText>> + 'a>>) -> Self {
+impl KeyMaterial {
+    pub fn new(backup: Option<(PathBuf, Vec<PathBuf>)>) -> Self {
         KeyMaterial {
             backup,
             loaded: None,
@@ -57,8 +59,10 @@ impl<'a> KeyMaterial<'a> {
     /// The shares of the offline backup, if one was given.
     pub fn backup(&mut self) -> Result<Option<Vec<SecretText>>> {
         if self.loaded.is_none() {
-            if let Some(open) = self.backup.as_mut() {
-                self.loaded = Some(open()?);
+            if let Some((path, ids)) = &self.backup {
+                let (doc, how) = crate::keys::backup::open_file(path, ids)?;
+                tracing::info!(file = %path.display(), how, "opened the offline backup");
+                self.loaded = Some(doc.shares());
             }
         }
         Ok(self.loaded.clone())
@@ -66,9 +70,9 @@ impl<'a> KeyMaterial<'a> {
 }
 
 /// What the fixes need.
-pub struct Fixer<'a, 'k> {
+pub struct Fixer<'a> {
     pub site: &'a Site,
-    pub key: &'a mut KeyMaterial<'k>,
+    pub key: &'a mut KeyMaterial,
 }
 
 /// Waits for `cond` on the named object, up to `deadline`; false on timeout.
@@ -90,7 +94,7 @@ where
     }
 }
 
-impl Fixer<'_, '_> {
+impl Fixer<'_> {
     /// Applies one fix and waits for its effect. Ok(message) says what was done.
     pub async fn apply(&mut self, action: &Action) -> Result<String> {
         match action {

@@ -23,12 +23,59 @@ pub struct Applied {
     verdict_after: Option<Verdict>,
 }
 
+/// What `doctor --fix` did: the report before, each fix, the report after.
 #[derive(Serialize)]
-pub struct FixReport<'a> {
-    pub before: &'a Report,
-    pub fixes: &'a [Applied],
-    pub after: &'a Report,
+pub struct FixReport {
+    pub before: Report,
+    pub fixes: Vec<Applied>,
+    pub after: Report,
     pub ok: bool,
+    /// No fix applied because none of the failures is one `--fix` can repair.
+    #[serde(skip)]
+    pub nothing_to_fix: bool,
+}
+
+/// `doctor --fix`: plans the fixes for `report`, lists them, asks (`ask`, also before each
+/// later round), applies them with a re-check after each.
+pub async fn fix(
+    site: &Site,
+    report: Report,
+    key: KeyMaterial,
+    mut ask: impl FnMut(&str) -> Result<bool>,
+) -> Result<FixReport> {
+    let todo = plan(&report);
+    if todo.is_empty() || site.cluster().await.is_err() {
+        return Ok(FixReport {
+            ok: report.ok,
+            before: report.clone(),
+            fixes: vec![],
+            after: report,
+            nothing_to_fix: true,
+        });
+    }
+    eprintln!("\nrebox doctor --fix will, in this order (re-checking after each):");
+    list(&todo, &site.config);
+    if !ask("Apply these fixes?")? {
+        anyhow::bail!(crate::next::hinted(
+            "not confirmed; nothing was changed",
+            "answer yes, or pass --yes in scripts"
+        ));
+    }
+    let before = report.clone();
+    let (fixes, after) = repair(site, report, todo, key, ask).await?;
+    Ok(FixReport {
+        before,
+        fixes,
+        ok: after.ok,
+        after,
+        nothing_to_fix: false,
+    })
+}
+
+fn list(todo: &[(&'static str, Action)], config: &Config) {
+    for (i, (_, a)) in todo.iter().enumerate() {
+        eprintln!("  {}. {}", i + 1, a.describe(config));
+    }
 }
 
 /// Checks everything, with the Jobs' log tails as evidence.
@@ -89,13 +136,12 @@ pub fn plan(report: &Report) -> Vec<(&'static str, Action)> {
 }
 
 /// Applies `todo` (from [`plan`]) and what the re-checks reveal after it. `ask` gets the
-/// question before every round after the first (the caller asked before the first); the
-/// answer no ends the repair. Returns every fix's outcome and the last report.
-pub async fn repair(
+/// question before every round after the first; the answer no ends the repair. Returns every fix's outcome and the last report.
+async fn repair(
     site: &Site,
     mut report: Report,
     mut todo: Vec<(&'static str, Action)>,
-    mut key: KeyMaterial<'_>,
+    mut key: KeyMaterial,
     mut ask: impl FnMut(&str) -> Result<bool>,
 ) -> Result<(Vec<Applied>, Report)> {
     let config = &site.config;
@@ -112,13 +158,8 @@ pub async fn repair(
             if todo.is_empty() {
                 break;
             }
-            eprintln!(
-                "
-The re-check found more that --fix can repair:"
-            );
-            for (i, (_, a)) in todo.iter().enumerate() {
-                eprintln!("  {}. {}", i + 1, a.describe(config));
-            }
+            eprintln!("\nThe re-check found more that --fix can repair:");
+            list(&todo, config);
             if !ask("Apply these fixes too?")? {
                 break;
             }

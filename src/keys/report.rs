@@ -67,10 +67,10 @@ pub fn summary_text(s: &Summary, verified: Option<&Verified<'_>>) -> String {
 }
 
 /// Where the cluster's shares were read: the Secret, its data key, the server.
-pub struct Against<'a> {
-    pub secret: &'a str,
-    pub key: &'a str,
-    pub server: &'a str,
+pub struct Against {
+    pub secret: String,
+    pub key: String,
+    pub server: String,
 }
 
 /// The backup's share fingerprints set against the cluster's.
@@ -80,10 +80,12 @@ pub struct Comparison {
     pub matches: bool,
     pub only_in_backup: Vec<String>,
     pub only_in_cluster: Vec<String>,
+    cluster: Vec<String>,
+    at: Against,
 }
 
 impl Comparison {
-    pub fn new(backup: &Summary, cluster: &[String]) -> Self {
+    pub fn new(backup: &Summary, cluster: Vec<String>, at: Against) -> Self {
         let b: Vec<String> = backup
             .shares
             .iter()
@@ -97,24 +99,35 @@ impl Comparison {
             matches: only_in_backup.is_empty() && only_in_cluster.is_empty() && !cluster.is_empty(),
             only_in_backup,
             only_in_cluster,
+            cluster,
+            at,
         }
     }
 
     /// The `against_cluster` object of `verify --json`.
-    pub fn json(&self, at: &Against<'_>, cluster: &[String]) -> Value {
+    pub fn json(&self) -> Value {
         json!({
-            "secret": at.secret,
-            "key": at.key,
-            "server": at.server,
-            "cluster_shares": cluster,
+            "secret": self.at.secret,
+            "key": self.at.key,
+            "server": self.at.server,
+            "cluster_shares": self.cluster,
             "matches": self.matches,
             "only_in_backup": self.only_in_backup,
             "only_in_cluster": self.only_in_cluster,
         })
     }
 
+    /// The error `verify --against-cluster` reports when the backup `file` does not match.
+    pub fn mismatch(&self, file: &std::path::Path) -> anyhow::Error {
+        anyhow::anyhow!(crate::next::hinted(
+            format!("the backup {} does not hold the key in Secret {} on {}", file.display(), self.at.secret, self.at.server),
+            "if the cluster's key was rotated, make a new backup from it (`rebox key export --host … -o NEW.age`, then `rebox key verify NEW.age --against-cluster`); if the backup is the right key, the Secret is wrong: `rebox doctor` checks it",
+        ))
+    }
+
     /// Both fingerprint lists, each share marked where the other side lacks it, and the verdict.
-    pub fn text(&self, at: &Against<'_>, s: &Summary, cluster: &[String]) -> String {
+    pub fn text(&self, s: &Summary) -> String {
+        let (at, cluster) = (&self.at, &self.cluster);
         let mut out = String::new();
         let _ = writeln!(
             out,

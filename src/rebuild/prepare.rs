@@ -72,6 +72,17 @@ pub async fn run(
     Ok((local, result))
 }
 
+/// The question asked before a fresh rebuild changes the server.
+pub fn question(ctx: &Ctx) -> String {
+    let t = &ctx.site.remote.target;
+    format!(
+        "Rebuild the homelab on {} ({}@{})? This installs k3s and changes the server",
+        t.alias,
+        t.user,
+        t.addr()
+    )
+}
+
 /// What the operator does after a successful fresh rebuild.
 pub fn next_steps(ctx: &Ctx) -> Vec<String> {
     let mut out = Vec::new();

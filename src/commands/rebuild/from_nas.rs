@@ -12,34 +12,20 @@ use super::{confirm, context, dry_run};
 use crate::cli::{GlobalArgs, RebuildArgs};
 use crate::rebuild::from_nas::{closing, inputs, FLOW};
 use crate::rebuild::{self, prepare, Ctx, RestoreState};
-use crate::secret::SecretText;
 
 /// The offline backup: from --key-file, else asked for.
 fn key_file(global: &GlobalArgs, args: &RebuildArgs) -> Result<PathBuf> {
     if let Some(p) = &args.key_file {
         return Ok(p.clone());
     }
-    if global.yes || !crate::ui::interactive() {
-        bail!(crate::next::hinted(
+    let prompt = "Offline backup file of the Vault unseal key (e.g. /media/usb/vault-key.age)";
+    match crate::ui::ask_text(prompt, global.yes)? {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => bail!(crate::next::hinted(
             "a restore needs the offline backup of Vault's unseal key",
             "pass --key-file FILE (and --key-identity FILE for a key-encrypted backup)"
-        ));
+        )),
     }
-    let path: String = dialoguer::Input::new()
-        .with_prompt("Offline backup file of the Vault unseal key (e.g. /media/usb/vault-key.age)")
-        .interact_text()?;
-    Ok(PathBuf::from(path))
-}
-
-/// A secret the backup lacks, typed by the operator (None without a terminal or with --yes).
-fn ask_secret(global: &GlobalArgs, name: &str) -> Result<Option<SecretText>> {
-    if global.yes || !crate::ui::interactive() {
-        return Ok(None);
-    }
-    let value = dialoguer::Password::new()
-        .with_prompt(format!("{name} (not in the offline backup)"))
-        .interact()?;
-    Ok(Some(SecretText::new(value)))
 }
 
 /// `rebox plan --restore-from-nas`: the table when the NAS can be read without changing the
@@ -68,7 +54,9 @@ pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
         let path = key_file(global, &args)?;
         let doc = inputs::open_key(&path, &args.key_identities, &ctx.site.config.cluster_name)?;
         ctx.unseal_shares = Some(doc.shares());
-        inputs::secret_values(&mut ctx, &doc, |name| ask_secret(global, name))?;
+        inputs::secret_values(&mut ctx, &doc, |name| {
+            crate::ui::ask_secret(&format!("{name} (not in the offline backup)"), global.yes)
+        })?;
     }
     let Some(table) = inputs::read_nas(&ctx, &args.skip_volumes, !args.dry_run).await? else {
         // Only a dry run gets here: it may not install the NFS client the read needs.
@@ -81,8 +69,7 @@ pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
     } else {
         print!("{rendered}");
     }
-    let flagged = table.flagged();
-    let count = table.to_restore().count();
+    let question = inputs::question(&ctx, &table);
     ctx.restore = Some(RestoreState {
         table,
         outcomes: Vec::new(),
@@ -90,17 +77,6 @@ pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
     if args.dry_run {
         return dry_run(global, &mut ctx, &phases).await;
     }
-    let t = &ctx.site.remote.target;
-    let flagged = match flagged {
-        0 => String::new(),
-        n => format!(", with {n} flagged above"),
-    };
-    let question = format!(
-        "Restore {count} volume(s) onto {} ({}@{}){flagged}? This installs k3s and brings every volume back as of its last backup",
-        t.alias,
-        t.user,
-        t.addr(),
-    );
     confirm(global, &question, "rebox plan --restore-from-nas")?;
     let hint = "rebox rebuild --restore-from-nas";
     let (local, result) = prepare::run(&mut ctx, &phases, FLOW, hint).await?;
@@ -121,13 +97,8 @@ pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
     ctx.site.remote.close().await;
     result?;
     println!("\nWhat to do next:");
-    println!(
-        "  - check the apps: Argo CD deploys them onto the restored volumes (`kubectl -n {} get applications` on the server)",
-        ctx.site.config.argocd.namespace
-    );
-    println!("  - keep the offline backup file: Vault still uses the same unseal key");
-    if let Some(p) = report_path {
-        println!("  - the report is in {}", p.display());
+    for line in closing::next_steps(&ctx, report_path.as_deref()) {
+        println!("  - {line}");
     }
     Ok(ExitCode::SUCCESS)
 }

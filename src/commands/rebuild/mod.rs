@@ -106,13 +106,7 @@ pub async fn run(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {
     if args.dry_run {
         return dry_run(global, &mut ctx, &phases).await;
     }
-    let t = &ctx.site.remote.target;
-    let question = format!(
-        "Rebuild the homelab on {} ({}@{})? This installs k3s and changes the server",
-        t.alias,
-        t.user,
-        t.addr()
-    );
+    let question = prepare::question(&ctx);
     confirm(global, &question, "rebox plan")?;
     let (_, result) = prepare::run(&mut ctx, &phases, "rebuild", "rebox rebuild").await?;
     let report = result?;

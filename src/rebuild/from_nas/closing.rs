@@ -67,3 +67,18 @@ pub async fn report(
         }
     }
 }
+
+/// What the operator does after a successful restore.
+pub fn next_steps(ctx: &Ctx, report: Option<&Path>) -> Vec<String> {
+    let mut out = vec![
+        format!(
+            "check the apps: Argo CD deploys them onto the restored volumes (`kubectl -n {} get applications` on the server)",
+            ctx.site.config.argocd.namespace
+        ),
+        "keep the offline backup file: Vault still uses the same unseal key".into(),
+    ];
+    if let Some(p) = report {
+        out.push(format!("the report is in {}", p.display()));
+    }
+    out
+}

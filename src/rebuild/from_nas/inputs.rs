@@ -120,3 +120,19 @@ pub async fn read_nas(ctx: &Ctx, skip: &[String], may_install: bool) -> Result<O
         time::OffsetDateTime::now_utc(),
     )))
 }
+
+/// The question asked before a restore changes the server.
+pub fn question(ctx: &Ctx, table: &Table) -> String {
+    let t = &ctx.site.remote.target;
+    let flagged = match table.flagged() {
+        0 => String::new(),
+        n => format!(", with {n} flagged above"),
+    };
+    format!(
+        "Restore {} volume(s) onto {} ({}@{}){flagged}? This installs k3s and brings every volume back as of its last backup",
+        table.to_restore().count(),
+        t.alias,
+        t.user,
+        t.addr(),
+    )
+}
