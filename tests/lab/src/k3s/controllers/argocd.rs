@@ -181,28 +181,20 @@ fn reconcile(
             st.sync_until = None;
         } else {
             let msg = format!("rpc error: code = Unknown desc = Manifest generation error (cached): the lab's fault switch argocdStaleUntilHardRefresh holds {name}; a hard refresh regenerates the manifests");
-            let _ = ops::modify(
-                store,
-                GROUP,
-                "applications",
-                ns,
-                name,
-                Some("status"),
-                MANAGER,
-                |o| {
-                    let lt = o["status"]["conditions"][0]["lastTransitionTime"]
-                        .as_str()
-                        .map(String::from)
-                        .unwrap_or(t.clone());
-                    o["status"]["sync"] =
-                        json!({"status": "OutOfSync", "revision": rev, "comparedTo": compared});
-                    o["status"]["conditions"] = json!([{"type": "ComparisonError", "message": msg, "lastTransitionTime": lt}]);
-                    if refresh.is_some() || o["status"]["reconciledAt"].is_null() {
-                        o["status"]["reconciledAt"] = json!(t);
-                    }
-                    true
-                },
-            );
+            let _ = write_status(store, ns, name, |o| {
+                let lt = o["status"]["conditions"][0]["lastTransitionTime"]
+                    .as_str()
+                    .map(String::from)
+                    .unwrap_or(t.clone());
+                o["status"]["sync"] =
+                    json!({"status": "OutOfSync", "revision": rev, "comparedTo": compared});
+                o["status"]["conditions"] =
+                    json!([{"type": "ComparisonError", "message": msg, "lastTransitionTime": lt}]);
+                if refresh.is_some() || o["status"]["reconciledAt"].is_null() {
+                    o["status"]["reconciledAt"] = json!(t);
+                }
+                true
+            });
             return;
         }
     }
@@ -210,39 +202,30 @@ fn reconcile(
         st.sync_until = None;
         st.synced_spec = None;
         let msg = format!("one or more synchronization tasks completed unsuccessfully, reason: the lab's fault switch argocdOutOfSync holds {name} (Failed sync attempt to {rev})");
-        let _ = ops::modify(
-            store,
-            GROUP,
-            "applications",
-            ns,
-            name,
-            Some("status"),
-            MANAGER,
-            |o| {
-                let prev_failed = o["status"]["operationState"]["phase"] == "Failed";
-                let started = if prev_failed {
-                    o["status"]["operationState"]["startedAt"].clone()
-                } else {
-                    json!(t)
-                };
-                let lt = o["status"]["conditions"][0]["lastTransitionTime"]
-                    .as_str()
-                    .map(String::from)
-                    .unwrap_or(t.clone());
-                o["status"] = json!({
-                    "sync": {"status": "OutOfSync", "revision": rev, "comparedTo": compared},
-                    "health": {"status": "Degraded", "message": "sync failed"},
-                    "conditions": [{"type": "SyncError", "message": msg, "lastTransitionTime": lt}],
-                    "operationState": {"phase": "Failed", "message": msg, "startedAt": started,
-                                       "finishedAt": if prev_failed { o["status"]["operationState"]["finishedAt"].clone() } else { json!(t) },
-                                       "operation": {"sync": {"revision": rev}}, "retryCount": 1,
-                                       "syncResult": {"revision": rev}},
-                    "reconciledAt": if refresh.is_some() || o["status"]["reconciledAt"].is_null() { json!(t) } else { o["status"]["reconciledAt"].clone() },
-                    "sourceType": "Directory",
-                });
-                true
-            },
-        );
+        let _ = write_status(store, ns, name, |o| {
+            let prev_failed = o["status"]["operationState"]["phase"] == "Failed";
+            let started = if prev_failed {
+                o["status"]["operationState"]["startedAt"].clone()
+            } else {
+                json!(t)
+            };
+            let lt = o["status"]["conditions"][0]["lastTransitionTime"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or(t.clone());
+            o["status"] = json!({
+                "sync": {"status": "OutOfSync", "revision": rev, "comparedTo": compared},
+                "health": {"status": "Degraded", "message": "sync failed"},
+                "conditions": [{"type": "SyncError", "message": msg, "lastTransitionTime": lt}],
+                "operationState": {"phase": "Failed", "message": msg, "startedAt": started,
+                                   "finishedAt": if prev_failed { o["status"]["operationState"]["finishedAt"].clone() } else { json!(t) },
+                                   "operation": {"sync": {"revision": rev}}, "retryCount": 1,
+                                   "syncResult": {"revision": rev}},
+                "reconciledAt": if refresh.is_some() || o["status"]["reconciledAt"].is_null() { json!(t) } else { o["status"]["reconciledAt"].clone() },
+                "sourceType": "Directory",
+            });
+            true
+        });
         return;
     }
     let spec = app["spec"].clone();
@@ -258,73 +241,65 @@ fn reconcile(
         st.synced_spec.as_ref() == Some(&spec) && app["status"]["sync"]["status"] == "Synced";
     if up_to_date {
         if refresh.is_some() {
-            let _ = ops::modify(
-                store,
-                GROUP,
-                "applications",
-                ns,
-                name,
-                Some("status"),
-                MANAGER,
-                |o| {
-                    o["status"]["reconciledAt"] = json!(t);
-                    true
-                },
-            );
+            let _ = write_status(store, ns, name, |o| {
+                o["status"]["reconciledAt"] = json!(t);
+                true
+            });
         }
         return;
     }
     match st.sync_until {
         None => {
             st.sync_until = Some(Instant::now() + env.sync_time);
-            let _ = ops::modify(
-                store,
-                GROUP,
-                "applications",
-                ns,
-                name,
-                Some("status"),
-                MANAGER,
-                |o| {
-                    o["status"] = json!({
-                        "sync": {"status": "OutOfSync", "revision": rev, "comparedTo": compared},
-                        "health": {"status": "Progressing"},
-                        "operationState": {"phase": "Running", "message": "one or more tasks are running",
-                                           "startedAt": t, "operation": {"sync": {"revision": rev}}},
-                        "reconciledAt": t,
-                        "sourceType": "Directory",
-                    });
-                    true
-                },
-            );
+            let _ = write_status(store, ns, name, |o| {
+                o["status"] = json!({
+                    "sync": {"status": "OutOfSync", "revision": rev, "comparedTo": compared},
+                    "health": {"status": "Progressing"},
+                    "operationState": {"phase": "Running", "message": "one or more tasks are running",
+                                       "startedAt": t, "operation": {"sync": {"revision": rev}}},
+                    "reconciledAt": t,
+                    "sourceType": "Directory",
+                });
+                true
+            });
         }
         Some(until) if Instant::now() >= until => {
             st.sync_until = None;
             st.synced_spec = Some(spec);
-            let _ = ops::modify(
-                store,
-                GROUP,
-                "applications",
-                ns,
-                name,
-                Some("status"),
-                MANAGER,
-                |o| {
-                    let started = o["status"]["operationState"]["startedAt"].clone();
-                    o["status"] = json!({
-                        "sync": {"status": "Synced", "revision": rev, "comparedTo": compared},
-                        "health": {"status": "Healthy"},
-                        "operationState": {"phase": "Succeeded", "message": "successfully synced (all tasks run)",
-                                           "startedAt": started, "finishedAt": t,
-                                           "operation": {"sync": {"revision": rev}},
-                                           "syncResult": {"revision": rev}},
-                        "reconciledAt": t,
-                        "sourceType": "Directory",
-                    });
-                    true
-                },
-            );
+            let _ = write_status(store, ns, name, |o| {
+                let started = o["status"]["operationState"]["startedAt"].clone();
+                o["status"] = json!({
+                    "sync": {"status": "Synced", "revision": rev, "comparedTo": compared},
+                    "health": {"status": "Healthy"},
+                    "operationState": {"phase": "Succeeded", "message": "successfully synced (all tasks run)",
+                                       "startedAt": started, "finishedAt": t,
+                                       "operation": {"sync": {"revision": rev}},
+                                       "syncResult": {"revision": rev}},
+                    "reconciledAt": t,
+                    "sourceType": "Directory",
+                });
+                true
+            });
         }
         Some(_) => {}
     }
+}
+
+/// A status write by the application controller (one store call, as upstream's patch).
+fn write_status(
+    store: &Store,
+    ns: &str,
+    name: &str,
+    f: impl FnOnce(&mut Value) -> bool,
+) -> Result<Option<Value>, crate::k3s::status::ApiError> {
+    ops::modify(
+        store,
+        GROUP,
+        "applications",
+        ns,
+        name,
+        Some("status"),
+        MANAGER,
+        f,
+    )
 }
