@@ -6,9 +6,11 @@
 //! parameters `watch`, `resourceVersion`, `labelSelector`, `fieldSelector`, `timeoutSeconds`,
 //! `sendInitialEvents`, `fieldManager`, `fieldValidation`, `force`, `dryRun`, JSON and YAML
 //! bodies, `Warning: 299` headers, and 401 for any request without the admin client
-//! certificate (k3s runs with anonymous auth off).
+//! certificate or a valid service-account token (k3s runs with anonymous auth off);
+//! TokenRequest and TokenReview ([`authn_api`], tokens in [`super::satoken`]).
 //! Left out: protobuf and CBOR bodies (415), `limit`/`continue` paging (everything is one
-//! page), exec/attach/portforward/proxy/scale, impersonation, RBAC authorization.
+//! page), exec/attach/portforward/proxy/scale, impersonation, RBAC authorization (except
+//! TokenReview's `system:auth-delegator`, the check Vault's Kubernetes auth depends on).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,16 +62,19 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         .extensions()
         .get::<Peer>()
         .is_some_and(|p| p.authenticated);
-    // Pods of the lab's Job runner present service-account tokens (controllers::jobs).
+    // Pods present service-account tokens (the kubelet's projected token, or a TokenRequest
+    // token): JWTs this API server signed, checked as kube-apiserver does (satoken).
     let bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
-        .is_some_and(|t| super::controllers::jobs::authenticate(t.trim()).is_some());
-    if !authed && !bearer {
-        return ApiError::unauthorized().into_response();
-    }
+        .and_then(|t| super::satoken::review(&app.store, t.trim(), &[]).ok());
+    let caller = match (authed, bearer) {
+        (true, _) => Caller::Admin,
+        (false, Some(u)) => Caller::ServiceAccount(u),
+        (false, None) => return ApiError::unauthorized().into_response(),
+    };
     let (parts, body) = req.into_parts();
     if let Some(r) = super::faults::intercept(
         &app.store.data_dir(),
@@ -87,6 +92,12 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         Ok(b) => b,
         Err(e) => return ApiError::bad_request(format!("reading body: {e}")).into_response(),
     };
+    if let Some(r) = authn_api(&app, &caller, &parts.method, parts.uri.path(), &parts.headers, &body) {
+        return match r {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+    }
     match route(
         &app,
         &parts.method,
@@ -97,6 +108,101 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
     ) {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    }
+}
+
+/// Who is calling: the admin client certificate (`system:masters`) or a service account.
+pub enum Caller {
+    Admin,
+    ServiceAccount(super::satoken::User),
+}
+
+/// `POST /api/v1/namespaces/<ns>/serviceaccounts/<sa>/token` (TokenRequest) and
+/// `POST /apis/authentication.k8s.io/v1/tokenreviews` (TokenReview); None for other paths.
+/// kube-apiserver answers both with 201 and the object with its `status` filled in.
+/// RBAC: TokenReview needs `create tokenreviews` (ClusterRole `system:auth-delegator`,
+/// [`super::satoken::may_review`]); TokenRequest is allowed to every caller here (ESO's
+/// chart grants `create serviceaccounts/token` to its controller; the lab has no RBAC).
+fn authn_api(
+    app: &App,
+    caller: &Caller,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<ApiResult<Response>> {
+    use super::satoken;
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    match segs.as_slice() {
+        ["api", "v1", "namespaces", ns, "serviceaccounts", sa, "token"] => Some((|| {
+            if *method != Method::POST {
+                return Err(ApiError::method_not_allowed());
+            }
+            let req = if body.is_empty() { json!({}) } else { decode(body, content_type)? };
+            let auds: Vec<String> = req["spec"]["audiences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect();
+            let issued = satoken::issue(
+                &app.store,
+                ns,
+                sa,
+                &auds,
+                req["spec"]["expirationSeconds"].as_i64(),
+                None,
+            )
+            .map_err(|r| ApiError::new(r.code, r.reason, r.message))?;
+            let exp = chrono::DateTime::from_timestamp(issued.expires, 0)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            let v = json!({"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"name": sa, "namespace": ns, "creationTimestamp": null},
+                "spec": {"audiences": issued.audiences, "expirationSeconds": req["spec"]["expirationSeconds"].as_i64().unwrap_or(satoken::DEFAULT_EXPIRATION), "boundObjectRef": req["spec"]["boundObjectRef"]},
+                "status": {"token": issued.token, "expirationTimestamp": exp}});
+            Ok(json_response(StatusCode::CREATED, &v, &[]))
+        })()),
+        ["apis", "authentication.k8s.io", "v1", "tokenreviews"] => Some((|| {
+            if *method != Method::POST {
+                return Err(ApiError::method_not_allowed());
+            }
+            if let Caller::ServiceAccount(u) = caller {
+                if !satoken::may_review(&app.store, &u.namespace, &u.name) {
+                    return Err(ApiError::new(403, "Forbidden", format!(
+                        "tokenreviews.authentication.k8s.io is forbidden: User \"{}\" cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope",
+                        u.username()
+                    )).with_details(json!({"group": "authentication.k8s.io", "kind": "tokenreviews"})));
+                }
+            }
+            let req = decode(body, content_type)?;
+            let token = req["spec"]["token"].as_str().unwrap_or_default();
+            if token.is_empty() {
+                return Err(ApiError::new(422, "Invalid", "TokenReview.authentication.k8s.io \"\" is invalid: spec.token: Required value: token must not be empty"));
+            }
+            let auds: Vec<String> = req["spec"]["audiences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect();
+            let status = match satoken::review(&app.store, token, &auds) {
+                Ok(u) => json!({"authenticated": true, "user": u.user_info(), "audiences": u.audiences}),
+                Err(e) => json!({"user": {}, "error": satoken::refusal(&e)}),
+            };
+            let v = json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"creationTimestamp": null}, "spec": req["spec"], "status": status});
+            Ok(json_response(StatusCode::CREATED, &v, &[]))
+        })()),
+        _ => None,
     }
 }
 

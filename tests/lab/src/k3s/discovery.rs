@@ -3,7 +3,8 @@
 //!
 //! Contract followed: the legacy (unaggregated) discovery format of kube-apiserver
 //! (`APIVersions`, `APIGroupList`, `APIGroup`, `APIResourceList` with verbs, short names,
-//! categories and `<plural>/status`, `pods/log` subresources). Clients that ask for
+//! categories and `<plural>/status`, `pods/log`, `serviceaccounts/token` subresources; `authentication.k8s.io/v1`
+//! with `tokenreviews`). Clients that ask for
 //! aggregated discovery (`as=APIGroupDiscoveryList`) get this format with a plain
 //! `application/json` content type and fall back, as they do against older servers.
 //! Left out: aggregated discovery, `storageVersionHash`.
@@ -44,6 +45,8 @@ fn groups(types: &[ResourceType]) -> Vec<(String, Vec<String>)> {
             None => out.push((t.group.clone(), vec![t.version.clone()])),
         }
     }
+    // Served by the API server itself, not stored (TokenReview; see api::authn_api).
+    out.push((AUTHN_GROUP.to_string(), vec!["v1".to_string()]));
     for (_, vs) in out.iter_mut() {
         vs.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
     }
@@ -106,12 +109,19 @@ const VERBS: &[&str] = &[
     "watch",
 ];
 
+/// `authentication.k8s.io`: TokenReview (create only, cluster-scoped).
+pub const AUTHN_GROUP: &str = "authentication.k8s.io";
+
 pub fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Option<Value> {
     let gv = if group.is_empty() {
         version.to_string()
     } else {
         format!("{group}/{version}")
     };
+    if group == AUTHN_GROUP && version == "v1" {
+        return Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": [
+            {"name": "tokenreviews", "singularName": "tokenreview", "namespaced": false, "kind": "TokenReview", "verbs": ["create"]}]}));
+    }
     let mine: Vec<&ResourceType> = types
         .iter()
         .filter(|t| t.group == group && t.version == version)
@@ -134,6 +144,9 @@ pub fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Opti
         resources.push(r);
         if t.status {
             resources.push(json!({"name": format!("{}/status", t.plural), "singularName": "", "namespaced": t.namespaced, "kind": t.kind, "verbs": ["get", "patch", "update"]}));
+        }
+        if t.group.is_empty() && t.kind == "ServiceAccount" {
+            resources.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true, "group": AUTHN_GROUP, "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
         }
         if t.group.is_empty() && t.kind == "Pod" {
             resources.push(json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));

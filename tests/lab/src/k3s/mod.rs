@@ -36,6 +36,7 @@ pub mod openapi;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;
+pub mod satoken;
 pub mod schema;
 pub mod selectors;
 pub mod ssa;
@@ -87,6 +88,11 @@ fn bootstrap(store: &Store, node_name: &str) -> anyhow::Result<()> {
             )
             .map_err(|e| anyhow::anyhow!(e.message))?;
         }
+    }
+    // Stores written before the lab had the serviceaccounts-controller get theirs too.
+    for ns in inner.list("", "namespaces", None) {
+        let name = ns["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        objects::ensure_default_service_account(&mut inner, &name);
     }
     if inner.get("", "nodes", "", node_name).is_none() {
         let now = defaults::now();

@@ -115,6 +115,9 @@ pub fn create(
     ensure_namespace(inner, rt, ns)?;
     let mut obj = admit(inner, rt, body, ctx)?;
     super::webhooks::check(inner, rt)?;
+    if rt.group.is_empty() && rt.kind == "Pod" {
+        admit_service_account(inner, ns, &mut obj)?;
+    }
     let name = obj["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -149,7 +152,67 @@ pub fn create(
         meta.insert("generation".into(), json!(1));
     }
     ssa::record_update(None, &mut obj, &ctx.manager, rt.crd.is_none(), None);
-    commit(inner, rt, ns, obj, ctx)
+    let is_ns = rt.group.is_empty() && rt.kind == "Namespace";
+    let created = commit(inner, rt, ns, obj, ctx)?;
+    if is_ns && !ctx.dry_run {
+        let name = created["metadata"]["name"].as_str().unwrap_or_default();
+        ensure_default_service_account(inner, name);
+    }
+    Ok(created)
+}
+
+/// kube-apiserver's `ServiceAccount` admission plugin
+/// (`plugin/pkg/admission/serviceaccount/admission.go`): a pod without
+/// `spec.serviceAccountName` gets `default`; a pod whose ServiceAccount does not exist is
+/// refused (403 `error looking up service account NS/SA: serviceaccount "SA" not found`).
+/// Left out: the plugin's injection of the `kube-api-access-*` volume into the spec (the
+/// lab's kubelet mounts the token without it).
+fn admit_service_account(inner: &Inner, ns: &str, pod: &mut Value) -> ApiResult<()> {
+    let sa = pod["spec"]["serviceAccountName"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .or_else(|| pod["spec"]["serviceAccount"].as_str().filter(|s| !s.is_empty()))
+        .unwrap_or("default")
+        .to_string();
+    pod["spec"]["serviceAccountName"] = json!(sa);
+    pod["spec"]["serviceAccount"] = json!(sa);
+    if inner.get("", "serviceaccounts", ns, &sa).is_none() {
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        return Err(ApiError::new(
+            403,
+            "Forbidden",
+            format!("pods \"{name}\" is forbidden: error looking up service account {ns}/{sa}: serviceaccount \"{sa}\" not found"),
+        )
+        .with_details(json!({"name": name, "kind": "pods"})));
+    }
+    Ok(())
+}
+
+/// kube-controller-manager's serviceaccounts-controller: every namespace has a ServiceAccount
+/// `default`. Upstream creates it moments after the namespace; here in the same write, so
+/// no pod races it (the lab's controllers create pods right after namespaces).
+pub fn ensure_default_service_account(inner: &mut Inner, ns: &str) {
+    if ns.is_empty() || inner.get("", "serviceaccounts", ns, "default").is_some() {
+        return;
+    }
+    let Some(rt) = inner
+        .types
+        .iter()
+        .find(|t| t.group.is_empty() && t.kind == "ServiceAccount")
+        .cloned()
+    else {
+        return;
+    };
+    let mut ctx = WriteCtx {
+        validation: super::admit::FieldValidation::Strict,
+        warnings: vec![],
+        dry_run: false,
+        manager: "kube-controller-manager".into(),
+    };
+    let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}});
+    if let Err(e) = create(inner, &rt, ns, sa, &mut ctx) {
+        eprintln!("lab-k3s serviceaccounts-controller: {ns}/default: {}", e.message);
+    }
 }
 
 /// How managedFields are maintained by [`update`].

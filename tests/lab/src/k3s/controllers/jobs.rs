@@ -30,18 +30,18 @@
 //! pod's `runAsUser`/`runAsGroup` (+ `fsGroup`). Env: `value`, `secretKeyRef`,
 //! `configMapKeyRef`, `fieldRef` (metadata.name/namespace/uid, spec.serviceAccountName,
 //! spec.nodeName, status.podIP/hostIP), plus `KUBERNETES_SERVICE_HOST/PORT` (the API address
-//! pods reach) and `HOSTNAME`. stdout+stderr become the pod log. Tokens are random strings this
-//! process remembers ([`authenticate`]); lab-k3s's API accepts them as `Bearer` tokens for
-//! the pod's service account (no RBAC, as everywhere in lab-k3s).
+//! pods reach) and `HOSTNAME`. stdout+stderr become the pod log. The token is a real
+//! service-account JWT ([`kube_api_access`], [`crate::k3s::satoken`]) that lab-k3s's API
+//! accepts as a `Bearer` token for the pod's service account (no RBAC beyond TokenReview).
 //! Left out: images (the node's own tools run), init containers and sidecars (only the first
 //! container runs), resources/limits, seccomp/capabilities, `readOnlyRootFilesystem`,
 //! `restartPolicy: OnFailure` in-place restarts (a new pod is created instead, as for
 //! `Never`), `parallelism`/`completions` > 1, pod failure policies, time zones.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -57,30 +57,57 @@ const MANAGER: &str = "job-controller";
 
 // ---------------------------------------------------------------- service-account tokens
 
-fn tokens() -> &'static Mutex<HashMap<String, (String, String)>> {
-    static T: OnceLock<Mutex<HashMap<String, (String, String)>>> = OnceLock::new();
-    T.get_or_init(Default::default)
-}
-
-/// A new token for `system:serviceaccount:<ns>:<sa>`, valid while this process runs.
-pub fn issue_token(ns: &str, sa: &str) -> String {
-    use rand::Rng;
-    let bytes: [u8; 32] = rand::thread_rng().gen();
-    let t = format!("lab-sa.{}", hex::encode(bytes));
-    tokens()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(t.clone(), (ns.into(), sa.into()));
-    t
-}
-
-/// The (namespace, service account) a bearer token was issued to.
-pub fn authenticate(token: &str) -> Option<(String, String)> {
-    tokens()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(token)
-        .cloned()
+/// The kubelet's projected `kube-api-access` volume for `pod`: `token` (a TokenRequest token
+/// of the pod's ServiceAccount, bound to the pod, the kubelet's 3607 s, default audiences),
+/// `ca.crt` (the cluster CA) and `namespace`; None when automounting is off (pod spec, else
+/// the ServiceAccount's `automountServiceAccountToken`). Err when the ServiceAccount is gone
+/// (the kubelet cannot get a token: the container does not start).
+pub fn kube_api_access(
+    store: &Store,
+    env: &LabEnv,
+    pod: &Value,
+) -> anyhow::Result<Option<BTreeMap<String, Vec<u8>>>> {
+    let ns = ns_of(pod);
+    let sa = pod["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap_or("default")
+        .to_string();
+    let sa_obj = store.lock().get("", "serviceaccounts", &ns, &sa).cloned();
+    let automount = pod["spec"]["automountServiceAccountToken"]
+        .as_bool()
+        .or_else(|| {
+            sa_obj
+                .as_ref()
+                .and_then(|s| s["automountServiceAccountToken"].as_bool())
+        })
+        .unwrap_or(true);
+    if !automount {
+        return Ok(None);
+    }
+    let bound = crate::k3s::satoken::BoundPod {
+        name: name_of(pod),
+        uid: pod["metadata"]["uid"].as_str().unwrap_or_default().into(),
+        node: pod["spec"]["nodeName"].as_str().map(String::from),
+    };
+    let issued = crate::k3s::satoken::issue(
+        store,
+        &ns,
+        &sa,
+        &[],
+        Some(crate::k3s::satoken::KUBELET_EXPIRATION),
+        Some(&bound),
+    )
+    .map_err(|r| {
+        anyhow::anyhow!(
+            "MountVolume.SetUp failed for volume \"kube-api-access\" : failed to fetch token: {}",
+            r.message
+        )
+    })?;
+    let mut data = BTreeMap::new();
+    data.insert("token".to_string(), issued.token.into_bytes());
+    data.insert("ca.crt".to_string(), env.ca_pem.clone().into_bytes());
+    data.insert("namespace".to_string(), ns.into_bytes());
+    Ok(Some(data))
 }
 
 // ---------------------------------------------------------------- Job / pod status helpers
@@ -697,25 +724,8 @@ fn volumes(
         mounts.push((sub.map(|s| vdir.join(s)).unwrap_or(vdir), mp, ro));
     }
     // The service-account token (kube-api-access), unless automounting is off.
-    let sa = pod["spec"]["serviceAccountName"]
-        .as_str()
-        .unwrap_or("default")
-        .to_string();
-    let sa_obj = store.lock().get("", "serviceaccounts", &ns, &sa).cloned();
-    let automount = pod["spec"]["automountServiceAccountToken"]
-        .as_bool()
-        .or_else(|| {
-            sa_obj
-                .as_ref()
-                .and_then(|s| s["automountServiceAccountToken"].as_bool())
-        })
-        .unwrap_or(true);
-    if automount {
+    if let Some(data) = kube_api_access(store, env, pod)? {
         let tdir = dir.join("vol").join("kube-api-access");
-        let mut data = BTreeMap::new();
-        data.insert("token".to_string(), issue_token(&ns, &sa).into_bytes());
-        data.insert("ca.crt".to_string(), env.ca_pem.clone().into_bytes());
-        data.insert("namespace".to_string(), ns.clone().into_bytes());
         write_keys(&tdir, &data, &Value::Null, 0o644, fs_group)?;
         mounts.push((
             tdir,
