@@ -92,7 +92,14 @@ pub async fn handle(State(app): State<Arc<App>>, req: Request) -> Response {
         Ok(b) => b,
         Err(e) => return ApiError::bad_request(format!("reading body: {e}")).into_response(),
     };
-    if let Some(r) = authn_api(&app, &caller, &parts.method, parts.uri.path(), &parts.headers, &body) {
+    if let Some(r) = authn_api(
+        &app,
+        &caller,
+        &parts.method,
+        parts.uri.path(),
+        &parts.headers,
+        &body,
+    ) {
         return match r {
             Ok(r) => r,
             Err(e) => e.into_response(),
@@ -146,7 +153,11 @@ fn authn_api(
             if *method != Method::POST {
                 return Err(ApiError::method_not_allowed());
             }
-            let req = if body.is_empty() { json!({}) } else { decode(body, content_type)? };
+            let req = if body.is_empty() {
+                json!({})
+            } else {
+                decode(body, content_type)?
+            };
             let auds: Vec<String> = req["spec"]["audiences"]
                 .as_array()
                 .into_iter()
@@ -195,7 +206,9 @@ fn authn_api(
                 .filter_map(|a| a.as_str().map(String::from))
                 .collect();
             let status = match satoken::review(&app.store, token, &auds) {
-                Ok(u) => json!({"authenticated": true, "user": u.user_info(), "audiences": u.audiences}),
+                Ok(u) => {
+                    json!({"authenticated": true, "user": u.user_info(), "audiences": u.audiences})
+                }
                 Err(e) => json!({"user": {}, "error": satoken::refusal(&e)}),
             };
             let v = json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",

@@ -119,8 +119,10 @@ pub fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Opti
         format!("{group}/{version}")
     };
     if group == AUTHN_GROUP && version == "v1" {
-        return Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": [
-            {"name": "tokenreviews", "singularName": "tokenreview", "namespaced": false, "kind": "TokenReview", "verbs": ["create"]}]}));
+        return Some(
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": [
+            {"name": "tokenreviews", "singularName": "tokenreview", "namespaced": false, "kind": "TokenReview", "verbs": ["create"]}]}),
+        );
     }
     let mine: Vec<&ResourceType> = types
         .iter()

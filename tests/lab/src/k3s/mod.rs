@@ -91,7 +91,10 @@ fn bootstrap(store: &Store, node_name: &str) -> anyhow::Result<()> {
     }
     // Stores written before the lab had the serviceaccounts-controller get theirs too.
     for ns in inner.list("", "namespaces", None) {
-        let name = ns["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = ns["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         objects::ensure_default_service_account(&mut inner, &name);
     }
     if inner.get("", "nodes", "", node_name).is_none() {

@@ -171,7 +171,11 @@ fn admit_service_account(inner: &Inner, ns: &str, pod: &mut Value) -> ApiResult<
     let sa = pod["spec"]["serviceAccountName"]
         .as_str()
         .filter(|s| !s.is_empty())
-        .or_else(|| pod["spec"]["serviceAccount"].as_str().filter(|s| !s.is_empty()))
+        .or_else(|| {
+            pod["spec"]["serviceAccount"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+        })
         .unwrap_or("default")
         .to_string();
     pod["spec"]["serviceAccountName"] = json!(sa);
@@ -211,7 +215,10 @@ pub fn ensure_default_service_account(inner: &mut Inner, ns: &str) {
     };
     let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}});
     if let Err(e) = create(inner, &rt, ns, sa, &mut ctx) {
-        eprintln!("lab-k3s serviceaccounts-controller: {ns}/default: {}", e.message);
+        eprintln!(
+            "lab-k3s serviceaccounts-controller: {ns}/default: {}",
+            e.message
+        );
     }
 }
 

@@ -76,8 +76,9 @@ fn signer(data_dir: &Path) -> anyhow::Result<Arc<Signer>> {
             base64::engine::general_purpose::STANDARD.decode(b64.trim())?
         }
         Err(_) => {
-            let doc = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                .map_err(|_| anyhow::anyhow!("generating the service-account key"))?;
+            let doc =
+                EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+                    .map_err(|_| anyhow::anyhow!("generating the service-account key"))?;
             let b64 = base64::engine::general_purpose::STANDARD.encode(doc.as_ref());
             let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
             for chunk in b64.as_bytes().chunks(64) {
@@ -137,18 +138,22 @@ pub fn issue(
     pod: Option<&BoundPod>,
 ) -> Result<Issued, Refused> {
     let exp_secs = expiration.unwrap_or(DEFAULT_EXPIRATION);
-    let invalid = |m: &str| Refused {
+    let invalid = |m: &str| {
+        Refused {
         code: 422,
         reason: "Invalid",
         message: format!(
             "TokenRequest.authentication.k8s.io \"{sa}\" is invalid: spec.expirationSeconds: Invalid value: {exp_secs}: {m}"
         ),
+    }
     };
     if exp_secs < 600 {
         return Err(invalid("may not specify a duration less than 10 minutes"));
     }
     if exp_secs > 1 << 32 {
-        return Err(invalid("may not specify a duration larger than 2^32 seconds"));
+        return Err(invalid(
+            "may not specify a duration larger than 2^32 seconds",
+        ));
     }
     let Some(obj) = store.lock().get("", "serviceaccounts", ns, sa).cloned() else {
         return Err(Refused {
@@ -169,7 +174,8 @@ pub fn issue(
         audiences.to_vec()
     };
     let now = unix_now();
-    let mut k8s = json!({"namespace": ns, "serviceaccount": {"name": sa, "uid": obj["metadata"]["uid"]}});
+    let mut k8s =
+        json!({"namespace": ns, "serviceaccount": {"name": sa, "uid": obj["metadata"]["uid"]}});
     if let Some(p) = pod {
         k8s["pod"] = json!({"name": p.name, "uid": p.uid});
         if let Some(n) = &p.node {
@@ -216,7 +222,8 @@ impl User {
     }
     /// The TokenReview `status.user` object.
     pub fn user_info(&self) -> Value {
-        let mut extra = json!({"authentication.kubernetes.io/credential-id": [format!("JTI={}", self.jti)]});
+        let mut extra =
+            json!({"authentication.kubernetes.io/credential-id": [format!("JTI={}", self.jti)]});
         if let Some((n, u)) = &self.pod {
             extra["authentication.kubernetes.io/pod-name"] = json!([n]);
             extra["authentication.kubernetes.io/pod-uid"] = json!([u]);
@@ -310,7 +317,10 @@ pub fn review(store: &Store, token: &str, wanted: &[String]) -> Result<User, Str
         .get("", "serviceaccounts", &ns, &name)
         .cloned()
         .ok_or_else(|| format!("serviceaccounts \"{name}\" not found"))?;
-    let uid = sa["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+    let uid = sa["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     if uid != claim_uid {
         return Err(format!(
             "service account UID ({uid}) does not match claim ({claim_uid})"
@@ -322,9 +332,7 @@ pub fn review(store: &Store, token: &str, wanted: &[String]) -> Result<User, Str
             let puid = k["pod"]["uid"].as_str().unwrap_or_default().to_string();
             let live = inner.get("", "pods", &ns, pname).cloned();
             match live {
-                Some(p) if p["metadata"]["uid"] == puid.as_str() => {
-                    Some((pname.to_string(), puid))
-                }
+                Some(p) if p["metadata"]["uid"] == puid.as_str() => Some((pname.to_string(), puid)),
                 Some(p) => {
                     return Err(format!(
                         "pod UID ({}) does not match service account pod ref claim ({puid})",
