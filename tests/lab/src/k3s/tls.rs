@@ -67,7 +67,14 @@ pub fn load_or_create(data_dir: &Path, sans: &[String]) -> anyhow::Result<Pki> {
         "localhost".to_string(),
         "kubernetes".into(),
     ];
-    names.extend(["kubernetes.default".into(), "kubernetes.default.svc".into()]);
+    // k3s's serving certificate also names the `kubernetes` Service's ClusterIP (the first
+    // address of the service CIDR 10.43.0.0/16) and the cluster-local name, which pods use.
+    names.extend([
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        "kubernetes.default.svc.cluster.local".into(),
+        "10.43.0.1".into(),
+    ]);
     names.extend(sans.iter().cloned());
     names.dedup();
     let mut sp = CertificateParams::new(Vec::<String>::new())?;

@@ -21,4 +21,5 @@ mod nas_fixture;
 mod server_cleanup;
 mod server_ssh;
 mod server_systemd;
+mod vault_k8s_auth;
 mod vault_restart;

@@ -385,7 +385,19 @@ pub fn chart_objects(
             internal["spec"]["clusterIP"] = json!("None");
             internal["spec"]["publishNotReadyAddresses"] = json!(true);
             let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": release, "namespace": ns}});
-            (vec![], vec![sa, svc, internal, sts])
+            let mut objs = vec![sa, svc, internal, sts];
+            // templates/server-clusterrolebinding.yaml (vault-helm v0.34.1): with
+            // `server.authDelegator.enabled` (default true) the server's ServiceAccount is
+            // bound to `system:auth-delegator`, so Vault's Kubernetes auth may create
+            // TokenReviews with the pod's own token.
+            if server["authDelegator"]["enabled"].as_bool().unwrap_or(true) {
+                objs.push(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                    "metadata": {"name": format!("{release}-server-binding"),
+                                 "labels": {"app.kubernetes.io/name": "vault", "app.kubernetes.io/instance": release}},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+                    "subjects": [{"kind": "ServiceAccount", "name": release, "namespace": ns}]}));
+            }
+            (vec![], objs)
         }
         "external-secrets" => {
             let crds = if values["installCRDs"].as_bool().unwrap_or(true) {

@@ -486,7 +486,7 @@ const DEADLINE: i32 = -9999;
 
 /// `/etc/hosts` lines for the Services: `<ip> <svc>.<ns>.svc <svc>.<ns>.svc.cluster.local`,
 /// plus the bare `<svc>` for the pod's own namespace (its DNS search path).
-fn service_hosts(store: &Store, pod_ns: &str) -> Vec<String> {
+pub(crate) fn service_hosts(store: &Store, pod_ns: &str) -> Vec<String> {
     let services = store.lock().list("", "services", None);
     let mut lines = vec![];
     for svc in services {

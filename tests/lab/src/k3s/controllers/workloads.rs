@@ -63,6 +63,9 @@ struct VaultProc {
     pod_uid: String,
     /// Restarts of the container in this pod (exits followed by a new start).
     restarts: u32,
+    /// When the kubelet last wrote the pod's service-account token (refreshed at 80 % of
+    /// its lifetime, as kubelet's `pkg/kubelet/token/token_manager.go` `requiresRefresh`).
+    token_at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -71,6 +74,13 @@ struct State {
 }
 
 pub async fn run(store: Arc<Store>, env: LabEnv) {
+    if env.node {
+        if let Err(e) = kubernetes_service_proxy(&env).await {
+            eprintln!(
+                "lab-k3s kube-proxy: Service default/kubernetes at {KUBERNETES_SERVICE_IP}:443: {e:#}"
+            );
+        }
+    }
     let mut state = State::default();
     let mut rx = store.subscribe();
     loop {
@@ -431,6 +441,23 @@ fn pod_status(p: &Value, phase: &str, ready: bool, pending: Option<&str>, restar
         .as_str()
         .map(String::from)
         .unwrap_or_else(now);
+    if phase == "Pending" && pending.is_some_and(|m| m.starts_with("MountVolume.")) {
+        // Scheduled, but the kubelet could not set up a volume: the container waits in
+        // ContainerCreating (the mount error is the kubelet's FailedMount event upstream;
+        // here it is also the first condition's message, where `kubectl get pod -o json`
+        // shows it).
+        let containers: Vec<Value> = p["spec"]["containers"].as_array().into_iter().flatten()
+            .map(|c| json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": false, "started": false, "restartCount": restarts, "state": {"waiting": {"reason": "ContainerCreating"}}}))
+            .collect();
+        return json!({"phase": "Pending", "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}], "startTime": t, "qosClass": "BestEffort",
+            "conditions": [
+                {"type": "PodReadyToStartContainers", "status": "False", "message": pending.unwrap_or(""), "lastTransitionTime": t},
+                {"type": "Initialized", "status": "True", "lastTransitionTime": t},
+                {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": t},
+                {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": t},
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": t}],
+            "containerStatuses": containers});
+    }
     if phase == "Pending" {
         return json!({"phase": "Pending", "qosClass": "BestEffort", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
             "message": pending.unwrap_or(""), "lastTransitionTime": t}]});
@@ -510,15 +537,7 @@ fn service_address(
             .as_str()
             .filter(|ip| *ip != "None")
             .ok_or_else(|| anyhow::anyhow!("Service {ns}/{name} has no ClusterIP"))?;
-        let out = std::process::Command::new("ip")
-            .args(["addr", "replace", &format!("{ip}/32"), "dev", "lo"])
-            .output()?;
-        if !out.status.success() {
-            anyhow::bail!(
-                "ip addr replace {ip}/32 dev lo: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        add_lo_address(ip)?;
         return Ok(format!("{ip}:{port}").parse()?);
     }
     if let Some(a) = svc["metadata"]["annotations"][NODE_ADDRESS_ANNOTATION]
@@ -547,6 +566,107 @@ fn service_address(
     )
     .map_err(|e| anyhow::anyhow!("annotating Service {ns}/{name}: {}", e.message))?;
     Ok(addr)
+}
+
+/// Adds `ip/32` on `lo` (node mode only): how kube-proxy makes a ClusterIP reachable here.
+fn add_lo_address(ip: &str) -> anyhow::Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(["addr", "replace", &format!("{ip}/32"), "dev", "lo"])
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "ip addr replace {ip}/32 dev lo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The ClusterIP of Service `default/kubernetes` (the first address of k3s's service CIDR).
+pub const KUBERNETES_SERVICE_IP: &str = "10.43.0.1";
+
+/// kube-proxy for Service `default/kubernetes` (node mode): `10.43.0.1:443` forwards TCP to
+/// the API server's own port (the Service's endpoint), so TLS is the API server's, whose
+/// certificate names `kubernetes.default.svc` and 10.43.0.1 ([`crate::k3s::tls`]). A pod
+/// reaches `https://kubernetes.default.svc` as on a cluster.
+async fn kubernetes_service_proxy(env: &LabEnv) -> anyhow::Result<()> {
+    add_lo_address(KUBERNETES_SERVICE_IP)?;
+    let listener =
+        tokio::net::TcpListener::bind((KUBERNETES_SERVICE_IP.parse::<std::net::IpAddr>()?, 443))
+            .await?;
+    let target = if env.api.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], env.api.port()))
+    } else {
+        env.api
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            tokio::spawn(async move {
+                if let Ok(mut api) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut api).await;
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Where a pod's service account files are mounted (the kubelet's `kube-api-access` volume).
+pub const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// Writes the pod's `kube-api-access` files under `<run>/serviceaccount/` (token 0600, as
+/// kubelet's `pkg/volume/projected/projected.go` does when the pod has an fsGroup, which
+/// vault-helm sets; `ca.crt` and `namespace` 0644). Each file is replaced by a rename in
+/// that directory, so a bind mount of the directory sees a refreshed token (the kubelet's
+/// atomic writer swaps a `..data` symlink for the same reason). Err when the kubelet could
+/// not get a token (ServiceAccount gone): the container is not created.
+fn write_service_account(
+    store: &Store,
+    env: &LabEnv,
+    pod: &Value,
+    run: &Path,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = run.join("serviceaccount");
+    std::fs::create_dir_all(&dir)?;
+    let Some(data) = super::jobs::kube_api_access(store, env, pod)? else {
+        return Ok(());
+    };
+    for (k, v) in data {
+        let mode = if k == "token" { 0o600 } else { 0o644 };
+        let tmp = dir.join(format!(".{k}.tmp"));
+        std::fs::write(&tmp, v)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, dir.join(&k))?;
+    }
+    Ok(())
+}
+
+/// The pod's `/etc/hosts`: the kubelet-managed file (`pkg/kubelet/kubelet_pods.go`
+/// `managedHostsFileContent`) plus, standing in for cluster DNS (CoreDNS), the `kubernetes`
+/// Service's names and every Service's `<name>.<ns>.svc` names.
+fn pod_hosts(store: &Store, pod: &Value) -> String {
+    let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+    let host = pod["spec"]["hostname"]
+        .as_str()
+        .or(pod["metadata"]["name"].as_str())
+        .unwrap_or_default();
+    let mut fqdn = String::new();
+    if let Some(sub) = pod["spec"]["subdomain"].as_str() {
+        fqdn = format!("{host}.{sub}.{ns}.svc.cluster.local\t");
+    }
+    let mut out = format!(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n127.0.0.1\t{fqdn}{host}\n\n# lab cluster DNS\n{KUBERNETES_SERVICE_IP}\tkubernetes.default.svc.cluster.local kubernetes.default.svc kubernetes.default kubernetes\n"
+    );
+    for line in super::jobs::service_hosts(store, ns) {
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }
 
 /// raft's cluster address beside the API address: port 8201 on the ClusterIP (as the chart's
@@ -633,7 +753,19 @@ async fn vault_pod(
             )
         }
     };
+    let run = vault_run_dir(&env.data_dir, &ns, &pname);
     if restart {
+        // The kubelet mounts the pod's volumes before it creates the container: without a
+        // token for its ServiceAccount (e.g. deleted) the container is never created and the
+        // pod stays Pending (kubelet: `MountVolume.SetUp failed for volume
+        // "kube-api-access-…" : failed to fetch token: serviceaccounts "x" not found`).
+        if let Err(e) = write_service_account(store, env, p, &run) {
+            let restarts = state.vaults.get(&key).map(|v| v.restarts).unwrap_or(0);
+            if let Some(mut old) = state.vaults.remove(&key) {
+                let _ = old.child.start_kill();
+            }
+            return ("Pending", false, Some(format!("{e:#}")), restarts);
+        }
         let restarts = match state.vaults.remove(&key) {
             Some(mut old) => {
                 let _ = old.child.start_kill();
@@ -647,7 +779,7 @@ async fn vault_pod(
             }
             None => 0,
         };
-        match start_vault(store, env, &ns, &pname, &svc_name, &data_dir) {
+        match start_vault(store, env, p, &svc_name, &data_dir) {
             Ok((child, addr)) => {
                 state.vaults.insert(
                     key.clone(),
@@ -657,6 +789,7 @@ async fn vault_pod(
                         data_dir: data_dir.clone(),
                         pod_uid: uid,
                         restarts,
+                        token_at: std::time::Instant::now(),
                     },
                 );
             }
@@ -666,7 +799,13 @@ async fn vault_pod(
             }
         }
     }
-    let v = &state.vaults[&key];
+    let v = state.vaults.get_mut(&key).expect("started above");
+    // The kubelet's token refresh (80 % of the 3607 s lifetime); a failure keeps the old
+    // token, as the kubelet does until it expires.
+    let refresh = Duration::from_secs(crate::k3s::satoken::KUBELET_EXPIRATION as u64 * 8 / 10);
+    if v.token_at.elapsed() >= refresh && write_service_account(store, env, p, &run).is_ok() {
+        v.token_at = std::time::Instant::now();
+    }
     let (addr, restarts) = (v.addr, v.restarts);
     let unsealed = bao::seal_status(addr)
         .await
@@ -674,14 +813,27 @@ async fn vault_pod(
     ("Running", unsealed, None, restarts)
 }
 
+/// Starts the pod's bao. Node mode: as a container sees the cluster — in a private mount
+/// namespace (`unshare --mount --propagation private`, the node's mounts untouched) where the
+/// kubelet's `kube-api-access` files are at [`SERVICE_ACCOUNT_MOUNT`] (read-only) and
+/// `/etc/hosts` is the pod's ([`pod_hosts`]), with `KUBERNETES_SERVICE_HOST/PORT` =
+/// 10.43.0.1:443 (kubelet's `pkg/kubelet/kubelet_pods.go` service env). So OpenBao's
+/// Kubernetes auth with only `kubernetes_host = "https://kubernetes.default.svc"` reads the
+/// CA and its reviewer JWT from the files (`builtin/credential/kubernetes/backend.go`
+/// `localCACertPath`/`localJWTPath`) and reaches the API through [`kubernetes_service_proxy`].
+/// Host mode (tests on the host, maybe unprivileged): no mount namespace, no /etc/hosts and
+/// no 10.43.0.1 (the lab never changes the host's network or mounts), so in-cluster
+/// Kubernetes auth does not work there; the files are still written (and a missing
+/// ServiceAccount still keeps the pod Pending).
 fn start_vault(
     store: &Store,
     env: &LabEnv,
-    ns: &str,
-    pod: &str,
+    p: &Value,
     svc: &str,
     data_dir: &Path,
 ) -> anyhow::Result<(tokio::process::Child, SocketAddr)> {
+    let ns = p["metadata"]["namespace"].as_str().unwrap_or_default();
+    let pod = p["metadata"]["name"].as_str().unwrap_or_default();
     let bin = bao::binary()?;
     let addr = service_address(store, env, ns, svc, 8200)?;
     std::fs::create_dir_all(data_dir)?;
@@ -701,7 +853,37 @@ fn start_vault(
         .create(true)
         .append(true)
         .open(run.join("bao.log"))?;
-    let child = bao::spawn(&bin, &config, log)?;
+    let child = if env.node {
+        let hosts = run.join("hosts");
+        std::fs::write(&hosts, pod_hosts(store, p))?;
+        let script = format!(
+            "set -e\nmkdir -p {SERVICE_ACCOUNT_MOUNT}\nmount --bind \"$1\" {SERVICE_ACCOUNT_MOUNT}\nmount -o remount,bind,ro {SERVICE_ACCOUNT_MOUNT}\nmount --bind \"$2\" /etc/hosts\nexec setpriv --pdeathsig KILL -- \"$3\" server \"-config=$4\"\n"
+        );
+        tokio::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+            .arg(script)
+            .arg("sh")
+            .arg(run.join("serviceaccount"))
+            .arg(&hosts)
+            .arg(&bin)
+            .arg(&config)
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("HOSTNAME", pod)
+            .env("KUBERNETES_SERVICE_HOST", KUBERNETES_SERVICE_IP)
+            .env("KUBERNETES_SERVICE_PORT", "443")
+            .env("KUBERNETES_SERVICE_PORT_HTTPS", "443")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?
+    } else {
+        bao::spawn(&bin, &config, log)?
+    };
     if let Some(pid) = child.id() {
         std::fs::write(run.join("pid"), format!("{pid}\n"))?;
     }
