@@ -3,7 +3,7 @@
 //! with the kubelet's `kube-api-access` files at /var/run/secrets/kubernetes.io/
 //! serviceaccount and `kubernetes.default.svc` → 10.43.0.1:443 → lab-k3s's API. Configured
 //! with only `kubernetes_host` (in-cluster config: CA and reviewer JWT from those files), a
-//! role bound to one ServiceAccount lets that SA's `kubectl create token` log in, refuses
+//! role bound to one ServiceAccount lets that SA's TokenRequest token log in, refuses
 //! another SA, and refuses everyone once the chart's ClusterRoleBinding
 //! `vault-server-binding` (→ `system:auth-delegator`) is gone, as TokenReview then answers
 //! 403 to Vault. A vault-0 whose ServiceAccount was deleted cannot be restarted (Pending).
@@ -58,6 +58,21 @@ fn wait_for(lab: &LabServer, what: &str, cond: &str, secs: u64) {
     }
 }
 
+/// A TokenRequest for ServiceAccount `apps/<sa>` (what `kubectl create token` does; sent as
+/// JSON because lab-k3s cannot decode kubectl's protobuf TokenRequest body yet).
+fn token(lab: &LabServer, sa: &str) -> String {
+    let out = lab
+        .run_as_root_ok(&format!(
+            "echo '{{\"apiVersion\":\"authentication.k8s.io/v1\",\"kind\":\"TokenRequest\",\"spec\":{{}}}}' | KUBECONFIG={KUBECONFIG} kubectl create --raw /api/v1/namespaces/apps/serviceaccounts/{sa}/token -f -"
+        ))
+        .unwrap();
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v["status"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_string()
+}
+
 /// One call to Vault's API from inside the lab node: (HTTP code, JSON body).
 fn bao(
     lab: &LabServer,
@@ -88,7 +103,8 @@ fn vault_kubernetes_auth_in_cluster_config_logs_in_bound_sa_only_and_needs_auth_
     let bao_env = std::env::var("LAB_BAO")
         .map(|b| format!("LAB_BAO={b} "))
         .unwrap_or_default();
-    lab.spawn_as_root(&format!(
+    let mut k3s = lab
+        .spawn_as_root(&format!(
         "mkdir -p /var/lib/rancher/k3s /etc/rancher/k3s; LAB_NODE=1 {bao_env}exec {bin} server --data-dir /var/lib/rancher/k3s --listen 127.0.0.1:6443 --write-kubeconfig {KUBECONFIG} --disable traefik >/var/log/lab-k3s.log 2>&1"
     ))
     .expect("lab-k3s starts");
@@ -227,7 +243,7 @@ fn vault_kubernetes_auth_in_cluster_config_logs_in_bound_sa_only_and_needs_auth_
     );
     assert_eq!(code, 204, "{v}");
 
-    let app_jwt = kubectl(&lab, "-n apps create token app").unwrap();
+    let app_jwt = token(&lab, "app");
     let login = |jwt: &str| {
         bao(
             &lab,
@@ -248,7 +264,7 @@ fn vault_kubernetes_auth_in_cluster_config_logs_in_bound_sa_only_and_needs_auth_
         "{v}"
     );
 
-    let other_jwt = kubectl(&lab, "-n apps create token other").unwrap();
+    let other_jwt = token(&lab, "other");
     let (code, v) = login(&other_jwt);
     assert_eq!(code, 403, "an SA not in the role is refused: {v}");
 
@@ -294,4 +310,6 @@ fn vault_kubernetes_auth_in_cluster_config_logs_in_bound_sa_only_and_needs_auth_
         pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"], "ContainerCreating",
         "{pod}"
     );
+    let _ = k3s.kill();
+    let _ = k3s.wait();
 }
