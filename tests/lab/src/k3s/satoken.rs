@@ -383,3 +383,196 @@ pub fn may_review(store: &Store, ns: &str, name: &str) -> bool {
                 })
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k3s::admit::{FieldValidation, WriteCtx};
+    use crate::k3s::objects;
+
+    fn create(store: &Store, kind: &str, ns: &str, obj: Value) {
+        let mut inner = store.lock();
+        let rt = inner
+            .types
+            .iter()
+            .find(|t| t.kind == kind && t.crd.is_none())
+            .cloned()
+            .expect("builtin kind");
+        let mut ctx = WriteCtx {
+            validation: FieldValidation::Strict,
+            warnings: vec![],
+            dry_run: false,
+            manager: "test".into(),
+        };
+        objects::create(&mut inner, &rt, ns, obj, &mut ctx)
+            .unwrap_or_else(|e| panic!("creating {kind}: {}", e.message));
+    }
+
+    /// A store with namespace `apps` and ServiceAccount `apps/app`.
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        create(
+            &store,
+            "Namespace",
+            "",
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "apps"}}),
+        );
+        if store
+            .lock()
+            .get("", "serviceaccounts", "apps", "app")
+            .is_none()
+        {
+            create(
+                &store,
+                "ServiceAccount",
+                "apps",
+                json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "app", "namespace": "apps"}}),
+            );
+        }
+        (dir, store)
+    }
+
+    /// Signs `claims` with the store's key (for tokens TokenRequest would never issue).
+    fn sign(store: &Store, claims: &Value) -> String {
+        let s = signer(&store.data_dir()).unwrap();
+        let header = json!({"alg": "ES256", "kid": s.kid});
+        let input = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let sig = s.key.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+        format!("{input}.{}", B64.encode(sig.as_ref()))
+    }
+
+    fn claims_of(token: &str) -> Value {
+        let p: Vec<&str> = token.split('.').collect();
+        serde_json::from_slice(&B64.decode(p[1]).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn token_request_defaults_to_3600s_and_refuses_short_or_missing_sa() {
+        let (_d, store) = store();
+        let t = issue(&store, "apps", "app", &[], None, None).unwrap();
+        let c = claims_of(&t.token);
+        assert_eq!(
+            c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
+            3600
+        );
+        assert_eq!(c["sub"], "system:serviceaccount:apps:app");
+        assert_eq!(c["iss"], ISSUER);
+        assert_eq!(t.audiences, API_AUDIENCES.map(String::from).to_vec());
+        let short = issue(&store, "apps", "app", &[], Some(599), None)
+            .err()
+            .unwrap();
+        assert_eq!((short.code, short.reason), (422, "Invalid"));
+        assert!(
+            short
+                .message
+                .contains("may not specify a duration less than 10 minutes"),
+            "{}",
+            short.message
+        );
+        assert!(issue(&store, "apps", "app", &[], Some(600), None).is_ok());
+        let missing = issue(&store, "apps", "nope", &[], None, None)
+            .err()
+            .unwrap();
+        assert_eq!(
+            (missing.code, missing.message.as_str()),
+            (404, "serviceaccounts \"nope\" not found")
+        );
+    }
+
+    #[test]
+    fn token_review_accepts_a_valid_token_and_refuses_tampered_expired_or_orphaned_ones() {
+        let (_d, store) = store();
+        let t = issue(&store, "apps", "app", &[], None, None).unwrap();
+        let u = review(&store, &t.token, &[]).unwrap();
+        assert_eq!(u.username(), "system:serviceaccount:apps:app");
+        assert_eq!(
+            u.user_info()["groups"],
+            json!([
+                "system:serviceaccounts",
+                "system:serviceaccounts:apps",
+                "system:authenticated"
+            ])
+        );
+        // Tampered: claims changed, signature kept.
+        let p: Vec<&str> = t.token.split('.').collect();
+        let mut c = claims_of(&t.token);
+        c["exp"] = json!(c["exp"].as_i64().unwrap() + 3600);
+        let forged = format!("{}.{}.{}", p[0], B64.encode(c.to_string()), p[2]);
+        assert_eq!(
+            review(&store, &forged, &[]).unwrap_err(),
+            "square/go-jose: error in cryptographic primitive"
+        );
+        // Expired (validly signed).
+        let mut c = claims_of(&t.token);
+        c["exp"] = json!(unix_now() - 1);
+        let expired = sign(&store, &c);
+        assert_eq!(
+            review(&store, &expired, &[]).unwrap_err(),
+            "service account token has expired"
+        );
+        // Another audience than the wanted one.
+        let e = review(&store, &t.token, &["vault".into()]).unwrap_err();
+        assert!(e.starts_with("token audiences"), "{e}");
+        // Not a JWT at all.
+        assert_eq!(
+            review(&store, "garbage", &[]).unwrap_err(),
+            "token lookup failed"
+        );
+        // The ServiceAccount deleted: its tokens are refused.
+        {
+            let mut inner = store.lock();
+            let rt = inner
+                .types
+                .iter()
+                .find(|t| t.kind == "ServiceAccount")
+                .cloned()
+                .unwrap();
+            objects::delete(&mut inner, &rt, "apps", "app", &Value::Null, false).unwrap();
+        }
+        assert_eq!(
+            review(&store, &t.token, &[]).unwrap_err(),
+            "serviceaccounts \"app\" not found"
+        );
+        assert_eq!(
+            refusal("x"),
+            "[invalid bearer token, x]",
+            "the union authenticator's wording"
+        );
+    }
+
+    #[test]
+    fn token_review_needs_system_auth_delegator() {
+        let (_d, store) = store();
+        assert!(!may_review(&store, "apps", "app"));
+        create(
+            &store,
+            "ClusterRoleBinding",
+            "",
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                   "metadata": {"name": "other"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "app", "namespace": "apps"}]}),
+        );
+        assert!(!may_review(&store, "apps", "app"), "another ClusterRole");
+        create(
+            &store,
+            "ClusterRoleBinding",
+            "",
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                   "metadata": {"name": "vault-server-binding"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "app", "namespace": "apps"}]}),
+        );
+        assert!(may_review(&store, "apps", "app"));
+        assert!(!may_review(&store, "apps", "other"), "only the bound SA");
+        assert!(
+            !may_review(&store, "other", "app"),
+            "same name, other namespace"
+        );
+    }
+}
