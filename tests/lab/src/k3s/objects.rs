@@ -63,6 +63,18 @@ fn commit(
     if rt.group == "apiextensions.k8s.io" && rt.kind == "CustomResourceDefinition" {
         inner.register_crd(&out);
     }
+    // Every committed Namespace, whether POSTed or server-side applied (apply() commits the
+    // object create() only dry-ran), gets its `default` ServiceAccount.
+    if rt.group.is_empty()
+        && rt.kind == "Namespace"
+        && out["metadata"]["deletionTimestamp"].is_null()
+    {
+        let name = out["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        ensure_default_service_account(inner, &name);
+    }
     Ok(out)
 }
 
@@ -152,13 +164,7 @@ pub fn create(
         meta.insert("generation".into(), json!(1));
     }
     ssa::record_update(None, &mut obj, &ctx.manager, rt.crd.is_none(), None);
-    let is_ns = rt.group.is_empty() && rt.kind == "Namespace";
-    let created = commit(inner, rt, ns, obj, ctx)?;
-    if is_ns && !ctx.dry_run {
-        let name = created["metadata"]["name"].as_str().unwrap_or_default();
-        ensure_default_service_account(inner, name);
-    }
-    Ok(created)
+    commit(inner, rt, ns, obj, ctx)
 }
 
 /// kube-apiserver's `ServiceAccount` admission plugin
@@ -193,8 +199,9 @@ fn admit_service_account(inner: &Inner, ns: &str, pod: &mut Value) -> ApiResult<
 }
 
 /// kube-controller-manager's serviceaccounts-controller: every namespace has a ServiceAccount
-/// `default`. Upstream creates it moments after the namespace; here in the same write, so
-/// no pod races it (the lab's controllers create pods right after namespaces).
+/// `default` (`pkg/controller/serviceaccount/serviceaccounts_controller.go`, skipped for a
+/// terminating namespace). Upstream creates it moments after the namespace; here in the same
+/// write, so no pod races it (the lab's controllers create pods right after namespaces).
 pub fn ensure_default_service_account(inner: &mut Inner, ns: &str) {
     if ns.is_empty() || inner.get("", "serviceaccounts", ns, "default").is_some() {
         return;

@@ -701,3 +701,36 @@ fn k3s_watch_with_a_label_selector_reports_objects_entering_and_leaving_it() {
     let _ = w.kill();
     let _ = w.wait();
 }
+
+/// kube-controller-manager gives every namespace a ServiceAccount `default`, however the
+/// namespace was made; the ServiceAccount admission plugin refuses a pod whose account is
+/// missing. A namespace made by server-side apply once had none (issue 25, defect 1), so no
+/// pod could be created in it.
+#[test]
+fn k3s_every_namespace_gets_a_default_service_account_and_pods_need_theirs() {
+    let lab = Lab::start();
+    lab.ok(&["create", "namespace", "made-by-create"], None);
+    lab.ok(
+        &["apply", "-f", "-"],
+        Some("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: made-by-apply\n"),
+    );
+    lab.ok(
+        &["apply", "--server-side", "--field-manager=rebox", "-f", "-"],
+        Some("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: made-by-ssa\n"),
+    );
+    for ns in ["made-by-create", "made-by-apply", "made-by-ssa"] {
+        let sa = lab.json(&["get", "serviceaccount", "default", "-n", ns]);
+        assert_eq!(sa["metadata"]["name"], "default", "{ns}: {sa}");
+    }
+    let pod = |sa: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p-{sa}\n  namespace: made-by-ssa\nspec:\n  serviceAccountName: {sa}\n  containers:\n  - name: c\n    image: busybox\n"
+        )
+    };
+    let err = lab.fails(&["create", "-f", "-"], Some(&pod("nobody")));
+    assert!(
+        err.contains("error looking up service account made-by-ssa/nobody: serviceaccount \"nobody\" not found"),
+        "{err}"
+    );
+    lab.ok(&["create", "-f", "-"], Some(&pod("default")));
+}

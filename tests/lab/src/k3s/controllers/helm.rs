@@ -277,6 +277,17 @@ fn daemonset(ns: &str, name: &str, sel: Value, c: Value) -> Value {
                     "template": {"metadata": {"labels": sel}, "spec": {"containers": [c]}}}})
 }
 
+/// `w` (a Deployment, DaemonSet or StatefulSet) runs its pods as ServiceAccount `sa`, as the
+/// charts do; a pod whose ServiceAccount is missing is refused at admission.
+fn run_as(mut w: Value, sa: &str) -> Value {
+    w["spec"]["template"]["spec"]["serviceAccountName"] = json!(sa);
+    w
+}
+
+fn service_account(ns: &str, name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}})
+}
+
 fn service(ns: &str, name: &str, sel: Value, port: i64) -> Value {
     json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
            "spec": {"selector": sel, "ports": [{"name": "http", "port": port, "targetPort": port, "protocol": "TCP"}]}})
@@ -326,26 +337,39 @@ pub fn chart_objects(
                 super::longhorn::longhorn_crds(),
                 vec![
                     cm,
-                    daemonset(
-                        ns,
-                        "longhorn-manager",
-                        mgr,
-                        container("longhorn-manager", "longhornio/longhorn-manager:v1.11.3"),
-                    ),
-                    deployment(
-                        ns,
-                        "longhorn-driver-deployer",
-                        deployer,
-                        container(
-                            "longhorn-driver-deployer",
-                            "longhornio/longhorn-manager:v1.11.3",
+                    // templates/serviceaccount.yaml: the manager and the driver deployer run as
+                    // longhorn-service-account, the UI as longhorn-ui-service-account.
+                    service_account(ns, "longhorn-service-account"),
+                    service_account(ns, "longhorn-ui-service-account"),
+                    run_as(
+                        daemonset(
+                            ns,
+                            "longhorn-manager",
+                            mgr,
+                            container("longhorn-manager", "longhornio/longhorn-manager:v1.11.3"),
                         ),
+                        "longhorn-service-account",
                     ),
-                    deployment(
-                        ns,
-                        "longhorn-ui",
-                        ui.clone(),
-                        container("longhorn-ui", "longhornio/longhorn-ui:v1.11.3"),
+                    run_as(
+                        deployment(
+                            ns,
+                            "longhorn-driver-deployer",
+                            deployer,
+                            container(
+                                "longhorn-driver-deployer",
+                                "longhornio/longhorn-manager:v1.11.3",
+                            ),
+                        ),
+                        "longhorn-service-account",
+                    ),
+                    run_as(
+                        deployment(
+                            ns,
+                            "longhorn-ui",
+                            ui.clone(),
+                            container("longhorn-ui", "longhornio/longhorn-ui:v1.11.3"),
+                        ),
+                        "longhorn-ui-service-account",
                     ),
                     service(ns, "longhorn-frontend", ui, 80),
                     sc,
@@ -384,7 +408,7 @@ pub fn chart_objects(
             let mut internal = service(ns, &format!("{release}-internal"), sel, port);
             internal["spec"]["clusterIP"] = json!("None");
             internal["spec"]["publishNotReadyAddresses"] = json!(true);
-            let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": release, "namespace": ns}});
+            let sa = service_account(ns, release);
             let mut objs = vec![sa, svc, internal, sts];
             // templates/server-clusterrolebinding.yaml (vault-helm v0.34.1): with
             // `server.authDelegator.enabled` (default true) the server's ServiceAccount is
@@ -423,8 +447,10 @@ pub fn chart_objects(
                     ),
                 );
                 d["metadata"]["labels"] = labels(name, release, component);
-                objs.push(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": ns}}));
-                objs.push(d);
+                // Each component runs as its own ServiceAccount of the same name
+                // (external-secrets chart's templates/*serviceaccount.yaml).
+                objs.push(service_account(ns, name));
+                objs.push(run_as(d, name));
             }
             objs.push(service(ns, "external-secrets-webhook", json!({"app.kubernetes.io/name": "external-secrets-webhook", "app.kubernetes.io/instance": release}), 443));
             (crds, objs)
