@@ -280,15 +280,36 @@ impl RotLab {
             sorted(new.clone()),
             "{what}: Secret ≠ newest backup"
         );
+        // The auto-unseal CronJob (every minute) would open the sealed Vault with the
+        // Secret's key between our shares, so an old share would look accepted: it waits.
+        self.auto_unseal(false);
         self.seal();
-        assert!(
-            !self.unseal_with(old),
-            "{what}: the old key still opens Vault"
-        );
-        assert!(
-            self.unseal_with(&new),
-            "{what}: the newest backup does not open Vault"
-        );
+        let old_opens = self.unseal_with(old);
+        if old_opens {
+            self.seal();
+        }
+        let new_opens = self.unseal_with(&new);
+        self.auto_unseal(true);
+        assert!(!old_opens, "{what}: the old key still opens Vault");
+        assert!(new_opens, "{what}: the newest backup does not open Vault");
+    }
+
+    /// Resumes (`true`) or suspends the `vault-auto-unseal` CronJob; suspended, also waits
+    /// (up to 60 s) until none of its Jobs is still running.
+    fn auto_unseal(&self, on: bool) {
+        self.lab.kubectl(&format!(
+            "-n security patch cronjob vault-auto-unseal --type=merge -p '{{\"spec\":{{\"suspend\":{}}}}}'",
+            !on
+        ));
+        if !on {
+            let (ok, out) = self.root_stdin(
+                "export KUBECONFIG=/etc/rancher/k3s/k3s.yaml; for i in $(seq 600); do \
+                 [ -z \"$(kubectl -n security get cronjob vault-auto-unseal -o jsonpath='{.status.active}')\" ] && exit 0; \
+                 sleep 0.1; done; echo still active; exit 1",
+                "",
+            );
+            assert!(ok, "the auto-unseal CronJob's Job did not finish: {out}");
+        }
     }
 }
 
