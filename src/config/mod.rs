@@ -97,9 +97,12 @@ pub struct Eso {
     /// Vault KV mount and engine version the ClusterSecretStore reads.
     pub vault_kv_path: String,
     pub vault_kv_version: String,
-    /// Vault Kubernetes auth mount and the role bound to ESO's service account.
+    /// Vault Kubernetes auth mount and the role (and policy of the same name) bound to ESO's
+    /// service account.
     pub vault_auth_mount: String,
     pub vault_role: String,
+    /// The service account ESO's controller runs as (the chart's release name).
+    pub service_account: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -339,6 +342,7 @@ impl Default for Eso {
             vault_kv_version: "v2".into(),
             vault_auth_mount: "kubernetes".into(),
             vault_role: "external-secrets".into(),
+            service_account: "external-secrets".into(),
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::site::eso_auth::Setup;
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
@@ -104,6 +105,7 @@ impl Fixer<'_> {
             Action::ResumeCronJob { namespace, name } => self.resume(namespace, name).await,
             Action::RunCronJob { namespace, name } => self.run_cronjob(namespace, name).await,
             Action::RestartEso => self.restart_eso().await,
+            Action::ReadyVaultForEso => self.ready_vault_for_eso().await,
             Action::RefreshApps { apps } => self.refresh(apps).await,
         }
     }
@@ -277,6 +279,47 @@ impl Fixer<'_> {
                 .last()
                 .map(|l| format!(": {l}"))
                 .unwrap_or_default()
+        ))
+    }
+
+    async fn ready_vault_for_eso(&mut self) -> Result<String> {
+        let (shares, source) = self.shares().await?;
+        let (token, revoked) = self
+            .site
+            .root_token_from_key(&shares)
+            .await
+            .with_context(|| {
+                format!("making a short-lived root token with the key from {source}")
+            })?;
+        for line in revoked {
+            eprintln!("    {line}");
+        }
+        let work = async {
+            let auth = self.site.eso_auth(&token.token).await?;
+            let pins = auth.pins();
+            if !pins.is_empty() {
+                eprintln!(
+                    "    Vault's Kubernetes auth config held {}",
+                    pins.join(" and ")
+                );
+            }
+            // The operator confirmed this fix: a pinned config is rewritten in-cluster; a
+            // policy or role that exists is theirs and stays.
+            let setup = Setup::Restored {
+                rewrite_config: auth.host.is_none() || !pins.is_empty(),
+            };
+            self.site.ready_vault_for_eso(&token.token, setup).await
+        }
+        .await;
+        let revoked = self.site.revoke_root_token(token).await;
+        let done = work?;
+        revoked?;
+        for line in &done {
+            eprintln!("    {line}");
+        }
+        let restarted = self.restart_eso().await?;
+        Ok(format!(
+            "Vault set up for ESO again (root token from {source}, revoked); {restarted}"
         ))
     }
 

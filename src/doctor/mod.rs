@@ -96,6 +96,9 @@ pub enum Action {
     RunCronJob { namespace: String, name: String },
     /// Rollout-restart the ESO Deployments, then wait for the store to be Ready.
     RestartEso,
+    /// Set Vault up for ESO again (in-cluster Kubernetes auth, policy, role) with a
+    /// short-lived root token from the unseal key, then restart ESO.
+    ReadyVaultForEso,
     /// Hard-refresh Applications, then wait for them to be Synced and Healthy.
     RefreshApps { apps: Vec<String> },
 }
@@ -128,6 +131,10 @@ impl Action {
                 config.eso.namespace,
                 config.eso.deployments.join(", "),
                 config.eso.store
+            ),
+            Action::ReadyVaultForEso => format!(
+                "set Vault's Kubernetes auth at {}/ up in-cluster for role {} (a short-lived root token from the unseal key, revoked at once), then restart ESO",
+                config.eso.vault_auth_mount, config.eso.vault_role
             ),
             Action::RefreshApps { apps } => format!(
                 "hard-refresh Argo CD Application(s) {} and wait for Synced and Healthy",

@@ -18,6 +18,7 @@ use kube::Api;
 use crate::site::readiness::{
     app_resource, external_secret_resource, longhorn_volume_resource, store_resource,
 };
+use crate::site::EsoLogin;
 use crate::site::{SecretInfo, Site, VaultTunnel};
 use crate::vault::SealStatus;
 
@@ -53,6 +54,9 @@ pub struct Snapshot {
     pub apps: Listed<DynamicObject>,
     /// Vault's seal status through the tunnel, or why it cannot be read.
     pub vault: Result<SealStatus, String>,
+    /// ESO's login to Vault, tried by doctor (not status) when Vault is unsealed and the
+    /// store is not Ready: None when not tried.
+    pub eso_login: Option<Result<EsoLogin, String>>,
 }
 
 impl Snapshot {
@@ -117,6 +121,7 @@ impl Snapshot {
             external_secrets: e!(),
             apps: e!(),
             vault: e!(),
+            eso_login: None,
         }
     }
 }
@@ -218,8 +223,23 @@ async fn gather(site: &Site, logs: bool) -> Result<Snapshot> {
         external_secrets: ess,
         apps,
         vault,
+        eso_login: None,
     };
     if logs {
+        let unsealed = snap.vault.as_ref().is_ok_and(|v| !v.sealed);
+        let store_ready = snap.stores.as_ref().is_ok_and(|l| {
+            l.iter().any(|o| {
+                o.metadata.name.as_deref() == Some(config.eso.store.as_str())
+                    && crate::site::readiness::store_ready(Some(o))
+            })
+        });
+        if unsealed && !store_ready {
+            snap.eso_login = Some(
+                site.eso_login()
+                    .await
+                    .map_err(|e| one_line(&format!("{e:#}"))),
+            );
+        }
         for (ns, cj) in [
             (vns, config.vault.unseal_cronjob.as_str()),
             (

@@ -386,6 +386,7 @@ impl Watches {
             external_secrets: lock(&self.external_secrets).listed(),
             apps: lock(&self.apps).listed(),
             vault,
+            eso_login: None,
         }
     }
 }

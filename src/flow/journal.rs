@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::remote::{shell_quote, ExecOptions, Remote};
+use crate::remote::Remote;
 
 pub const SERVER_PATH: &str = "/var/lib/rebox/journal.json";
 const FORMAT_VERSION: u32 = 1;
@@ -176,30 +176,10 @@ impl Store for ServerStore<'_> {
     }
 
     async fn save(&self, journal: &Journal) -> Result<()> {
-        let body = serde_json::to_vec_pretty(journal)?;
-        let tmp = format!("{SERVER_PATH}.tmp");
-        let script = format!(
-            "set -e; umask 077; mkdir -p $(dirname {p}); cat > {t}; sync {t} 2>/dev/null || true; mv -f {t} {p}",
-            p = shell_quote(SERVER_PATH),
-            t = shell_quote(&tmp)
-        );
-        let out = self
-            .remote
-            .sudo_with(
-                &script,
-                ExecOptions {
-                    stdin: Some(&body),
-                    quiet: true,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        anyhow::ensure!(
-            out.success(),
-            "writing the server's journal failed: {}",
-            out.stderr_str().trim()
-        );
-        Ok(())
+        self.remote
+            .write_root_file(SERVER_PATH, &serde_json::to_vec_pretty(journal)?)
+            .await
+            .context("saving the server's journal")
     }
 }
 

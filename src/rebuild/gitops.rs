@@ -34,6 +34,16 @@ impl StoreReady {
         ))
     }
 
+    /// Whether the store is Ready now (false when it or the cluster cannot be read): one
+    /// read, nothing written.
+    pub(super) async fn ready_now(ctx: &mut Ctx) -> bool {
+        let store = ctx.site.config.eso.store.clone();
+        let Ok(api) = Self::api(ctx).await else {
+            return false;
+        };
+        store_ready(api.get_opt(&store).await.ok().flatten().as_ref())
+    }
+
     /// Waits up to `deadline`; Ok(true) when Ready.
     async fn wait(ctx: &mut Ctx, deadline: Duration) -> Result<bool> {
         let api = Self::api(ctx).await?;
@@ -64,13 +74,7 @@ impl Phase<Ctx> for StoreReady {
         "Wait for the ClusterSecretStore to be Ready".into()
     }
     async fn pending(&self, ctx: &mut Ctx) -> Result<bool> {
-        let store = ctx.site.config.eso.store.clone();
-        let Ok(api) = Self::api(ctx).await else {
-            return Ok(true);
-        };
-        Ok(!store_ready(
-            api.get_opt(&store).await.ok().flatten().as_ref(),
-        ))
+        Ok(!Self::ready_now(ctx).await)
     }
     async fn apply(&self, ctx: &mut Ctx, steps: &mut Steps) -> Result<()> {
         let eso = &ctx.site.config.eso;

@@ -10,6 +10,7 @@ mod k3s;
 pub mod k3s_binary;
 pub mod prepare;
 mod vault;
+mod vault_for_eso;
 
 use anyhow::Result;
 
@@ -68,6 +69,9 @@ pub struct RestoreState {
     pub outcomes: Vec<crate::restore::longhorn::Outcome>,
 }
 
+/// A yes/no question put to the operator.
+pub type Confirm = Box<dyn Fn(&str) -> Result<bool> + Send + Sync>;
+
 /// Everything the rebuild phases share.
 pub struct Ctx {
     /// The server, its cluster and Vault, over one SSH connection (and the config).
@@ -82,6 +86,12 @@ pub struct Ctx {
     pub key_backup: Option<KeyBackup>,
     /// The unseal key shares, held in memory from Vault's init answer or the decrypted backup.
     pub unseal_shares: Option<Vec<SecretText>>,
+    /// The root token of Vault's init answer (with its entry on the server's record), in
+    /// memory only until the ESO setup right after the unseal revokes it; a resumed run
+    /// makes a short-lived one from the key instead.
+    pub init_root_token: Option<(crate::site::root_token::Pending, SecretText)>,
+    /// Asks the operator (a yes/no question); answers yes under `--yes`.
+    pub confirm: Confirm,
     /// On `--restore-from-nas`: the data-loss table and what each volume's restore did.
     pub restore: Option<RestoreState>,
     /// Secret values by source name (the offline backup's extra secrets, or prompts).
@@ -106,6 +116,8 @@ impl Ctx {
             force,
             key_backup: None,
             unseal_shares: None,
+            init_root_token: None,
+            confirm: Box::new(|_| Ok(false)),
             restore: None,
             secret_values: Default::default(),
             manifests: std::sync::OnceLock::new(),
@@ -183,6 +195,7 @@ pub fn fresh_phases() -> Vec<Box<dyn Phase<Ctx>>> {
         Box::new(vault::Init),
         Box::new(vault::KeySecret),
         Box::new(vault::Unseal),
+        Box::new(vault_for_eso::ReadyForEso),
         Box::new(addons::Apply {
             group: Group::ExternalSecrets,
             title: "Install External Secrets Operator",

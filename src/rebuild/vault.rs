@@ -158,6 +158,9 @@ async fn initialise_and_back_up(ctx: &mut Ctx) -> Result<()> {
         ctx.site.config.vault.key_shares,
         ctx.site.config.vault.key_threshold,
     );
+    // Init answers with a root token too: its entry goes on the server's record first, so a
+    // run that stops before the token is revoked leaves a trace the next run acts on.
+    let pending_root = ctx.site.expect_root_token("init").await?;
     // From Vault's answer until the backup is committed the key exists nowhere else:
     // Ctrl-C, SIGTERM and a closed terminal wait for the backup.
     let hold = Hold::new("Vault's new unseal key is not in the offline backup yet");
@@ -175,7 +178,9 @@ async fn initialise_and_back_up(ctx: &mut Ctx) -> Result<()> {
         threshold,
         shares,
         init.keys.clone(),
-        vec![("vault-root-token".to_string(), init.root_token.clone())],
+        // No root token: rebox revokes it once Vault is set up for ESO (a new one is
+        // made from the key when needed: `operator generate-root`).
+        vec![],
     )?;
     let written = ctx.key_backup()?.write_verified(&doc);
     if let Err(e) = written {
@@ -196,6 +201,8 @@ async fn initialise_and_back_up(ctx: &mut Ctx) -> Result<()> {
         path.display()
     );
     ctx.unseal_shares = Some(init.keys);
+    // In memory only (zeroized on drop), for the vault-for-eso phase, which revokes it.
+    ctx.init_root_token = Some((pending_root, init.root_token));
     drop(hold);
     Ok(())
 }

@@ -88,6 +88,55 @@ impl Remote {
         Ok(out.stdout_str())
     }
 
+    /// Writes `body` to `path` as root, mode 0600 in a root-only directory made if missing:
+    /// sent on stdin, synced, renamed into place, so a reader sees the old file or the new.
+    pub async fn write_root_file(&self, path: &str, body: &[u8]) -> Result<()> {
+        let tmp = format!("{path}.tmp");
+        let script = format!(
+            "set -e; umask 077; mkdir -p $(dirname {p}); cat > {t}; sync {t} 2>/dev/null || true; mv -f {t} {p}",
+            p = shell_quote(path),
+            t = shell_quote(&tmp)
+        );
+        let out = self
+            .sudo_with(
+                &script,
+                ExecOptions {
+                    stdin: Some(body),
+                    quiet: true,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        anyhow::ensure!(
+            out.success(),
+            "writing {path} on {} failed: {}",
+            self.target.addr(),
+            out.stderr_str().trim()
+        );
+        Ok(())
+    }
+
+    /// The content of the root-only file `path`, or None when it does not exist.
+    pub async fn read_root_file(&self, path: &str) -> Result<Option<String>> {
+        let p = shell_quote(path);
+        let out = self
+            .sudo(&format!(
+                "if [ -e {p} ]; then cat {p}; else echo -n absent >&2; fi"
+            ))
+            .await?;
+        if !out.success() {
+            anyhow::bail!(
+                "reading {path} on {} failed: {}",
+                self.target.addr(),
+                out.stderr_str().trim()
+            );
+        }
+        if out.stderr_str() == "absent" {
+            return Ok(None);
+        }
+        Ok(Some(out.stdout_str()))
+    }
+
     pub async fn exec_with(&self, cmd: &str, opts: ExecOptions<'_>) -> Result<ExecOutput> {
         tracing::debug!(target: "rebox::remote", "exec: {cmd}");
         let mut channel = self

@@ -9,9 +9,13 @@
 //!
 //! - [`vault`]: the tunnel-backed Vault client and the unseal.
 //! - [`unseal_secret`]: the Secret `vault-unseal-key`, read and written.
+//! - [`eso_auth`]: Vault set up for ESO (KV, Kubernetes auth, policy, role) and ESO's login.
+//! - [`root_token`]: root tokens recorded by accessor on the server, revoked by the next run.
 //! - [`readiness`]: ESO's store, Argo CD's apps, ExternalSecrets, Longhorn volumes: when each is ready.
 
+pub mod eso_auth;
 pub mod readiness;
+pub mod root_token;
 pub mod unseal_secret;
 pub mod vault;
 
@@ -23,6 +27,7 @@ use crate::config::Config;
 use crate::remote::{HostKeyPolicy, Remote, Target};
 use crate::vault::VaultClient;
 
+pub use eso_auth::{EsoAuth, EsoLogin};
 pub use unseal_secret::{fingerprints, SecretInfo, SecretLocation, Stored};
 pub use vault::{progress_line, Unsealed, VaultTunnel};
 

@@ -27,6 +27,13 @@ pub enum Op {
     VerifyStatus,
     Verify,
     VerifyRestart,
+    GenerateRootInit,
+    GenerateRootUpdate,
+    GenerateRootCancel,
+    /// A token-authenticated read or write (mounts, auth methods, policies, roles).
+    Admin,
+    Login,
+    RevokeSelf,
 }
 
 /// Which key Vault refused: the current key (to unseal or to authorise a rekey) or the new
@@ -36,6 +43,8 @@ pub enum KeyUse {
     Unseal,
     RekeyOldKey,
     VerifyNewKey,
+    /// The unseal key given to `sys/generate-root` for a short-lived root token.
+    GenerateRoot,
 }
 
 /// A Vault failure an operator can act on.
@@ -126,6 +135,9 @@ fn bad_key_message(during: KeyUse, status: u16, errors: &[String]) -> String {
         KeyUse::VerifyNewKey => format!(
             "the new key shares did not verify ({said}); nothing was rotated and the old key is still the only one that opens Vault"
         ),
+        KeyUse::GenerateRoot => format!(
+            "Vault refused the unseal key for a root token ({said}); no token was made"
+        ),
     }
 }
 
@@ -140,7 +152,7 @@ impl VaultError {
             VaultError::AlreadyInitialized { .. } => "unseal it with the key from its offline backup (`rebox unseal`)".into(),
             VaultError::BadKey { during: KeyUse::VerifyNewKey, .. } => "give the new shares exactly as the rekey returned them; the verification nonce changed, read it again".into(),
             VaultError::BadKey { during: KeyUse::RekeyOldKey, .. } => "check that the backup belongs to this cluster (`rebox key verify FILE`), then give the shares again".into(),
-            VaultError::BadKey { during: KeyUse::Unseal, .. } => "check that the backup belongs to this cluster (`rebox key verify FILE`)".into(),
+            VaultError::BadKey { during: KeyUse::Unseal | KeyUse::GenerateRoot, .. } => "check that the backup belongs to this cluster (`rebox key verify FILE`)".into(),
             VaultError::Malformed { .. } => "a share is the hex or base64 text exactly as Vault printed it; check the backup with `rebox key show FILE`".into(),
             VaultError::DuplicateShare => "give a different share of the same key; each share counts once".into(),
             VaultError::RekeyInProgress { .. } => "if it is an interrupted `rebox rotate-unseal-key`, rerun that command to resume it; otherwise find who started it before cancelling it with its nonce".into(),
@@ -277,6 +289,7 @@ fn key_use(op: Op) -> Option<KeyUse> {
         Op::Unseal => Some(KeyUse::Unseal),
         Op::RekeyUpdate => Some(KeyUse::RekeyOldKey),
         Op::Verify => Some(KeyUse::VerifyNewKey),
+        Op::GenerateRootUpdate => Some(KeyUse::GenerateRoot),
         _ => None,
     }
 }
@@ -287,6 +300,7 @@ impl fmt::Display for KeyUse {
             KeyUse::Unseal => "unseal",
             KeyUse::RekeyOldKey => "rekey (current key)",
             KeyUse::VerifyNewKey => "rekey verification (new key)",
+            KeyUse::GenerateRoot => "root token generation",
         })
     }
 }

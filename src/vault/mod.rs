@@ -6,6 +6,9 @@
 //! ([`VaultClientBuilder::ca_pem`], [`VaultClientBuilder::connect_to`]). None of these
 //! endpoints needs a token: the key shares are the authorisation.
 //!
+//! - `admin`: the few token-authenticated calls (mounts, auth methods, policies, roles,
+//!   revoking a token) and the Kubernetes-auth login.
+//! - `root`: a short-lived root token from the unseal key (`sys/generate-root`, OTP flow).
 //! - [`types`]: the answers, with Vault's field names; secrets are [`SecretText`].
 //! - [`error`]: [`VaultError`], every refusal classified with the next step.
 //! - `wire`: zeroizing request and response buffers.
@@ -13,7 +16,9 @@
 //! Secrets (shares, root token) never reach a log: requests are logged as method, path and
 //! status only, bodies never, and error texts are scrubbed of the share that was sent.
 
+mod admin;
 mod error;
+mod root;
 mod types;
 mod wire;
 
@@ -26,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+pub use admin::{Mount, TokenInfo};
 pub use error::{KeyUse, VaultError};
 pub use types::{
     Health, InitResult, RekeyKeys, RekeyStatus, RekeyUpdate, SealStatus, UnsealProgress,
@@ -531,8 +537,30 @@ impl VaultClient {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<Answer, VaultError> {
+        self.send_as(None, op, method, path, body).await
+    }
+
+    /// [`Self::send`] with `X-Vault-Token: token` (marked sensitive, so never in a debug
+    /// print of the request).
+    async fn send_as(
+        &self,
+        token: Option<&SecretText>,
+        op: Op,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Answer, VaultError> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method.clone(), &url);
+        if let Some(t) = token {
+            let mut v = reqwest::header::HeaderValue::from_str(t.expose()).map_err(|_| {
+                VaultError::Config {
+                    reason: "the Vault token holds characters a header cannot carry".into(),
+                }
+            })?;
+            v.set_sensitive(true);
+            req = req.header("X-Vault-Token", v);
+        }
         if let Some(b) = body {
             req = req
                 .header(reqwest::header::CONTENT_TYPE, "application/json")

@@ -30,4 +30,5 @@ mod ssh_auth;
 mod ssh_preflight;
 mod ssh_transport;
 mod status_lab;
+mod vault_admin;
 mod vault_client;

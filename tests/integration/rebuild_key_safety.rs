@@ -5,6 +5,7 @@
 //! unsealed Vault.
 
 use crate::common;
+use common::describe;
 use std::process::{Command, Output};
 
 use base64::Engine;
@@ -13,15 +14,6 @@ use rebox_lab::server::LabOptions;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    )
 }
 
 /// The share in the offline backup, decrypted by the stock age CLI.

@@ -5,7 +5,7 @@
 use crate::common;
 use std::time::{Duration, Instant};
 
-use common::{lab_bundle, sha256_hex, Lab};
+use common::{describe, lab_bundle, sha256_hex, Lab};
 use rebox_lab::server::LabOptions;
 
 fn rebuild_cmd(lab: &Lab, bundle: &std::path::Path, extra: &[&str]) -> std::process::Command {
@@ -118,6 +118,17 @@ fn rebuild_installs_k3s_and_a_rerun_has_nothing_left_to_do() {
         })
         .expect("a share in the backup")
         .to_string();
+    // No root token, nor any other extra: rebox revoked init's token once Vault was set up
+    // for ESO, and never writes a token anywhere.
+    let parsed: toml::Value = toml::from_str(&doc).unwrap();
+    assert!(
+        parsed
+            .get("extra")
+            .and_then(|x| x.as_array())
+            .is_none_or(|x| x.is_empty()),
+        "the fresh backup carries extras: {:?}",
+        parsed.get("extra").map(|x| x.to_string().len())
+    );
     let in_secret =
         lab.kubectl("-n security get secret vault-unseal-key -o jsonpath='{.data.key}'");
     use base64::Engine;
@@ -131,6 +142,15 @@ fn rebuild_installs_k3s_and_a_rerun_has_nothing_left_to_do() {
     );
     let ready = lab.kubectl("-n security get pod vault-0 -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'");
     assert_eq!(ready.trim(), "True", "Vault is not unsealed");
+    // Init's root token was revoked once Vault was set up for ESO: no root token is left
+    // (checked with auth/token/accessors and lookup-accessor), and the record is empty.
+    let shares = common::backup_shares_of(&parsed);
+    assert_eq!(
+        lab.live_root_tokens(&shares),
+        Vec::<String>::new(),
+        "a root token outlived the rebuild"
+    );
+    assert_eq!(lab.root_token_record(), serde_json::json!([]));
 
     // ESO's store Ready, Argo CD's root Application synced, both CronJobs in place.
     let store = lab.kubectl("get clustersecretstore k8s-secrets -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'");
@@ -154,7 +174,7 @@ fn rebuild_installs_k3s_and_a_rerun_has_nothing_left_to_do() {
     // A second run finds everything done (the guard always checks).
     let out = rebuild(&lab, &bundle, &[]).success();
     let stdout = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
-    assert_eq!(stdout.matches("already done").count(), 18, "{stdout}");
+    assert_eq!(stdout.matches("already done").count(), 19, "{stdout}");
 
     // The CronJobs do their work on the node. Suspended first, so that only the Jobs made here
     // from them act (their schedules would otherwise race the test).
@@ -391,4 +411,72 @@ fn rebuild_checks_the_backup_identity_before_initialising_vault() {
         ))
         .unwrap();
     assert!(status.contains("\"initialized\":false"), "{status}");
+}
+
+/// No root token outlives the run that made it: a rebuild killed after Vault was set up for
+/// ESO but before init's root token was revoked leaves the token's accessor in the record on
+/// the server; `rebox plan` then makes no token, no TokenRequest and writes nothing; the
+/// rerun revokes the leftover (proven with lookup-accessor) and says so.
+#[test]
+fn rebuild_killed_before_the_root_token_is_revoked_is_cleaned_up_by_the_rerun() {
+    let lab = Lab::start(LabOptions::default());
+    lab.trust();
+    let bundle = lab_bundle(lab.dir.path());
+    let out = rebuild_cmd(&lab, &bundle, &[])
+        .env("REBOX_FAILPOINT_EXIT_AFTER", "vault-for-eso:set-up")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(86), "{}", describe(&out));
+    let record = lab.root_token_record();
+    let entries = record.as_array().expect("a record on the server");
+    assert_eq!(entries.len(), 1, "{record}");
+    assert_eq!(entries[0]["minted_by"], "init", "{record}");
+    let accessor = entries[0]["accessor"]
+        .as_str()
+        .expect("its accessor")
+        .to_string();
+    let shares = common::backup_shares_of(&lab.decrypted_backup(&lab.backup_path()));
+    assert_eq!(lab.live_root_tokens(&shares), vec![accessor.clone()]);
+
+    // A plan in this state (the phase still to do) makes nothing.
+    let requests_before = lab.token_requests();
+    let plan = lab
+        .rebox_with_keys(&["--json", "plan"], &bundle)
+        .output()
+        .unwrap();
+    assert!(plan.status.success(), "plan: {}", describe(&plan));
+    let planned: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let phase = planned
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "vault-for-eso")
+        .expect("the phase in the plan");
+    assert_eq!(phase["pending"], true, "{phase}");
+    assert_eq!(
+        lab.token_requests(),
+        requests_before,
+        "plan made a TokenRequest"
+    );
+    assert_eq!(lab.root_token_record(), record, "plan changed the record");
+    assert_eq!(
+        lab.live_root_tokens(&shares),
+        vec![accessor.clone()],
+        "plan made or revoked a root token"
+    );
+
+    let out = rebuild_cmd(&lab, &bundle, &[]).output().unwrap();
+    assert!(out.status.success(), "rerun: {}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("revoked a root token an earlier run left (init at")
+            && stderr.contains(&accessor),
+        "{stderr}"
+    );
+    assert_eq!(
+        lab.live_root_tokens(&shares),
+        Vec::<String>::new(),
+        "the leftover root token (or the rerun's own) is still valid"
+    );
+    assert_eq!(lab.root_token_record(), serde_json::json!([]));
 }

@@ -4,7 +4,8 @@
 //! once (the offline backup from the `vault-init` boundary is the one that unseals it).
 
 use crate::common;
-use std::process::{Command, Output};
+use common::describe;
+use std::process::Command;
 use std::time::Instant;
 
 use common::{lab_bundle, Lab};
@@ -12,15 +13,6 @@ use rebox_lab::server::LabOptions;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    )
 }
 
 /// The offline backup, decrypted by the stock age CLI: (created_at, the unseal share).

@@ -9,6 +9,7 @@
 //! backup (only it fails; a rerun retries only it), and a Vault volume without data.
 
 use crate::common;
+use common::describe;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -24,15 +25,6 @@ const K3S_DATA: &str = "/var/lib/rancher/k3s";
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    )
 }
 
 /// `rebox --yes rebuild --restore-from-nas` with the lab's settings, the bundle and a key file.
@@ -94,7 +86,7 @@ fn publish_nas(lab: &Lab, nas_dir: &Path) {
     copy_dir(nas_dir, &lab.server.merged_path("/backups"));
 }
 
-/// A backup of cluster "homelab" holding a key (and root token) this lab's Vault never had.
+/// A backup of cluster "homelab" holding a key (and an operator's extra) this lab's Vault never had.
 fn wrong_key_file(lab: &Lab) -> PathBuf {
     let (_, public) = lab.age_identity();
     let path = lab.dir.path().join("wrong-key.age");
@@ -102,7 +94,7 @@ fn wrong_key_file(lab: &Lab) -> PathBuf {
         .rebox()
         .args(["key", "export", "--from-stdin", "-r", &public, "-o"])
         .arg(&path)
-        .args(["--extra-from-env", "vault-root-token=WRONG_TOKEN"])
+        .args(["--extra-from-env", "ops-admin-token=WRONG_TOKEN"])
         .env("WRONG_TOKEN", "hvs.not-this-vaults-token")
         .write_stdin("bm90LXRoZS1rZXktb2YtdGhpcy12YXVsdC0wMDAwMDA=")
         .output()
@@ -186,6 +178,9 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
         .unwrap();
     assert!(out.status.success(), "fresh rebuild: {}", describe(&out));
     let key_file = lab.backup_path();
+    // The fresh backup holds the key only (rebox keeps no root token); the operator adds a
+    // named extra of their own (`rebox key export --extra-from-env`).
+    lab.backup_with_extra(&key_file, "ops-admin-token", "ops.token-the-operator-keeps");
     let vault_volume = lab
         .kubectl("-n security get pvc vault-data-lh -o jsonpath='{.spec.volumeName}'")
         .trim()
@@ -250,11 +245,11 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
     publish_nas(&lab, &nas_dir);
     assert!(!lab.server.merged_path("/usr/local/bin/k3s").exists());
 
-    // A bootstrap Secret filled from the backup's extra secrets (here the root token the
-    // fresh rebuild stored there).
+    // A bootstrap Secret filled from the backup's extra secrets (here the one the operator
+    // added after the fresh rebuild).
     let config_path = lab.dir.path().join("rebox.toml");
     let mut config = std::fs::read_to_string(&config_path).unwrap();
-    config.push_str("\n[[bootstrap_secrets]]\nsource = \"vault-root-token\"\nnamespace = \"ops\"\nsecret = \"vault-admin\"\nkey = \"token\"\n");
+    config.push_str("\n[[bootstrap_secrets]]\nsource = \"ops-admin-token\"\nnamespace = \"ops\"\nsecret = \"vault-admin\"\nkey = \"token\"\n");
     std::fs::write(&config_path, config).unwrap();
 
     // 5. Killed after every phase in turn: each rerun resumes. Before Vault's unseal, one
@@ -395,7 +390,7 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
                 .unwrap()
         )
         .unwrap(),
-        extra_of(&decrypted_backup(&lab, &key_file), "vault-root-token"),
+        extra_of(&decrypted_backup(&lab, &key_file), "ops-admin-token"),
         "the bootstrap Secret does not hold the backup's value"
     );
     // ESO's store Ready, the root app Synced and Healthy.
@@ -441,16 +436,7 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
 
 /// The offline backup's document, decrypted by the stock age CLI.
 fn decrypted_backup(lab: &Lab, key_file: &Path) -> toml::Value {
-    let (id, _) = lab.age_identity();
-    let plain = Command::new("age")
-        .arg("-d")
-        .arg("-i")
-        .arg(&id)
-        .arg(key_file)
-        .output()
-        .unwrap();
-    assert!(plain.status.success(), "{}", text(&plain.stderr));
-    toml::from_str(&text(&plain.stdout)).unwrap()
+    lab.decrypted_backup(key_file)
 }
 
 /// The (first) unseal share of a decrypted backup.
@@ -475,7 +461,7 @@ fn extra_of(doc: &toml::Value, name: &str) -> String {
 
 fn assert_no_secret(lab: &Lab, key_file: &Path, out: &Output) {
     let doc = decrypted_backup(lab, key_file);
-    let (share, token) = (share_of(&doc), extra_of(&doc, "vault-root-token"));
+    let (share, token) = (share_of(&doc), extra_of(&doc, "ops-admin-token"));
     for stream in [&out.stdout, &out.stderr] {
         assert!(
             !text(stream).contains(&share),

@@ -17,22 +17,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use base64::Engine as _;
-use common::{lab_bundle, Lab};
+use common::{describe, lab_bundle, Lab};
 use rebox_lab::server::LabOptions;
 
 const KUBECTL: &str = "KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl";
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    )
 }
 
 /// A rebuilt lab: Vault initialised and unsealed, key in the Secret and in `backup_path()`.
@@ -369,6 +360,9 @@ fn superseded_of(file: &Path) -> Vec<PathBuf> {
 fn rotate_happy_path_new_key_opens_vault_old_key_refused_and_nothing_secret_printed() {
     let l = RotLab::start();
     let current = l.lab.backup_path();
+    // An operator's extra secret in the backup (a fresh rebuild's backup holds none).
+    l.lab
+        .backup_with_extra(&current, "ops-admin-token", "ops.token-the-operator-keeps");
     let old = l.backup_shares(&current);
     assert_eq!(sorted(l.secret_shares()), sorted(old.clone()));
 
@@ -405,13 +399,14 @@ fn rotate_happy_path_new_key_opens_vault_old_key_refused_and_nothing_secret_prin
         old,
         "the superseded file changed"
     );
-    // The extra secret (root token) of the old backup is carried over.
+    // The operator's extra secret of the old backup is carried over.
     let doc: toml::Value = toml::from_str(&l.age_decrypt(&new_file)).unwrap();
     let extras = doc["extra"].as_array().expect("extras carried over");
     assert!(
         extras
             .iter()
-            .any(|e| e["name"].as_str() == Some("vault-root-token")),
+            .any(|e| e["name"].as_str() == Some("ops-admin-token")
+                && e["value"].as_str() == Some("ops.token-the-operator-keeps")),
         "{doc}"
     );
     let fps: Vec<String> = report["new_fingerprints"]

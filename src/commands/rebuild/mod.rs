@@ -37,7 +37,10 @@ async fn context(global: &GlobalArgs, args: &RebuildArgs) -> Result<Ctx> {
         force: args.force,
         key_backup,
     };
-    prepare::context(site, options).await
+    let mut ctx = prepare::context(site, options).await?;
+    let yes = global.yes;
+    ctx.confirm = Box::new(move |q| crate::ui::confirm(q, yes));
+    Ok(ctx)
 }
 
 pub async fn plan(global: &GlobalArgs, args: RebuildArgs) -> Result<ExitCode> {

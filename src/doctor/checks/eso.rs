@@ -5,6 +5,7 @@ use super::{check, dyn_name, kubectl, ready_condition, str_of, unreadable};
 use crate::config::Config;
 use crate::doctor::snapshot::Snapshot;
 use crate::doctor::{Action, Check, Verdict};
+use crate::site::EsoLogin;
 
 pub(super) fn secret_store(config: &Config, s: &Snapshot) -> Check {
     const T: &str = "ClusterSecretStore";
@@ -46,6 +47,34 @@ pub(super) fn secret_store(config: &Config, s: &Snapshot) -> Check {
         "condition Ready: {} ({reason}){since}: {message}",
         cond.map(|c| str_of(&c["status"], "?")).unwrap_or("-")
     )];
+    if let Some(Ok(EsoLogin::Refused(why))) = &s.eso_login {
+        return check(
+            "secret-store",
+            T,
+            Verdict::Fail,
+            format!("{} degraded: Vault refuses ESO's login", e.store),
+        )
+        .with_evidence(vec![
+            evidence[0].clone(),
+            format!(
+                "login to auth/{} as role {} with service account {}/{}: {why}",
+                e.vault_auth_mount, e.vault_role, e.namespace, e.service_account
+            ),
+        ])
+        .with_fix(
+            "Vault's Kubernetes auth does not accept ESO (missing, or pinned to another cluster's CA or token): set it up again in-cluster with a short-lived root token from the unseal key, revoked at once, then restart ESO",
+            vec![
+                "bao operator generate-root -init   # then the unseal key, then -decode (or `vault operator …`)".into(),
+                format!(
+                    "bao write auth/{}/config kubernetes_host={}",
+                    e.vault_auth_mount,
+                    crate::site::eso_auth::KUBERNETES_HOST
+                ),
+                "bao token revoke -self".into(),
+            ],
+            Some(Action::ReadyVaultForEso),
+        );
+    }
     let sealed = s.vault.as_ref().is_ok_and(|v| v.sealed) || s.vault.is_err();
     let deployments = e.deployments.join(" ");
     let text = if sealed {

@@ -107,6 +107,84 @@ impl Lab {
         cmd
     }
 
+    /// Adds an operator's extra secret `name` = `value` to the offline backup at `file`, the
+    /// way an operator does it: `rebox key export --from-stdin` of the backup's own shares with
+    /// `--extra-from-env`, replacing the file (`--force`). A fresh rebuild's backup holds the
+    /// unseal key only (no root token), so a test that wants an extra in it says so here.
+    pub fn backup_with_extra(&self, file: &Path, name: &str, value: &str) {
+        let (id, public) = self.age_identity();
+        let doc = self.decrypted_backup(file);
+        let shares = backup_shares_of(&doc);
+        let threshold = doc["unseal"]["threshold"]
+            .as_integer()
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| shares.len().to_string());
+        let share_count = doc["unseal"]["share_count"]
+            .as_integer()
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| shares.len().to_string());
+        let mut extras = Vec::new();
+        let mut envs = Vec::new();
+        for (n, e) in doc
+            .get("extra")
+            .and_then(|x| x.as_array())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let var = format!("REBOX_TEST_EXTRA_{n}");
+            extras.push(format!("{}={var}", e["name"].as_str().unwrap()));
+            envs.push((var, e["value"].as_str().unwrap().to_string()));
+        }
+        extras.push(format!("{name}=REBOX_TEST_EXTRA_NEW"));
+        envs.push(("REBOX_TEST_EXTRA_NEW".into(), value.to_string()));
+        let mut cmd = self.rebox();
+        cmd.args([
+            "key",
+            "export",
+            "--from-stdin",
+            "--force",
+            "--threshold",
+            &threshold,
+        ])
+        .args(["--share-count", &share_count])
+        .args(["-r", &public, "-i"])
+        .arg(&id)
+        .arg("-o")
+        .arg(file);
+        for x in &extras {
+            cmd.args(["--extra-from-env", x]);
+        }
+        for (k, v) in &envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.write_stdin(shares.join("\n") + "\n").output().unwrap();
+        assert!(
+            out.status.success(),
+            "key export with extra {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The offline backup `file`, decrypted with the stock age CLI and this lab's identity.
+    pub fn decrypted_backup(&self, file: &Path) -> toml::Value {
+        let (id, _) = self.age_identity();
+        let plain = std::process::Command::new("age")
+            .arg("-d")
+            .arg("-i")
+            .arg(&id)
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(
+            plain.status.success(),
+            "age -d {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&plain.stderr)
+        );
+        toml::from_str(&String::from_utf8_lossy(&plain.stdout)).unwrap()
+    }
+
     /// `bash -c shell` as root on the server with `stdin` piped in (a secret never goes on a
     /// command line); its output.
     pub fn root_with_stdin(&self, shell: &str, stdin: &str) -> std::process::Output {
@@ -136,6 +214,49 @@ impl Lab {
                 "KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl {args}"
             ))
             .unwrap()
+    }
+
+    /// The accessors of every root token Vault holds, found with a root token of the test's
+    /// own: made here from `shares` (on stdin, never a command line) with sys/generate-root,
+    /// used for `auth/token/accessors` and `lookup-accessor`, and revoked at the end. Vault
+    /// must be unsealed.
+    pub fn live_root_tokens(&self, shares: &[String]) -> Vec<String> {
+        let ip = self.kubectl("-n security get svc vault -o jsonpath='{.spec.clusterIP}'");
+        let out = self.root_with_stdin(
+            &format!(
+                "python3 -c {} http://{}:8200",
+                rebox::remote::shell_quote(LIVE_ROOT_TOKENS_PY),
+                ip.trim()
+            ),
+            &(shares.join("\n") + "\n"),
+        );
+        assert!(
+            out.status.success(),
+            "listing Vault's root tokens: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// rebox's record of root tokens on the server (`/var/lib/rebox/vault-root-tokens.json`):
+    /// its entries (Null when the file is absent).
+    pub fn root_token_record(&self) -> serde_json::Value {
+        match std::fs::read_to_string(self.server.path("/var/lib/rebox/vault-root-tokens.json")) {
+            Ok(text) => {
+                serde_json::from_str::<serde_json::Value>(&text).unwrap()["entries"].clone()
+            }
+            Err(_) => serde_json::Value::Null,
+        }
+    }
+
+    /// The TokenRequests lab-k3s served, one `<ns>/<sa>` line each.
+    pub fn token_requests(&self) -> String {
+        std::fs::read_to_string(
+            self.server
+                .path("/var/lib/rancher/k3s/lab/token-requests.log"),
+        )
+        .unwrap_or_default()
     }
 
     /// Connection flags for subcommands that connect.
@@ -215,3 +336,63 @@ pub fn restart_vault() -> String {
         "security", "vault-0", "vault", 60,
     )
 }
+
+/// A finished command's status and both streams, for assertion messages.
+pub fn describe(out: &std::process::Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The unseal shares of a decrypted backup document.
+pub fn backup_shares_of(doc: &toml::Value) -> Vec<String> {
+    doc["unseal"]["shares"]
+        .as_array()
+        .expect("shares in the backup")
+        .iter()
+        .map(|s| s["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// [`Lab::live_root_tokens`]'s client, run on the node: Vault's HTTP API with the shares
+/// on stdin; prints the JSON list of the other root tokens' accessors.
+const LIVE_ROOT_TOKENS_PY: &str = r#"
+import base64, json, sys, urllib.error, urllib.request
+addr = sys.argv[1]
+def call(method, path, body=None, token=None):
+    req = urllib.request.Request(addr + path, method=method,
+                                 data=None if body is None else json.dumps(body).encode())
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("X-Vault-Token", token)
+    try:
+        with urllib.request.urlopen(req) as r:
+            t = r.read()
+            return r.status, json.loads(t) if t else {}
+    except urllib.error.HTTPError as e:
+        t = e.read()
+        return e.code, json.loads(t) if t else {}
+shares = [l.strip() for l in sys.stdin if l.strip()]
+_, attempt = call("PUT", "/v1/sys/generate-root/attempt", {})
+for k in shares:
+    _, step = call("PUT", "/v1/sys/generate-root/update", {"key": k, "nonce": attempt["nonce"]})
+    if step.get("complete"):
+        break
+enc = step["encoded_token"]
+raw = base64.b64decode(enc + "=" * (-len(enc) % 4))
+token = bytes(a ^ b for a, b in zip(raw, attempt["otp"].encode())).decode()
+_, me = call("GET", "/v1/auth/token/lookup-self", token=token)
+_, listed = call("LIST", "/v1/auth/token/accessors", token=token)
+roots = []
+for acc in listed["data"]["keys"]:
+    if acc == me["data"]["accessor"]:
+        continue
+    status, info = call("POST", "/v1/auth/token/lookup-accessor", {"accessor": acc}, token=token)
+    if status == 200 and "root" in info["data"]["policies"]:
+        roots.append(acc)
+call("POST", "/v1/auth/token/revoke-self", token=token)
+print(json.dumps(roots))
+"#;

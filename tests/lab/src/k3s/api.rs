@@ -158,6 +158,7 @@ fn authn_api(
             } else {
                 decode(body, content_type)?
             };
+            log_token_request(&app.store.data_dir(), ns, sa);
             let auds: Vec<String> = req["spec"]["audiences"]
                 .as_array()
                 .into_iter()
@@ -216,6 +217,30 @@ fn authn_api(
             Ok(json_response(StatusCode::CREATED, &v, &[]))
         })()),
         _ => None,
+    }
+}
+
+/// `<data dir>/lab/token-requests.log`: one line `<ns>/<sa>` per TokenRequest served (never
+/// the token), so a test can tell whether a client asked for one (`rebox plan` must not).
+pub fn token_request_log(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("lab/token-requests.log")
+}
+
+fn log_token_request(data_dir: &std::path::Path, ns: &str, sa: &str) {
+    use std::io::Write;
+    let path = token_request_log(data_dir);
+    let written = std::fs::create_dir_all(path.parent().unwrap_or(data_dir)).and_then(|_| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{ns}/{sa}"))
+    });
+    if let Err(e) = written {
+        eprintln!(
+            "lab-k3s: recording a TokenRequest in {}: {e}",
+            path.display()
+        );
     }
 }
 
