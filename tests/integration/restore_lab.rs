@@ -181,6 +181,19 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
     // The fresh backup holds the key only (rebox keeps no root token); the operator adds a
     // named extra of their own (`rebox key export --extra-from-env`).
     lab.backup_with_extra(&key_file, "ops-admin-token", "ops.token-the-operator-keeps");
+    // Vault's Kubernetes auth as a hand-made setup often leaves it: pinned to this cluster's
+    // CA, which the rebuilt cluster will not have. The restore must find and repair it.
+    let shares = common::backup_shares_of(&lab.decrypted_backup(&key_file));
+    let old_ca = lab
+        .server
+        .run_as_root_ok("cat /var/lib/rancher/k3s/server/tls/server-ca.crt")
+        .unwrap();
+    let pinned = lab.as_vault_root(
+        &shares,
+        &serde_json::json!([["POST", "/v1/auth/kubernetes/config",
+            {"kubernetes_host": "https://kubernetes.default.svc", "kubernetes_ca_cert": old_ca}]]),
+    );
+    assert_eq!(pinned[0][0], 204, "pinning the CA: {pinned}");
     let vault_volume = lab
         .kubectl("-n security get pvc vault-data-lh -o jsonpath='{.spec.volumeName}'")
         .trim()
@@ -301,6 +314,14 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
             "the failpoint after `{id}` did not stop rebox: {}",
             describe(&out)
         );
+        if id == "vault-for-eso" {
+            assert!(
+                text(&out.stderr).contains("holds a pinned kubernetes_ca_cert")
+                    && text(&out.stderr).contains("configured auth/kubernetes in-cluster"),
+                "the pinned CA was not found and repaired: {}",
+                describe(&out)
+            );
+        }
         if n > 0 {
             assert!(
                 text(&out.stderr).contains("resuming rebuild --restore-from-nas"),
@@ -398,6 +419,16 @@ fn restore_brings_back_every_volume_and_vault_with_its_original_key_and_resumes_
         "get clustersecretstore k8s-secrets -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'",
     );
     assert_eq!(store.trim(), "True");
+    let config = lab.as_vault_root(
+        &shares,
+        &serde_json::json!([["GET", "/v1/auth/kubernetes/config", null]]),
+    );
+    assert_eq!(
+        config[0][1]["data"]["kubernetes_ca_cert"], "",
+        "the old cluster's CA is still pinned: {config}"
+    );
+    // No root token outlived the restore (generate-root's, revoked at the end of the phase).
+    assert_eq!(lab.live_root_tokens(&shares), Vec::<String>::new());
     let app = lab.kubectl(
         "-n argocd get application root -o jsonpath='{.status.sync.status}/{.status.health.status}'",
     );

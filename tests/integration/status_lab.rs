@@ -203,10 +203,14 @@ fn is_step(v: &Value, id: &str, verdict: &str) -> bool {
 fn status_watch_follows_the_power_loss_drill_in_order_until_healthy() {
     // CronJobs 20× faster: vault-auto-unseal every 3s, eso-recovery every 6s.
     let (lab, _) = healthy_lab(20);
-    // An app secret synced by ESO from Vault, so the drill ends with ExternalSecrets syncing.
-    lab.server
-        .run_as_root_ok(r#"mkdir -p /var/lib/rancher/k3s/lab && echo '{"app/db": {"password": "lab-only"}}' > /var/lib/rancher/k3s/lab/vault-kv.json"#)
-        .unwrap();
+    // An app secret synced by ESO from Vault's KV, so the drill ends with ExternalSecrets
+    // syncing.
+    let shares = common::backup_shares_of(&lab.decrypted_backup(&lab.backup_path()));
+    lab.vault_kv_put(
+        &shares,
+        "app/db",
+        serde_json::json!({"password": "lab-only"}),
+    );
     lab.server
         .run_as_root_ok(
             "KUBECONFIG=/etc/rancher/k3s/k3s.yaml kubectl apply -f - <<'YAML'

@@ -217,22 +217,43 @@ impl Lab {
     }
 
     /// The accessors of every root token Vault holds, found with a root token of the test's
-    /// own: made here from `shares` (on stdin, never a command line) with sys/generate-root,
-    /// used for `auth/token/accessors` and `lookup-accessor`, and revoked at the end. Vault
-    /// must be unsealed.
+    /// own (see [`Lab::as_vault_root`]) through `auth/token/accessors` and `lookup-accessor`.
     pub fn live_root_tokens(&self, shares: &[String]) -> Vec<String> {
+        serde_json::from_value(self.as_vault_root(shares, &serde_json::json!("roots"))).unwrap()
+    }
+
+    /// Writes `data` (a JSON object) under Vault's KV v2 mount `secret` at `key`, as an operator
+    /// does, with a root token of the test's own (see [`Lab::as_vault_root`]).
+    pub fn vault_kv_put(&self, shares: &[String], key: &str, data: serde_json::Value) {
+        let answers = self.as_vault_root(
+            shares,
+            &serde_json::json!([["POST", format!("/v1/secret/data/{key}"), {"data": data}]]),
+        );
+        assert_eq!(answers[0][0], 200, "writing secret/{key}: {answers}");
+    }
+
+    /// Runs `program` against the lab's Vault as root: a token made here from `shares` (on
+    /// stdin, never a command line) with sys/generate-root, revoked at the end. `program` is
+    /// `"roots"` (the other root tokens' accessors) or a list of `[method, path, body]` calls
+    /// (their `[status, body]` answers). Vault must be unsealed.
+    pub fn as_vault_root(
+        &self,
+        shares: &[String],
+        program: &serde_json::Value,
+    ) -> serde_json::Value {
         let ip = self.kubectl("-n security get svc vault -o jsonpath='{.spec.clusterIP}'");
         let out = self.root_with_stdin(
             &format!(
-                "python3 -c {} http://{}:8200",
-                rebox::remote::shell_quote(LIVE_ROOT_TOKENS_PY),
-                ip.trim()
+                "python3 -c {} http://{}:8200 {}",
+                rebox::remote::shell_quote(AS_VAULT_ROOT_PY),
+                ip.trim(),
+                rebox::remote::shell_quote(&program.to_string())
             ),
             &(shares.join("\n") + "\n"),
         );
         assert!(
             out.status.success(),
-            "listing Vault's root tokens: {}{}",
+            "Vault as root: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
@@ -357,9 +378,9 @@ pub fn backup_shares_of(doc: &toml::Value) -> Vec<String> {
         .collect()
 }
 
-/// [`Lab::live_root_tokens`]'s client, run on the node: Vault's HTTP API with the shares
-/// on stdin; prints the JSON list of the other root tokens' accessors.
-const LIVE_ROOT_TOKENS_PY: &str = r#"
+/// [`Lab::as_vault_root`]'s client, run on the node: Vault's HTTP API with the shares on
+/// stdin and the program as its second argument; prints the program's answer as JSON.
+const AS_VAULT_ROOT_PY: &str = r#"
 import base64, json, sys, urllib.error, urllib.request
 addr = sys.argv[1]
 def call(method, path, body=None, token=None):
@@ -384,15 +405,19 @@ for k in shares:
 enc = step["encoded_token"]
 raw = base64.b64decode(enc + "=" * (-len(enc) % 4))
 token = bytes(a ^ b for a, b in zip(raw, attempt["otp"].encode())).decode()
-_, me = call("GET", "/v1/auth/token/lookup-self", token=token)
-_, listed = call("LIST", "/v1/auth/token/accessors", token=token)
-roots = []
-for acc in listed["data"]["keys"]:
-    if acc == me["data"]["accessor"]:
-        continue
-    status, info = call("POST", "/v1/auth/token/lookup-accessor", {"accessor": acc}, token=token)
-    if status == 200 and "root" in info["data"]["policies"]:
-        roots.append(acc)
+program = json.loads(sys.argv[2])
+if program == "roots":
+    _, me = call("GET", "/v1/auth/token/lookup-self", token=token)
+    _, listed = call("LIST", "/v1/auth/token/accessors", token=token)
+    answer = []
+    for acc in listed["data"]["keys"]:
+        if acc == me["data"]["accessor"]:
+            continue
+        status, info = call("POST", "/v1/auth/token/lookup-accessor", {"accessor": acc}, token=token)
+        if status == 200 and "root" in info["data"]["policies"]:
+            answer.append(acc)
+else:
+    answer = [list(call(m, p, b, token=token)) for m, p, b in program]
 call("POST", "/v1/auth/token/revoke-self", token=token)
-print(json.dumps(roots))
+print(json.dumps(answer))
 "#;

@@ -1,6 +1,7 @@
-//! ESO stand-in through kubectl: the ClusterSecretStore is Ready with Vault unsealed,
+//! ESO stand-in through kubectl: the ClusterSecretStore is Ready only after a real
+//! Kubernetes-auth login to Vault (refused: InvalidProviderConfig, "unable to create client"),
 //! degraded when Vault is sealed, STAYS degraded after the unseal until the three ESO
-//! Deployments are rollout-restarted; an ExternalSecret syncs its Secret from the lab KV.
+//! Deployments are rollout-restarted; an ExternalSecret syncs its Secret from Vault's KV v2.
 
 use crate::nas_support;
 use crate::vault_support;
@@ -50,19 +51,104 @@ async fn eso_store_follows_vault_and_stays_degraded_until_restart() {
             None,
         );
     }
+    // Vault as rebox sets it up for ESO, except that a Vault on the host (not in a pod) has
+    // no service-account files: the API server and its CA are named. No reviewer JWT: Vault
+    // reviews the login's own token, so ESO's ServiceAccount may create TokenReviews.
+    let root = init.root_token.as_str();
+    let ok = |what: &str, (code, v): (u16, serde_json::Value)| {
+        assert!(code == 200 || code == 204, "{what}: {code} {v}");
+    };
+    use reqwest::Method;
+    ok(
+        "mount kv",
+        client
+            .call(
+                Method::POST,
+                "/v1/sys/mounts/secret",
+                Some(json!({"type": "kv", "options": {"version": "2"}})),
+                Some(root),
+            )
+            .await,
+    );
+    ok(
+        "write kv",
+        client
+            .call(
+                Method::POST,
+                "/v1/secret/data/cloudflare",
+                Some(json!({"data": {"api-token": "cf-token-123"}})),
+                Some(root),
+            )
+            .await,
+    );
+    ok(
+        "enable auth",
+        client
+            .call(
+                Method::POST,
+                "/v1/sys/auth/kubernetes",
+                Some(json!({"type": "kubernetes"})),
+                Some(root),
+            )
+            .await,
+    );
+    let ca = std::fs::read_to_string(lab.data_dir.join("server/tls/server-ca.crt")).unwrap();
+    ok("auth config", client.call(Method::POST, "/v1/auth/kubernetes/config", Some(json!({
+        "kubernetes_host": format!("https://{}", lab.k3s.addr), "kubernetes_ca_cert": ca, "disable_local_ca_jwt": true})), Some(root)).await);
+    ok(
+        "policy",
+        client
+            .call(
+                Method::POST,
+                "/v1/sys/policies/acl/external-secrets",
+                Some(json!({
+        "policy": "path \"secret/data/*\" { capabilities = [\"read\"] }"})),
+                Some(root),
+            )
+            .await,
+    );
+    // The role is bound to a ServiceAccount ESO does not run as: the login is refused.
+    ok("role", client.call(Method::POST, "/v1/auth/kubernetes/role/external-secrets", Some(json!({
+        "bound_service_account_names": ["someone-else"], "bound_service_account_namespaces": ["security"],
+        "token_policies": ["external-secrets"]})), Some(root)).await);
+    lab.apply(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "eso-tokenreview"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "security"}]}));
     lab.apply(&json!({"apiVersion": "external-secrets.io/v1", "kind": "ClusterSecretStore", "metadata": {"name": "k8s-secrets"},
         "spec": {"provider": {"vault": {"server": "http://vault.security:8200", "path": "secret", "version": "v2",
                  "auth": {"kubernetes": {"mountPath": "kubernetes", "role": "external-secrets"}}}}}}));
+    let s = store_ready(&lab, "False").await;
+    let c = cond(&s, "Ready").unwrap();
+    assert_eq!(
+        (c["reason"].clone(), c["message"].clone()),
+        (
+            json!("InvalidProviderConfig"),
+            json!("unable to create client")
+        ),
+        "{s}"
+    );
+    // Bound to the controller's ServiceAccount (`default`: these Deployments name none), and
+    // ESO restarted: the store validates through a real login.
+    ok("role", client.call(Method::POST, "/v1/auth/kubernetes/role/external-secrets", Some(json!({
+        "bound_service_account_names": ["default"], "bound_service_account_namespaces": ["security"],
+        "token_policies": ["external-secrets"]})), Some(root)).await);
+    for d in eso::DEPLOYMENTS {
+        lab.ok(
+            &[
+                "rollout",
+                "restart",
+                &format!("deployment/{d}"),
+                "-n",
+                "security",
+            ],
+            None,
+        );
+    }
     let s = store_ready(&lab, "True").await;
     assert_eq!(cond(&s, "Ready").unwrap()["reason"], json!("Valid"));
 
-    // ExternalSecret from the lab KV.
-    std::fs::create_dir_all(eso::kv_file(&lab.data_dir).parent().unwrap()).unwrap();
-    std::fs::write(
-        eso::kv_file(&lab.data_dir),
-        json!({"cloudflare": {"api-token": "cf-token-123"}}).to_string(),
-    )
-    .unwrap();
+    // ExternalSecret from Vault's KV v2.
     lab.namespace("cert-manager");
     lab.apply(&json!({"apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret", "metadata": {"name": "cloudflare", "namespace": "cert-manager"},
         "spec": {"secretStoreRef": {"kind": "ClusterSecretStore", "name": "k8s-secrets"}, "target": {"name": "cloudflare-api-token"},

@@ -1,50 +1,70 @@
-//! The External Secrets Operator stand-in: ClusterSecretStore readiness against the Vault
-//! stand-in, the "stays degraded until ESO restarts" behaviour, and ExternalSecret sync.
+//! The External Secrets Operator stand-in: ClusterSecretStore validation by a real
+//! Kubernetes-auth login to Vault (the real OpenBao server), the "stays degraded until ESO
+//! restarts" behaviour, and ExternalSecret sync from Vault's real KV data.
 //!
-//! Contract followed: `../shared/reference/platform-facts.md` §4:
-//! - A ClusterSecretStore with `spec.provider.vault.server` gets `status.conditions[type=Ready]`:
-//!   True / `Valid` / "store validated" when Vault answers `GET /v1/sys/seal-status` with
-//!   `initialized: true, sealed: false`; otherwise False / `ValidationFailed` / "unable to
-//!   validate store: ..." (sealed, uninitialised, or unreachable), and
-//!   `status.capabilities: ReadWrite`.
-//! - Once Ready=False, the store STAYS not-Ready even after Vault is unsealed, until every
-//!   ESO Deployment (`external-secrets`, `external-secrets-webhook`,
-//!   `external-secrets-cert-controller`, in the namespace that holds `external-secrets`) has
-//!   been restarted after the degradation: its pod template's
-//!   `kubectl.kubernetes.io/restartedAt` annotation (or, for a Deployment created later, its
-//!   creationTimestamp) is not older than the Ready condition's `lastTransitionTime`. (Real
-//!   ESO re-validates only every `--store-requeue-interval`, 5 min; the lab makes the wait
-//!   indefinite so that the eso-recovery path is exercised, as issue 5 asks.) The latch lives
-//!   in the API objects, so it survives a lab-k3s restart.
+//! Contract followed: ESO v2.9.0's sources (platform-facts §4), read for this:
+//! - `pkg/controllers/secretstore/common.go` (`validateStore`): a store is validated by making
+//!   a provider client, then calling its `Validate()`. Making the client fails → Ready False,
+//!   reason `InvalidProviderConfig`, message `unable to create client` (the error goes to a
+//!   Warning Event, not into the condition); `Validate()` fails → `InvalidProviderConfig`,
+//!   `unable to validate store: <error>`; success → True `Valid` `store validated`,
+//!   `status.capabilities: ReadWrite`. A failed store is retried with controller-runtime's
+//!   per-item exponential backoff (here 1 s doubling to 60 s, the lab's scale of its 5 ms …
+//!   1000 s); a validated one again after `--store-requeue-interval` (5 min, the default; the
+//!   flag is not read) or on a spec change (generation).
+//! - `providers/v1/vault/provider.go`, `auth.go`, `auth_kubernetes.go`: the Vault client logs
+//!   in when it is made. `auth.kubernetes` with `serviceAccountRef {name, namespace,
+//!   audiences}` → a token of that ServiceAccount (TokenRequest, 600 s); without it → the
+//!   controller pod's own token (the ServiceAccount of Deployment `external-secrets`'s pods).
+//!   Then `PUT /v1/auth/<mountPath>/login {role, jwt}` (mountPath default `kubernetes`).
+//! - `providers/v1/vault/validate.go` (`Validate`, `validateKVMount`): with a login token,
+//!   `GET /v1/sys/internal/ui/mounts/<path>`: a mount that is not `kv`, or not the configured
+//!   version, fails validation ("vault mount path %q is not a kv secret engine, got %q", "…
+//!   uses kv version %s but store is configured for kv version %s"); an error reading it does
+//!   not. The lab revokes its login tokens after use, so none pile up in Vault.
+//! - Lab shortcut kept from issue 5: while `GET /v1/sys/seal-status` says sealed or
+//!   uninitialised (or Vault does not answer) the store is False / `ValidationFailed` /
+//!   "unable to validate store: ..." at once, without a login; and once Ready=False, the store
+//!   STAYS not-Ready even after Vault is unsealed, until every ESO Deployment
+//!   (`external-secrets`, `external-secrets-webhook`, `external-secrets-cert-controller`, in
+//!   the namespace that holds `external-secrets`) has been restarted after the degradation:
+//!   its pod template's `kubectl.kubernetes.io/restartedAt` annotation (or, for a Deployment
+//!   created later, its creationTimestamp) is not older than the Ready condition's
+//!   `lastTransitionTime`. Real ESO retries with backoff (see above); the lab makes the wait
+//!   indefinite so that the eso-recovery path is exercised, as issue 5 asks. The latch lives in
+//!   the API objects, so it survives a lab-k3s restart.
 //! - Nothing happens while Deployment `external-secrets` does not exist (no controller runs).
 //! - The Vault address: `server`'s host `<svc>.<ns>[.svc[.cluster.local]]` names a Service;
 //!   its node address annotation ([`super::workloads::NODE_ADDRESS_ANNOTATION`], set by the
-//!   workloads controller in host tests) wins, else the URL is used as written (a lab server
-//!   makes ClusterIPs reachable).
-//! - ExternalSecret (`secretStoreRef.kind: ClusterSecretStore`): when the store is Ready, a
-//!   Secret named `target.name` (default: the ExternalSecret's name) owned by the
-//!   ExternalSecret gets `data` from the lab KV; status Ready True `SecretSynced` "secret
-//!   synced", `refreshTime`, `syncedResourceVersion`, `binding.name`. Store not Ready or a key
-//!   missing: Ready False `SecretSyncedError` (an existing Secret is kept, as ESO does).
+//!   workloads controller in host tests) wins, else its ClusterIP, else the URL as written.
+//! - ExternalSecret (`secretStoreRef.kind: ClusterSecretStore`): when the store is Ready, the
+//!   controller logs in as the store says and reads each `remoteRef.key` from the KV mount
+//!   `path` (`version` v2: `GET /v1/<path>/data/<key>`, the values in `data.data`; v1:
+//!   `GET /v1/<path>/<key>`); `remoteRef.property` picks one value, without it the whole map
+//!   is JSON-encoded; `dataFrom.extract` copies every value. A Secret named `target.name`
+//!   (default: the ExternalSecret's name) owned by the ExternalSecret gets the data; status
+//!   Ready True `SecretSynced` "secret synced", `refreshTime`, `syncedResourceVersion`,
+//!   `binding.name`. Store not Ready, login refused or a key missing: Ready False
+//!   `SecretSyncedError` (an existing Secret is kept, as ESO does), retried with backoff. A
+//!   synced ExternalSecret is read again after an hour (`refreshInterval`'s default; the
+//!   field is not read) or on a spec change.
 //!
-//! Simplification (said so): lab-vault has no KV engine, so secret values come from the lab
-//! KV file `<data dir>/lab/vault-kv.json`: `{"<key>": {"<property>": "<value>", ...}}`, where
-//! `<key>` is `remoteRef.key` as written (or `<provider path>/<key>`). `remoteRef.property`
-//! picks one property; without it the whole map is JSON-encoded, and `dataFrom.extract`
-//! copies every property.
-//! Left out: SecretStore (namespaced), templates, generators, push secrets, refresh intervals
-//! (a pass runs on every change and every tick).
+//! Left out: SecretStore (namespaced), referent ClusterSecretStores (a `serviceAccountRef`
+//! without a namespace), `auth.kubernetes.secretRef`, auth methods other than Kubernetes,
+//! Events, templates, generators, push secrets, Vault namespaces, TLS to Vault.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::ops::{self, condition, set_condition};
+use crate::bao;
 use crate::k3s::defaults::{now, parse_time};
 use crate::k3s::store::Store;
 
@@ -70,15 +90,14 @@ impl EsoEnv {
             tick: Duration::from_millis(250),
         }
     }
-    pub fn kv_file(&self) -> PathBuf {
-        kv_file(&self.data_dir)
-    }
 }
 
-/// `<data dir>/lab/vault-kv.json`.
-pub fn kv_file(data_dir: &Path) -> PathBuf {
-    data_dir.join("lab/vault-kv.json")
-}
+/// ESO's default `--store-requeue-interval`.
+const STORE_REQUEUE: Duration = Duration::from_secs(300);
+/// ExternalSecret `refreshInterval`'s default.
+const SECRET_REFRESH: Duration = Duration::from_secs(3600);
+/// Lifetime of the token asked for a `serviceAccountRef` (auth.go `createServiceAccountToken`).
+const SA_REF_TOKEN_SECONDS: i64 = 600;
 
 pub fn spawn(store: Arc<Store>, env: &super::LabEnv) -> tokio::task::JoinHandle<()> {
     spawn_with(store, EsoEnv::new(&env.data_dir))
@@ -91,8 +110,72 @@ pub fn spawn_with(store: Arc<Store>, env: EsoEnv) -> tokio::task::JoinHandle<()>
     tokio::spawn(run(store, env))
 }
 
+/// The last attempt at one object (a store's validation, an ExternalSecret's sync): what
+/// the controller remembers, lost with a lab-k3s restart as ESO's with its pod.
+struct Attempt {
+    uid: String,
+    generation: i64,
+    ok: bool,
+    at: Instant,
+    at_wall: chrono::DateTime<chrono::Utc>,
+    failures: u32,
+}
+
+impl Attempt {
+    /// Whether `obj` is due: never tried, changed since, a failure whose backoff is over (or
+    /// ESO restarted since), or a success older than `every`.
+    fn due(
+        this: Option<&Attempt>,
+        obj: &Value,
+        every: Duration,
+        restarted: impl Fn(chrono::DateTime<chrono::Utc>) -> bool,
+    ) -> bool {
+        let Some(a) = this else { return true };
+        if a.uid != obj["metadata"]["uid"].as_str().unwrap_or_default()
+            || a.generation != obj["metadata"]["generation"].as_i64().unwrap_or(0)
+        {
+            return true;
+        }
+        if a.ok {
+            return a.at.elapsed() >= every;
+        }
+        restarted(a.at_wall) || a.at.elapsed() >= backoff(a.failures)
+    }
+
+    fn record(slot: &mut HashMap<String, Attempt>, key: &str, obj: &Value, ok: bool) {
+        let failures = match slot.get(key) {
+            Some(a) if !ok => a.failures + 1,
+            _ if !ok => 1,
+            _ => 0,
+        };
+        slot.insert(
+            key.to_string(),
+            Attempt {
+                uid: obj["metadata"]["uid"].as_str().unwrap_or_default().into(),
+                generation: obj["metadata"]["generation"].as_i64().unwrap_or(0),
+                ok,
+                at: Instant::now(),
+                at_wall: chrono::Utc::now(),
+                failures,
+            },
+        );
+    }
+}
+
+/// controller-runtime's per-item exponential backoff, at the lab's scale: 1 s, 2 s, … 60 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+}
+
+#[derive(Default)]
+struct Memory {
+    stores: HashMap<String, Attempt>,
+    secrets: HashMap<String, Attempt>,
+}
+
 pub async fn run(store: Arc<Store>, env: EsoEnv) {
     let mut rx = store.subscribe();
+    let mut mem = Memory::default();
     loop {
         let interest = |e: &crate::k3s::store::Event| {
             e.group == GROUP
@@ -102,7 +185,7 @@ pub async fn run(store: Arc<Store>, env: EsoEnv) {
         if !super::next_pass(&mut rx, env.tick, interest).await {
             return;
         }
-        pass(&store, &env).await;
+        pass(&store, &mut mem).await;
     }
 }
 
@@ -184,10 +267,213 @@ pub async fn seal_status(addr: &str) -> Result<Value, String> {
         .map_err(|_| format!("dial tcp {addr}: i/o timeout"))?
 }
 
-async fn pass(store: &Store, env: &EsoEnv) {
+/// How the store's Vault provider logs in: the server to dial, the auth mount and role, and
+/// whose token it presents.
+struct VaultLogin {
+    addr: SocketAddr,
+    mount: String,
+    role: String,
+    kv_path: String,
+    kv_version: String,
+    jwt: Result<String, String>,
+}
+
+/// The login a store's spec asks for (`auth.kubernetes`), with the token ESO would present.
+fn vault_login(store: &Store, css: &Value, eso_ns: &str) -> Result<VaultLogin, String> {
+    let vault = &css["spec"]["provider"]["vault"];
+    let server = vault["server"].as_str().unwrap_or_default();
+    let addr = vault_address(store, server)
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .ok_or_else(|| format!("invalid vault server URL {server:?}"))?;
+    let k8s = &vault["auth"]["kubernetes"];
+    if !k8s.is_object() {
+        return Err("the lab's ESO logs in with auth.kubernetes only".into());
+    }
+    let jwt = match k8s["serviceAccountRef"].as_object() {
+        Some(r) => {
+            let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
+            let ns = r
+                .get("namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let auds: Vec<String> = r
+                .get("audiences")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect();
+            if ns.is_empty() {
+                return Err("referent ClusterSecretStores are not modelled by the lab".into());
+            }
+            crate::k3s::satoken::issue(store, ns, name, &auds, Some(SA_REF_TOKEN_SECONDS), None)
+                .map(|i| i.token)
+                .map_err(|r| r.message)
+        }
+        // The controller's own projected token: its pod's ServiceAccount.
+        None => {
+            let sa = ops::get(store, "apps", "deployments", eso_ns, DEPLOYMENTS[0])
+                .and_then(|d| {
+                    d["spec"]["template"]["spec"]["serviceAccountName"]
+                        .as_str()
+                        .map(String::from)
+                })
+                .unwrap_or_else(|| "default".into());
+            crate::k3s::satoken::issue(
+                store,
+                eso_ns,
+                &sa,
+                &[],
+                Some(crate::k3s::satoken::KUBELET_EXPIRATION),
+                None,
+            )
+            .map(|i| i.token)
+            .map_err(|r| r.message)
+        }
+    };
+    Ok(VaultLogin {
+        addr,
+        mount: k8s["mountPath"]
+            .as_str()
+            .unwrap_or("kubernetes")
+            .trim_matches('/')
+            .into(),
+        role: k8s["role"].as_str().unwrap_or_default().into(),
+        kv_path: vault["path"]
+            .as_str()
+            .unwrap_or_default()
+            .trim_matches('/')
+            .into(),
+        kv_version: vault["version"].as_str().unwrap_or("v2").into(),
+        jwt,
+    })
+}
+
+/// Vault's error texts from an answer.
+fn vault_errors(code: u16, body: &Value) -> String {
+    let errors: Vec<&str> = body["errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    format!("Code: {code}. Errors:\n\n* {}", errors.join("\n* "))
+}
+
+impl VaultLogin {
+    /// `PUT /v1/auth/<mount>/login`: the client token, or what Vault (or the token source) said.
+    async fn login(&self) -> Result<String, String> {
+        let jwt = self.jwt.clone()?;
+        let path = format!("/v1/auth/{}/login", self.mount);
+        let (code, body) = bao::call(
+            self.addr,
+            "PUT",
+            &path,
+            Some(&json!({"role": self.role, "jwt": jwt})),
+            None,
+        )
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+        match body["auth"]["client_token"].as_str() {
+            Some(t) if code == 200 => Ok(t.to_string()),
+            _ => Err(format!(
+                "URL: PUT http://{}{path}\n{}",
+                self.addr,
+                vault_errors(code, &body)
+            )),
+        }
+    }
+
+    /// `validateKVMount`: the mount the store reads must be KV of the configured version.
+    async fn validate_kv_mount(&self, token: &str) -> Result<(), String> {
+        if self.kv_path.is_empty() {
+            return Ok(());
+        }
+        let path = format!("/v1/sys/internal/ui/mounts/{}", self.kv_path);
+        let Ok((code, body)) = bao::call(self.addr, "GET", &path, None, Some(token)).await else {
+            return Ok(());
+        };
+        match code {
+            200 => {}
+            404 => return Err(format!("vault mount path {:?} was not found", self.kv_path)),
+            _ => return Ok(()),
+        }
+        let kind = body["data"]["type"].as_str().unwrap_or("<missing>");
+        if kind != "kv" {
+            return Err(format!(
+                "vault mount path {:?} is not a kv secret engine, got {kind:?}",
+                self.kv_path
+            ));
+        }
+        let got_v2 = body["data"]["options"]["version"].as_str() == Some("2");
+        let want_v2 = self.kv_version != "v1";
+        if got_v2 != want_v2 {
+            let name = |v2: bool| if v2 { "v2" } else { "v1" };
+            return Err(format!(
+                "vault mount path {:?} uses kv version {} but store is configured for kv version {}",
+                self.kv_path,
+                name(got_v2),
+                name(want_v2)
+            ));
+        }
+        Ok(())
+    }
+
+    /// One secret's values under the KV mount; Ok(None) when it does not exist.
+    async fn read(&self, token: &str, key: &str) -> Result<Option<Value>, String> {
+        let key = key.trim_matches('/');
+        let path = if self.kv_version == "v1" {
+            format!("/v1/{}/{key}", self.kv_path)
+        } else {
+            format!("/v1/{}/data/{key}", self.kv_path)
+        };
+        let (code, body) = bao::call(self.addr, "GET", &path, None, Some(token))
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        match code {
+            200 if self.kv_version == "v1" => Ok(Some(body["data"].clone())),
+            200 => Ok(Some(body["data"]["data"].clone())),
+            404 => Ok(None),
+            _ => Err(vault_errors(code, &body)),
+        }
+    }
+
+    async fn revoke(&self, token: &str) {
+        let _ = bao::call(
+            self.addr,
+            "POST",
+            "/v1/auth/token/revoke-self",
+            None,
+            Some(token),
+        )
+        .await;
+    }
+}
+
+/// What one validation found: Ready, or the condition's reason and message.
+async fn validate(login: &VaultLogin) -> Result<(), (&'static str, String)> {
+    let token = match login.login().await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("lab ESO: unable to create client: {e}");
+            return Err(("InvalidProviderConfig", "unable to create client".into()));
+        }
+    };
+    let checked = login.validate_kv_mount(&token).await;
+    login.revoke(&token).await;
+    checked.map_err(|e| {
+        (
+            "InvalidProviderConfig",
+            format!("unable to validate store: {e}"),
+        )
+    })
+}
+
+async fn pass(store: &Store, mem: &mut Memory) {
     let Some(eso_ns) = eso_namespace(store) else {
         return;
     };
+    let restarted = |t: chrono::DateTime<chrono::Utc>| restarted_since(store, &eso_ns, t);
     let mut ready_stores = BTreeMap::new();
     for css in ops::list(store, GROUP, "clustersecretstores", None) {
         let name = css["metadata"]["name"]
@@ -210,26 +496,64 @@ async fn pass(store: &Store, env: &EsoEnv) {
         let latched = match &current {
             Some(c) if c["status"] == "False" => {
                 let since = c["lastTransitionTime"].as_str().and_then(parse_time);
-                !since.is_some_and(|t| restarted_since(store, &eso_ns, t))
+                !since.is_some_and(&restarted)
             }
             _ => false,
         };
-        let (status, reason, message) = match (&health, latched) {
-            (Ok(()), false) => ("True", "Valid", "store validated".to_string()),
+        let (status, reason, message): (&str, String, String) = match (&health, latched) {
+            (Err(e), _) => (
+                "False",
+                "ValidationFailed".into(),
+                format!("unable to validate store: {e}"),
+            ),
             (Ok(()), true) => (
                 "False",
-                "ValidationFailed",
+                current
+                    .as_ref()
+                    .and_then(|c| c["reason"].as_str())
+                    .unwrap_or("ValidationFailed")
+                    .to_string(),
                 current
                     .as_ref()
                     .and_then(|c| c["message"].as_str())
                     .unwrap_or("unable to validate store")
                     .to_string(),
             ),
-            (Err(e), _) => (
-                "False",
-                "ValidationFailed",
-                format!("unable to validate store: {e}"),
-            ),
+            (Ok(()), false)
+                if !Attempt::due(mem.stores.get(&name), &css, STORE_REQUEUE, restarted) =>
+            {
+                // Not due: what the last validation said stands.
+                match (mem.stores.get(&name).is_some_and(|a| a.ok), &current) {
+                    (true, _) => ("True", "Valid".into(), "store validated".into()),
+                    (false, Some(c)) => (
+                        if c["status"] == "True" {
+                            "True"
+                        } else {
+                            "False"
+                        },
+                        c["reason"].as_str().unwrap_or_default().to_string(),
+                        c["message"].as_str().unwrap_or_default().to_string(),
+                    ),
+                    (false, None) => continue,
+                }
+            }
+            (Ok(()), false) => {
+                let result = match vault_login(store, &css, &eso_ns) {
+                    Err(e) => {
+                        eprintln!("lab ESO: unable to create client: {e}");
+                        Err((
+                            "InvalidProviderConfig",
+                            "unable to create client".to_string(),
+                        ))
+                    }
+                    Ok(login) => validate(&login).await,
+                };
+                Attempt::record(&mut mem.stores, &name, &css, result.is_ok());
+                match result {
+                    Ok(()) => ("True", "Valid".into(), "store validated".into()),
+                    Err((r, m)) => ("False", r.into(), m),
+                }
+            }
         };
         if status == "True" {
             ready_stores.insert(name.clone(), css.clone());
@@ -251,7 +575,7 @@ async fn pass(store: &Store, env: &EsoEnv) {
                     &mut o["status"]["conditions"],
                     "Ready",
                     status,
-                    reason,
+                    &reason,
                     &message,
                 );
                 // ESO's conditions carry no lastProbeTime.
@@ -266,88 +590,130 @@ async fn pass(store: &Store, env: &EsoEnv) {
             },
         );
     }
-    let kv: Value = std::fs::read(env.kv_file())
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or(json!({}));
+    let mut tokens: HashMap<String, Result<(VaultLogin, String), String>> = HashMap::new();
     for es in ops::list(store, GROUP, "externalsecrets", None) {
-        sync_external_secret(store, &es, &ready_stores, &kv);
+        let key = format!(
+            "{}/{}",
+            es["metadata"]["namespace"].as_str().unwrap_or_default(),
+            es["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        let store_name = es["spec"]["secretStoreRef"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let Some(css) = ready_stores.get(&store_name) else {
+            // Not Ready: nothing is read, the ExternalSecret says so.
+            sync_external_secret(store, &es, Err(format!("could not get ClusterSecretStore \"{store_name}\", SecretStore \"{store_name}\" is not ready")));
+            Attempt::record(&mut mem.secrets, &key, &es, false);
+            continue;
+        };
+        if !Attempt::due(mem.secrets.get(&key), &es, SECRET_REFRESH, restarted) {
+            continue;
+        }
+        if !tokens.contains_key(&store_name) {
+            let got = match vault_login(store, css, &eso_ns) {
+                Err(e) => Err(e),
+                Ok(login) => match login.login().await {
+                    Ok(t) => Ok((login, t)),
+                    Err(e) => Err(e),
+                },
+            };
+            tokens.insert(store_name.clone(), got);
+        }
+        let values = match &tokens[&store_name] {
+            Err(e) => Err(format!("unable to log in to Vault: {e}")),
+            Ok((login, token)) => read_values(&es, login, token).await,
+        };
+        Attempt::record(&mut mem.secrets, &key, &es, values.is_ok());
+        sync_external_secret(store, &es, values);
+    }
+    for (login, token) in tokens.into_values().flatten() {
+        login.revoke(&token).await;
     }
 }
 
-fn lookup<'a>(kv: &'a Value, store: &Value, key: &str) -> Option<&'a Value> {
-    kv.get(key).or_else(|| {
-        let path = store["spec"]["provider"]["vault"]["path"].as_str()?;
-        kv.get(format!(
-            "{}/{}",
-            path.trim_end_matches('/'),
-            key.trim_start_matches('/')
-        ))
-    })
-}
-
-fn sync_external_secret(store: &Store, es: &Value, ready: &BTreeMap<String, Value>, kv: &Value) {
-    let ns = es["metadata"]["namespace"].as_str().unwrap_or_default();
-    let name = es["metadata"]["name"].as_str().unwrap_or_default();
-    let store_name = es["spec"]["secretStoreRef"]["name"]
+/// What an ExternalSecret's `data` and `dataFrom` read from Vault, by Secret key.
+async fn read_values(
+    es: &Value,
+    login: &VaultLogin,
+    token: &str,
+) -> Result<BTreeMap<String, String>, String> {
+    if es["spec"]["secretStoreRef"]["kind"]
         .as_str()
-        .unwrap_or_default();
-    let kind = es["spec"]["secretStoreRef"]["kind"]
-        .as_str()
-        .unwrap_or("SecretStore");
-    let result: Result<BTreeMap<String, String>, String> = (|| {
-        if kind != "ClusterSecretStore" {
-            return Err(format!("could not get SecretStore \"{store_name}\": the lab serves ClusterSecretStores only"));
-        }
-        let css = ready
-            .get(store_name)
-            .ok_or_else(|| format!("could not get ClusterSecretStore \"{store_name}\", SecretStore \"{store_name}\" is not ready"))?;
-        let mut data = BTreeMap::new();
-        for (i, d) in es["spec"]["data"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
-            let key = d["remoteRef"]["key"].as_str().unwrap_or_default();
-            let secret = lookup(kv, css, key).ok_or_else(|| {
+        .unwrap_or("SecretStore")
+        != "ClusterSecretStore"
+    {
+        let name = es["spec"]["secretStoreRef"]["name"]
+            .as_str()
+            .unwrap_or_default();
+        return Err(format!(
+            "could not get SecretStore \"{name}\": the lab serves ClusterSecretStores only"
+        ));
+    }
+    let mut data = BTreeMap::new();
+    for (i, d) in es["spec"]["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let key = d["remoteRef"]["key"].as_str().unwrap_or_default();
+        let secret = login
+            .read(token, key)
+            .await
+            .map_err(|e| format!("error retrieving secret at .data[{i}], key: {key}, err: {e}"))?
+            .ok_or_else(|| {
                 format!(
                     "error retrieving secret at .data[{i}], key: {key}, err: Secret does not exist"
                 )
             })?;
-            let value = match d["remoteRef"]["property"].as_str() {
-                Some(p) => secret[p]
-                    .as_str()
-                    .map(String::from)
-                    .ok_or_else(|| format!("error retrieving secret at .data[{i}], key: {key}, err: property {p} does not exist in key {key}"))?,
-                None => secret.to_string(),
-            };
-            data.insert(
-                d["secretKey"].as_str().unwrap_or_default().to_string(),
-                value,
-            );
-        }
-        for (i, d) in es["spec"]["dataFrom"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
-            let key = d["extract"]["key"].as_str().unwrap_or_default();
-            let secret = lookup(kv, css, key).ok_or_else(|| {
+        let value = match d["remoteRef"]["property"].as_str() {
+            Some(p) => secret[p]
+                .as_str()
+                .map(String::from)
+                .ok_or_else(|| format!("error retrieving secret at .data[{i}], key: {key}, err: property {p} does not exist in key {key}"))?,
+            None => secret.to_string(),
+        };
+        data.insert(
+            d["secretKey"].as_str().unwrap_or_default().to_string(),
+            value,
+        );
+    }
+    for (i, d) in es["spec"]["dataFrom"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let key = d["extract"]["key"].as_str().unwrap_or_default();
+        let secret = login
+            .read(token, key)
+            .await
+            .map_err(|e| format!("error processing spec.dataFrom[{i}].extract, err: {e}"))?
+            .ok_or_else(|| {
                 format!("error processing spec.dataFrom[{i}].extract, err: Secret does not exist")
             })?;
-            for (k, v) in secret.as_object().into_iter().flatten() {
-                data.insert(
-                    k.clone(),
-                    v.as_str()
-                        .map(String::from)
-                        .unwrap_or_else(|| v.to_string()),
-                );
-            }
+        for (k, v) in secret.as_object().into_iter().flatten() {
+            data.insert(
+                k.clone(),
+                v.as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| v.to_string()),
+            );
         }
-        Ok(data)
-    })();
+    }
+    Ok(data)
+}
+
+/// Writes the Secret from `values` (kept as it is on an error) and the ExternalSecret's status.
+fn sync_external_secret(
+    store: &Store,
+    es: &Value,
+    values: Result<BTreeMap<String, String>, String>,
+) {
+    let ns = es["metadata"]["namespace"].as_str().unwrap_or_default();
+    let name = es["metadata"]["name"].as_str().unwrap_or_default();
+    let result = values;
     let target = es["spec"]["target"]["name"]
         .as_str()
         .unwrap_or(name)
