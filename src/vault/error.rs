@@ -103,6 +103,15 @@ pub enum VaultError {
     #[error("cannot set up the Vault client: {reason}")]
     Config { reason: String },
 
+    /// OpenBao (≥ 2.5, its default) answers `unsupported operation` on the unauthenticated
+    /// `sys/rekey/*` and `sys/generate-root/*` endpoints unless its listener turns them on.
+    #[error("Vault at {url} refuses the unauthenticated {endpoint} endpoints (\"unsupported operation\": OpenBao's default, `{switch}`)")]
+    UnauthedEndpointsDisabled {
+        url: String,
+        endpoint: &'static str,
+        switch: &'static str,
+    },
+
     #[error("Vault answered {status}: {}", join(errors))]
     Other { status: u16, errors: Vec<String> },
 }
@@ -148,6 +157,7 @@ impl VaultError {
         match self {
             VaultError::Unreachable { .. } => "check that the tunnel to Vault is up and that Vault's pod is Running; `rebox status` shows the recovery sequence".into(),
             VaultError::Sealed { .. } => "unseal it first with the key from the offline backup (`rebox unseal`)".into(),
+            VaultError::UnauthedEndpointsDisabled { switch, .. } => format!("set `{switch} = false` in the `listener \"tcp\"` stanza of OpenBao's config and restart it (the key shares are then the authorisation, as in HashiCorp Vault); rebox's authenticated path for OpenBao is not there yet"),
             VaultError::NotInitialized { .. } => "on a restore, check that Vault's volume was restored from the NAS before Vault started (`rebox status`); never initialize a Vault that should have data".into(),
             VaultError::AlreadyInitialized { .. } => "unseal it with the key from its offline backup (`rebox unseal`)".into(),
             VaultError::BadKey { during: KeyUse::VerifyNewKey, .. } => "give the new shares exactly as the rekey returned them; the verification nonce changed, read it again".into(),
@@ -205,6 +215,29 @@ fn any(errors: &[String], needles: &[&str]) -> bool {
 /// Turns a refusal into a [`VaultError`]. `errors` must already be [`scrub`]bed.
 pub(crate) fn classify(op: Op, url: &str, status: u16, errors: Vec<String>) -> VaultError {
     let url = url.to_string();
+    if any(&errors, &["unsupported operation"]) {
+        let disabled = match op {
+            Op::GenerateRootInit | Op::GenerateRootUpdate | Op::GenerateRootCancel => Some((
+                "sys/generate-root",
+                "disable_unauthed_generate_root_endpoints",
+            )),
+            Op::RekeyInit
+            | Op::RekeyUpdate
+            | Op::RekeyCancel
+            | Op::RekeyStatus
+            | Op::VerifyStatus
+            | Op::Verify
+            | Op::VerifyRestart => Some(("sys/rekey", "disable_unauthed_rekey_endpoints")),
+            _ => None,
+        };
+        if let Some((endpoint, switch)) = disabled {
+            return VaultError::UnauthedEndpointsDisabled {
+                url,
+                endpoint,
+                switch,
+            };
+        }
+    }
     if status == 503 && (errors.is_empty() || any(&errors, &["sealed"])) {
         return VaultError::Sealed { url };
     }

@@ -213,3 +213,31 @@ async fn vault_generate_root_with_a_wrong_or_short_key_leaves_nothing_in_progres
     let t = v.client.generate_root(&v.shares[1..]).await.unwrap();
     v.client.revoke_self(&t).await.unwrap();
 }
+
+/// On OpenBao's own defaults the unauthenticated `sys/generate-root/*` endpoints are off:
+/// rebox says exactly that, names the listener switch, and no attempt is left behind.
+#[tokio::test]
+async fn vault_generate_root_on_openbao_defaults_names_the_disabled_endpoint() {
+    rebox::init_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let server = rebox_lab::bao::Bao::start_with(dir.path(), true)
+        .await
+        .unwrap();
+    let client = VaultClient::new(server.url()).unwrap();
+    let init = client.init(1, 1).await.unwrap();
+    client.unseal(&init.keys[0]).await.unwrap();
+    client.wait_active().await.unwrap();
+    let e = client.generate_root(&init.keys).await.unwrap_err();
+    assert!(
+        matches!(e, VaultError::UnauthedEndpointsDisabled { .. }),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(text.contains("sys/generate-root"), "{text}");
+    assert!(
+        e.next()
+            .contains("disable_unauthed_generate_root_endpoints = false"),
+        "{}",
+        e.next()
+    );
+}

@@ -83,11 +83,14 @@ pub struct Layout {
     pub data_dir: PathBuf,
     /// raft's `node_id` (the pod name).
     pub node_id: String,
+    /// OpenBao's own defaults: the unauthenticated `sys/rekey/*` and `sys/generate-root/*`
+    /// endpoints disabled (the two listener switches left out).
+    pub openbao_defaults: bool,
 }
 
 /// The server configuration for `layout` (see the module docs for each key's source).
 pub fn config(layout: &Layout) -> Value {
-    json!({
+    let mut c = json!({
         "storage": {"raft": {
             "path": layout.data_dir.display().to_string(),
             "node_id": layout.node_id,
@@ -103,7 +106,14 @@ pub fn config(layout: &Layout) -> Value {
         "api_addr": format!("http://{}", layout.listen),
         "cluster_addr": format!("https://{}", layout.cluster),
         "ui": false,
-    })
+    });
+    if layout.openbao_defaults {
+        if let Some(l) = c["listener"][0]["tcp"].as_object_mut() {
+            l.remove("disable_unauthed_rekey_endpoints");
+            l.remove("disable_unauthed_generate_root_endpoints");
+        }
+    }
+    c
 }
 
 /// Writes [`config`] to `path` (0600; it names no secret, but it is the server's own file).
@@ -254,6 +264,7 @@ pub struct Bao {
     pub data_dir: PathBuf,
     child: tokio::process::Child,
     run_dir: tempfile::TempDir,
+    openbao_defaults: bool,
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -265,15 +276,24 @@ fn free_port() -> std::io::Result<u16> {
 impl Bao {
     /// Starts a server over `data_dir` (created if missing) and waits until it answers.
     pub async fn start(data_dir: impl Into<PathBuf>) -> anyhow::Result<Bao> {
+        Self::start_with(data_dir, false).await
+    }
+
+    /// [`Bao::start`] with OpenBao's own defaults when `openbao_defaults` (see [`Layout`]).
+    pub async fn start_with(
+        data_dir: impl Into<PathBuf>,
+        openbao_defaults: bool,
+    ) -> anyhow::Result<Bao> {
         let data_dir = data_dir.into();
         std::fs::create_dir_all(&data_dir)?;
         let run_dir = tempfile::Builder::new().prefix("lab-bao-").tempdir()?;
-        let (addr, child) = Self::launch(&data_dir, run_dir.path()).await?;
+        let (addr, child) = Self::launch(&data_dir, run_dir.path(), openbao_defaults).await?;
         Ok(Bao {
             addr,
             data_dir,
             child,
             run_dir,
+            openbao_defaults,
         })
     }
 
@@ -282,6 +302,7 @@ impl Bao {
     async fn launch(
         data_dir: &Path,
         run_dir: &Path,
+        openbao_defaults: bool,
     ) -> anyhow::Result<(SocketAddr, tokio::process::Child)> {
         let bin = binary()?;
         let log_path = run_dir.join("bao.log");
@@ -297,6 +318,7 @@ impl Bao {
                     cluster,
                     data_dir: data_dir.to_path_buf(),
                     node_id: "vault-0".into(),
+                    openbao_defaults,
                 },
             )?;
             let log = std::fs::OpenOptions::new()
@@ -377,7 +399,8 @@ impl Bao {
     /// ports): what a pod's container restart or a power loss does to Vault.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         let _ = self.child.kill().await;
-        let (addr, child) = Self::launch(&self.data_dir, self.run_dir.path()).await?;
+        let (addr, child) =
+            Self::launch(&self.data_dir, self.run_dir.path(), self.openbao_defaults).await?;
         self.addr = addr;
         self.child = child;
         Ok(())
@@ -453,6 +476,7 @@ mod tests {
             cluster: "10.43.0.10:8201".parse().unwrap(),
             data_dir: "/data/vault".into(),
             node_id: "vault-0".into(),
+            openbao_defaults: false,
         });
         let l = &c["listener"][0]["tcp"];
         assert_eq!(l["disable_unauthed_rekey_endpoints"], false);

@@ -847,6 +847,7 @@ fn start_vault(
             cluster: cluster_address(addr)?,
             data_dir: data_dir.to_path_buf(),
             node_id: pod.to_string(),
+            openbao_defaults: false,
         },
     )?;
     let log = std::fs::OpenOptions::new()
