@@ -296,17 +296,17 @@ impl Fixer<'_> {
         }
         let work = async {
             let auth = self.site.eso_auth(&token.token).await?;
-            let pins = auth.pins();
-            if !pins.is_empty() {
-                eprintln!(
-                    "    Vault's Kubernetes auth config held {}",
-                    pins.join(" and ")
-                );
+            let problems = self.site.eso_setup_problems(&token.token).await?;
+            if !problems.is_empty() {
+                eprintln!("    Vault's setup for ESO: {}", problems.join("; "));
             }
-            // The operator confirmed this fix: a pinned config is rewritten in-cluster; a
-            // policy or role that exists is theirs and stays.
-            let setup = Setup::Restored {
-                rewrite_config: auth.host.is_none() || !pins.is_empty(),
+            // The operator confirmed this fix: a pinned or missing config is rewritten
+            // in-cluster, a missing or unbound role is written again; a policy that exists
+            // is theirs and stays.
+            let role_wrong = problems.iter().any(|p| p.starts_with("role "));
+            let setup = Setup::Repair {
+                config: auth.host.is_none() || !auth.pins().is_empty(),
+                role: role_wrong,
             };
             self.site.ready_vault_for_eso(&token.token, setup).await
         }

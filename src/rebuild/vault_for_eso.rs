@@ -88,8 +88,9 @@ impl Phase<Ctx> for ReadyForEso {
                 let rewrite = steps
                     .run(pinned, check_restored_config(ctx, token.as_ref()))
                     .await?;
-                Setup::Restored {
-                    rewrite_config: rewrite.unwrap_or(false),
+                Setup::Repair {
+                    config: rewrite.unwrap_or(false),
+                    role: false,
                 }
             } else {
                 Setup::Fresh

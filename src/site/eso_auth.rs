@@ -71,10 +71,11 @@ impl EsoAuth {
 pub enum Setup {
     /// A Vault rebox just initialised: everything is rebox's, written as rebox.toml says.
     Fresh,
-    /// A restored Vault: what is missing is created; the auth config is rewritten only when
-    /// `rewrite_config` (the operator confirmed it, or it was missing); a policy or role
-    /// that exists is the operator's and stays as it is.
-    Restored { rewrite_config: bool },
+    /// A Vault with a setup of its own (restored, or found broken by doctor): what is missing
+    /// is created; the auth config is rewritten only when `config` (the operator confirmed
+    /// it, or it was missing), the role only when `role`; a policy or role that exists is
+    /// otherwise the operator's and stays as it is.
+    Repair { config: bool, role: bool },
 }
 
 /// The policy ESO's role gets: read the secrets under the KV mount, nothing else.
@@ -218,9 +219,9 @@ impl Site {
             ));
         }
         let mount = eso.vault_auth_mount.trim_matches('/');
-        let (write_config, keep_existing) = match setup {
-            Setup::Fresh => (true, false),
-            Setup::Restored { rewrite_config } => (rewrite_config, true),
+        let (write_config, keep_existing, write_role) = match setup {
+            Setup::Fresh => (true, false, true),
+            Setup::Repair { config, role } => (config, true, role),
         };
         if write_config {
             // Only the host: Vault then reads its pod's CA and token (in-cluster config);
@@ -257,7 +258,7 @@ impl Site {
             ));
         }
         let role_path = format!("auth/{mount}/role/{}", eso.vault_role);
-        if keep_existing && vault.read(token, &role_path).await?.is_some() {
+        if keep_existing && !write_role && vault.read(token, &role_path).await?.is_some() {
             done.push(format!("kept the restored role {}", eso.vault_role));
         } else {
             vault

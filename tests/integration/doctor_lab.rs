@@ -2,7 +2,7 @@
 //! with real kubectl (or the lab's fault switches), then doctor must name it with the right
 //! evidence, `--fix` must repair it, and doctor must then give a clean bill of health.
 
-use crate::doctor_support;
+use crate::{common, doctor_support};
 use doctor_support::*;
 
 #[test]
@@ -374,6 +374,83 @@ YAML"
         "-n security get pvc vault-data-lh -o jsonpath='{.status.phase}/{.spec.volumeName}'",
     );
     assert_eq!(phase.trim(), format!("Bound/{pv}"));
+    let (_, report, _) = doctor(&lab, &[]);
+    assert_clean(&report);
+}
+
+/// Scenario 3 with another cause: Vault's Kubernetes auth no longer accepts ESO (here its
+/// role was rewritten for another service account, as a hand edit does). Doctor names "Vault
+/// refuses ESO's login" with the store's condition and Vault's answer as evidence; restarting
+/// ESO cannot help; --fix sets Vault up again with a root token from the offline backup's key,
+/// revoked at once, and the store turns Ready.
+#[test]
+fn doctor_vault_refusing_esos_login_is_named_and_set_up_again() {
+    let (lab, _) = healthy_lab(1);
+    suspend(&lab, "eso-recovery", true);
+    let shares = common::backup_shares_of(&lab.decrypted_backup(&lab.backup_path()));
+    let broken = lab.as_vault_root(
+        &shares,
+        &serde_json::json!([["POST", "/v1/auth/kubernetes/role/external-secrets",
+            {"bound_service_account_names": ["someone-else"],
+             "bound_service_account_namespaces": ["security"],
+             "token_policies": ["external-secrets"]}]]),
+    );
+    assert_eq!(broken[0][0], 204, "{broken}");
+    // ESO validates its store again when it restarts: the login is refused.
+    kubectl(
+        &lab,
+        "-n security rollout restart deployment external-secrets external-secrets-webhook external-secrets-cert-controller",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while kubectl(&lab, "get clustersecretstore k8s-secrets -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].reason}'")
+        .trim()
+        != "InvalidProviderConfig"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not degrade: {}\n--- lab-k3s log\n{}",
+            kubectl(&lab, "get clustersecretstore k8s-secrets -o yaml"),
+            lab.server
+                .run_as_root_ok("tail -n 30 /var/log/lab-systemd/k3s.service.log")
+                .unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+
+    let (code, report, _) = doctor(&lab, &[]);
+    assert_eq!(code, 2);
+    assert_eq!(verdict(&report, "secret-store"), "fail");
+    let s = all_text(&report, "secret-store");
+    assert!(s.contains("Vault refuses ESO's login"), "{s}");
+    assert!(
+        s.contains("InvalidProviderConfig") && s.contains("unable to create client"),
+        "{s}"
+    );
+    assert!(s.contains("\"kind\":\"ready-vault-for-eso\""), "{s}");
+
+    let (id, _) = lab.age_identity();
+    let backup = lab.backup_path();
+    let (code, fixed, stderr) = doctor_fix(
+        &lab,
+        &[
+            "--from",
+            backup.to_str().unwrap(),
+            "--key-identity",
+            id.to_str().unwrap(),
+        ],
+    );
+    let f = fix(&fixed, "ready-vault-for-eso");
+    assert_eq!(f["result"], "applied", "{fixed:#}\n{stderr}");
+    assert!(
+        stderr.contains(
+            "role external-secrets is not bound to service account security/external-secrets"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(code, 0, "{fixed:#}\n{stderr}");
+    let store = kubectl(&lab, "get clustersecretstore k8s-secrets -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'");
+    assert_eq!(store.trim(), "True");
+    assert_eq!(lab.live_root_tokens(&shares), Vec::<String>::new());
     let (_, report, _) = doctor(&lab, &[]);
     assert_clean(&report);
 }

@@ -167,8 +167,12 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.saturating_sub(1).min(6)).min(Duration::from_secs(60))
 }
 
+/// The controller's memory: its process's, so a restart of Deployment `external-secrets`
+/// (a new pod) starts it empty and every store is validated again, as ESO does at startup.
 #[derive(Default)]
 struct Memory {
+    /// Which controller pod this memory is of (the Deployment's uid and restart annotation).
+    controller: String,
     stores: HashMap<String, Attempt>,
     secrets: HashMap<String, Attempt>,
 }
@@ -473,6 +477,23 @@ async fn pass(store: &Store, mem: &mut Memory) {
     let Some(eso_ns) = eso_namespace(store) else {
         return;
     };
+    let controller = ops::get(store, "apps", "deployments", &eso_ns, DEPLOYMENTS[0])
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["metadata"]["uid"].as_str().unwrap_or_default(),
+                d["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT]
+                    .as_str()
+                    .unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    if mem.controller != controller {
+        *mem = Memory {
+            controller,
+            ..Memory::default()
+        };
+    }
     let restarted = |t: chrono::DateTime<chrono::Utc>| restarted_since(store, &eso_ns, t);
     let mut ready_stores = BTreeMap::new();
     for css in ops::list(store, GROUP, "clustersecretstores", None) {
