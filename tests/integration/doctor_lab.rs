@@ -270,17 +270,7 @@ fn doctor_missing_unseal_secret_is_recreated_from_the_offline_backup() {
     assert_eq!(fix(&fixed, "unseal")["result"], "failed");
 
     // With it, the Secret comes back with the backup's key, proven by unsealing Vault.
-    let (id, _) = lab.age_identity();
-    let backup = lab.backup_path();
-    let (code, fixed, stderr) = doctor_fix(
-        &lab,
-        &[
-            "--from",
-            backup.to_str().unwrap(),
-            "--key-identity",
-            id.to_str().unwrap(),
-        ],
-    );
+    let (code, fixed, stderr) = doctor_fix_with_backup(&lab);
     let f = fix(&fixed, "recreate-secret");
     assert_eq!(f["result"], "applied", "{fixed:#}\n{stderr}");
     assert!(
@@ -428,17 +418,7 @@ fn doctor_vault_refusing_esos_login_is_named_and_set_up_again() {
     );
     assert!(s.contains("\"kind\":\"ready-vault-for-eso\""), "{s}");
 
-    let (id, _) = lab.age_identity();
-    let backup = lab.backup_path();
-    let (code, fixed, stderr) = doctor_fix(
-        &lab,
-        &[
-            "--from",
-            backup.to_str().unwrap(),
-            "--key-identity",
-            id.to_str().unwrap(),
-        ],
-    );
+    let (code, fixed, stderr) = doctor_fix_with_backup(&lab);
     let f = fix(&fixed, "ready-vault-for-eso");
     assert_eq!(f["result"], "applied", "{fixed:#}\n{stderr}");
     assert!(

@@ -62,13 +62,17 @@ pub(super) fn secret_store(config: &Config, s: &Snapshot) -> Check {
             ),
         ])
         .with_fix(
-            "Vault's Kubernetes auth does not accept ESO (missing, or pinned to another cluster's CA or token): set it up again in-cluster with a short-lived root token from the unseal key, revoked at once, then restart ESO",
+            "Vault's Kubernetes auth does not accept ESO (missing, pinned to another cluster's CA or token, or its role not bound to ESO's service account): set what is wrong up again in-cluster with a short-lived root token from the unseal key, revoked at once, then restart ESO",
             vec![
                 "bao operator generate-root -init   # then the unseal key, then -decode (or `vault operator …`)".into(),
                 format!(
                     "bao write auth/{}/config kubernetes_host={}",
                     e.vault_auth_mount,
                     crate::site::eso_auth::KUBERNETES_HOST
+                ),
+                format!(
+                    "bao write auth/{}/role/{} bound_service_account_names={} bound_service_account_namespaces={} token_policies={}",
+                    e.vault_auth_mount, e.vault_role, e.service_account, e.namespace, e.vault_role
                 ),
                 "bao token revoke -self".into(),
             ],

@@ -99,6 +99,21 @@ pub fn doctor_fix(lab: &Lab, extra: &[&str]) -> (i32, Value, String) {
     parse(out, "doctor --fix")
 }
 
+/// [`doctor_fix`] with the lab's offline backup and age identity (`--from`, `--key-identity`).
+pub fn doctor_fix_with_backup(lab: &Lab) -> (i32, Value, String) {
+    let (id, _) = lab.age_identity();
+    let backup = lab.backup_path();
+    doctor_fix(
+        lab,
+        &[
+            "--from",
+            backup.to_str().unwrap(),
+            "--key-identity",
+            id.to_str().unwrap(),
+        ],
+    )
+}
+
 pub fn parse(out: Output, what: &str) -> (i32, Value, String) {
     let stderr = text(&out.stderr);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
