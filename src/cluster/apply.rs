@@ -1,12 +1,17 @@
 //! Applying manifests: server-side apply with rebox as the field manager and strict field
 //! validation, so a typo in a manifest is an error from the API server, not a silent drop.
-//! Each object's kind is resolved through API discovery (CRDs applied earlier included).
+//!
+//! Each object's kind is resolved by asking only its own group version (kube's
+//! `pinned_kind`), once per run ([`Cluster::kinds`]); never a full discovery, which kube-client
+//! fails as a whole while any aggregated API is down (k3s's metrics.k8s.io answers 503 until
+//! metrics-server runs: right when a rebuild starts applying). A kind not served yet (a CRD
+//! applied a moment ago, a group whose backend is starting) is "not yet" until a deadline.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kube::api::{DynamicObject, Patch, PatchParams, ValidationDirective};
-use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
+use kube::discovery::{ApiCapabilities, ApiResource, Scope};
 use kube::Api;
 use serde_json::Value;
 
@@ -27,27 +32,8 @@ pub fn describe(obj: &Value) -> String {
 impl Cluster {
     /// Server-side applies every object in order (forcing rebox's ownership of its fields).
     pub async fn apply_all(&self, objects: &[Value]) -> Result<()> {
-        let mut discovery = Discovery::new(self.client.clone())
-            .run()
-            .await
-            .context("API discovery")?;
         for obj in objects {
-            let (resource, caps) = match resolve(&discovery, obj) {
-                Some(found) => found,
-                None => {
-                    // A CRD applied a moment ago: discover again once before giving up.
-                    discovery = Discovery::new(self.client.clone())
-                        .run()
-                        .await
-                        .context("API discovery")?;
-                    resolve(&discovery, obj).with_context(|| {
-                        format!(
-                            "the cluster does not serve {} (is its CRD installed?)",
-                            describe(obj)
-                        )
-                    })?
-                }
-            };
+            let (resource, caps) = self.served_kind(obj).await?;
             self.apply_one(obj, &resource, &caps).await?;
         }
         Ok(())
@@ -56,12 +42,8 @@ impl Cluster {
     /// Whether every object exists (by kind, namespace and name). Kinds the cluster does not
     /// serve yet count as missing.
     pub async fn all_exist(&self, objects: &[Value]) -> Result<bool> {
-        let discovery = Discovery::new(self.client.clone())
-            .run()
-            .await
-            .context("API discovery")?;
         for obj in objects {
-            let Some((resource, caps)) = resolve(&discovery, obj) else {
+            let Some((resource, caps)) = self.kind_of(obj).await? else {
                 return Ok(false);
             };
             let name = obj["metadata"]["name"].as_str().unwrap_or_default();
@@ -76,6 +58,67 @@ impl Cluster {
             }
         }
         Ok(true)
+    }
+
+    /// `obj`'s kind as the cluster serves it, waiting up to [`KIND_DEADLINE`] for a kind that
+    /// is not served yet.
+    async fn served_kind(&self, obj: &Value) -> Result<(ApiResource, ApiCapabilities)> {
+        let deadline = tokio::time::Instant::now() + KIND_DEADLINE;
+        let mut told = false;
+        loop {
+            if let Some(found) = self.kind_of(obj).await? {
+                return Ok(found);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(crate::next::hinted(
+                    format!(
+                        "the cluster does not serve {} after {}s",
+                        describe(obj),
+                        KIND_DEADLINE.as_secs()
+                    ),
+                    "is its CRD installed and Established? `kubectl get crd` on the server; for an aggregated API, `kubectl get apiservice`"
+                ));
+            }
+            if !told {
+                eprintln!(
+                    "    waiting for the cluster to serve {} ({})",
+                    obj["kind"].as_str().unwrap_or("?"),
+                    obj["apiVersion"].as_str().unwrap_or("?")
+                );
+                told = true;
+            }
+            // The API server announces a new CRD's kind only in discovery, which has no watch.
+            tokio::time::sleep(KIND_RETRY).await;
+        }
+    }
+
+    /// `obj`'s kind from this run's cache, else one request to its group version; None while
+    /// the cluster does not serve it (404, the kind not listed, or the group's backend 503).
+    async fn kind_of(&self, obj: &Value) -> Result<Option<(ApiResource, ApiCapabilities)>> {
+        let gvk =
+            gvk_of(obj).with_context(|| format!("{} has no apiVersion or kind", describe(obj)))?;
+        let key = format!("{}/{}/{}", gvk.group, gvk.version, gvk.kind);
+        if let Some(found) = self
+            .kinds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(Some(found.clone()));
+        }
+        match kube::discovery::pinned_kind(&self.client, &gvk).await {
+            Ok(found) => {
+                self.kinds
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, found.clone());
+                Ok(Some(found))
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 503 => Ok(None),
+            Err(kube::Error::Discovery(kube::error::DiscoveryError::MissingKind(_))) => Ok(None),
+            Err(e) => Err(e)
+                .with_context(|| format!("asking the API server how it serves {}", describe(obj))),
+        }
     }
 
     fn dynamic_api(
@@ -151,6 +194,11 @@ impl Cluster {
     }
 }
 
+/// How long a kind may be missing from discovery (a CRD is Established within seconds of
+/// its apply; a chart's CRDs come with its install Job, which rebox has waited for).
+const KIND_DEADLINE: Duration = Duration::from_secs(120);
+const KIND_RETRY: Duration = Duration::from_secs(1);
+
 /// How long a write may be refused because its admission webhook does not serve yet.
 const WEBHOOK_DEADLINE: Duration = Duration::from_secs(600);
 const WEBHOOK_RETRY: Duration = Duration::from_secs(2);
@@ -162,13 +210,12 @@ fn webhook_not_serving(status: &kube::core::Status) -> bool {
     status.code == 500 && status.message.contains("failed calling webhook")
 }
 
-fn resolve(discovery: &Discovery, obj: &Value) -> Option<(ApiResource, ApiCapabilities)> {
+fn gvk_of(obj: &Value) -> Option<kube::api::GroupVersionKind> {
     let api_version = obj["apiVersion"].as_str()?;
     let kind = obj["kind"].as_str()?;
     let (group, version) = match api_version.split_once('/') {
         Some((g, v)) => (g, v),
         None => ("", api_version),
     };
-    let gvk = kube::api::GroupVersionKind::gvk(group, version, kind);
-    discovery.resolve_gvk(&gvk)
+    Some(kube::api::GroupVersionKind::gvk(group, version, kind))
 }

@@ -24,6 +24,17 @@ pub struct Cluster {
     pub client: kube::Client,
     /// The API address as the server sees it, e.g. 127.0.0.1:6443.
     pub api_addr: String,
+    /// Kinds resolved so far, by `group/version/kind` (see [`apply`]): the API server's
+    /// answer for a served kind does not change within a run.
+    kinds: std::sync::Mutex<
+        std::collections::HashMap<
+            String,
+            (
+                kube::discovery::ApiResource,
+                kube::discovery::ApiCapabilities,
+            ),
+        >,
+    >,
     _tunnel: Tunnel,
 }
 
@@ -101,6 +112,7 @@ impl Cluster {
         Ok(Cluster {
             client,
             api_addr,
+            kinds: Default::default(),
             _tunnel: tunnel,
         })
     }

@@ -159,12 +159,7 @@ fn authn_api(
                 decode(body, content_type)?
             };
             log_token_request(&app.store.data_dir(), ns, sa);
-            let auds: Vec<String> = req["spec"]["audiences"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|a| a.as_str().map(String::from))
-                .collect();
+            let auds = audiences(&req["spec"]);
             let issued = satoken::issue(
                 &app.store,
                 ns,
@@ -200,12 +195,7 @@ fn authn_api(
             if token.is_empty() {
                 return Err(ApiError::new(422, "Invalid", "TokenReview.authentication.k8s.io \"\" is invalid: spec.token: Required value: token must not be empty"));
             }
-            let auds: Vec<String> = req["spec"]["audiences"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|a| a.as_str().map(String::from))
-                .collect();
+            let auds = audiences(&req["spec"]);
             let status = match satoken::review(&app.store, token, &auds) {
                 Ok(u) => {
                     json!({"authenticated": true, "user": u.user_info(), "audiences": u.audiences})
@@ -218,6 +208,31 @@ fn authn_api(
         })()),
         _ => None,
     }
+}
+
+/// Whether Deployment `kube-system/metrics-server` is Available: the backend of the
+/// aggregated metrics API ([`discovery::METRICS_GROUP`]).
+fn metrics_server_available(app: &App) -> bool {
+    app.store
+        .lock()
+        .get("apps", "deployments", "kube-system", "metrics-server")
+        .is_some_and(|d| {
+            d["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Available" && c["status"] == "True")
+        })
+}
+
+/// `spec.audiences` of a TokenRequest or TokenReview.
+fn audiences(spec: &Value) -> Vec<String> {
+    spec["audiences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().map(String::from))
+        .collect()
 }
 
 /// `<data dir>/lab/token-requests.log`: one line `<ns>/<sa>` per TokenRequest served (never
@@ -265,6 +280,14 @@ fn route(
         ["api"] => ok(discovery::api_versions(&app.server_addr)),
         ["api", "v1"] => {
             ok(discovery::resource_list(&types, "", "v1").ok_or_else(ApiError::not_found_path)?)
+        }
+        ["apis", discovery::METRICS_GROUP, discovery::METRICS_VERSION, ..]
+            if !metrics_server_available(app) =>
+        {
+            Ok((StatusCode::SERVICE_UNAVAILABLE, "service unavailable\n").into_response())
+        }
+        ["apis", discovery::METRICS_GROUP, discovery::METRICS_VERSION] => {
+            ok(discovery::metrics_resource_list())
         }
         ["apis"] => ok(discovery::api_group_list(&types)),
         ["apis", g] => ok(discovery::api_group(&types, g).ok_or_else(ApiError::not_found_path)?),

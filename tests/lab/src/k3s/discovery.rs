@@ -4,7 +4,8 @@
 //! Contract followed: the legacy (unaggregated) discovery format of kube-apiserver
 //! (`APIVersions`, `APIGroupList`, `APIGroup`, `APIResourceList` with verbs, short names,
 //! categories and `<plural>/status`, `pods/log`, `serviceaccounts/token` subresources; `authentication.k8s.io/v1`
-//! with `tokenreviews`). Clients that ask for
+//! with `tokenreviews`; the aggregated `metrics.k8s.io/v1beta1`, 503 until metrics-server
+//! serves, [`METRICS_GROUP`]). Clients that ask for
 //! aggregated discovery (`as=APIGroupDiscoveryList`) get this format with a plain
 //! `application/json` content type and fall back, as they do against older servers.
 //! Left out: aggregated discovery, `storageVersionHash`.
@@ -47,6 +48,8 @@ fn groups(types: &[ResourceType]) -> Vec<(String, Vec<String>)> {
     }
     // Served by the API server itself, not stored (TokenReview; see api::authn_api).
     out.push((AUTHN_GROUP.to_string(), vec!["v1".to_string()]));
+    // An aggregated API: listed whether its backend serves or not (see METRICS_GROUP).
+    out.push((METRICS_GROUP.to_string(), vec![METRICS_VERSION.to_string()]));
     for (_, vs) in out.iter_mut() {
         vs.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
     }
@@ -111,6 +114,23 @@ const VERBS: &[&str] = &[
 
 /// `authentication.k8s.io`: TokenReview (create only, cluster-scoped).
 pub const AUTHN_GROUP: &str = "authentication.k8s.io";
+
+/// k3s registers `APIService v1beta1.metrics.k8s.io` (k3s
+/// `manifests/metrics-server/metrics-apiservice.yaml`). kube-aggregator lists the group in
+/// `/apis` whether its backend is available or not, and proxies `/apis/metrics.k8s.io/v1beta1…`
+/// to metrics-server, answering 503 `service unavailable` while that is not Available
+/// (kube-aggregator `pkg/apiserver/handler_proxy.go`). The lab runs no metrics-server: the
+/// group answers only once a test makes Deployment `kube-system/metrics-server` Available
+/// (and an `api` fault on its path makes it fail again later).
+pub const METRICS_GROUP: &str = "metrics.k8s.io";
+pub const METRICS_VERSION: &str = "v1beta1";
+
+/// The metrics API's resources, once metrics-server serves.
+pub fn metrics_resource_list() -> Value {
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{METRICS_GROUP}/{METRICS_VERSION}"), "resources": [
+        {"name": "nodes", "singularName": "", "namespaced": false, "kind": "NodeMetrics", "verbs": ["get", "list"]},
+        {"name": "pods", "singularName": "", "namespaced": true, "kind": "PodMetrics", "verbs": ["get", "list"]}]})
+}
 
 pub fn resource_list(types: &[ResourceType], group: &str, version: &str) -> Option<Value> {
     let gv = if group.is_empty() {

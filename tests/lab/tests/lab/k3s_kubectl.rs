@@ -734,3 +734,55 @@ fn k3s_every_namespace_gets_a_default_service_account_and_pods_need_theirs() {
     );
     lab.ok(&["create", "-f", "-"], Some(&pod("default")));
 }
+
+/// k3s's aggregated metrics API: `/apis` lists `metrics.k8s.io` whether metrics-server runs or
+/// not, its version answers 503 until Deployment kube-system/metrics-server is Available, and
+/// kubectl keeps working meanwhile (it warns, as against a real k3s on its first minute).
+#[test]
+fn k3s_aggregated_metrics_api_is_listed_and_unavailable_until_metrics_server_runs() {
+    let lab = Lab::start();
+    let raw = |path: &str| -> serde_json::Value {
+        serde_json::from_str(&lab.ok(&["get", "--raw", path], None)).unwrap()
+    };
+    let groups = raw("/apis");
+    assert!(
+        groups["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["name"] == "metrics.k8s.io"),
+        "{groups}"
+    );
+    let err = lab.fails(&["get", "--raw", "/apis/metrics.k8s.io/v1beta1"], None);
+    assert!(
+        err.contains("the server is currently unable to handle the request")
+            || err.contains("service unavailable"),
+        "{err}"
+    );
+    // Discovery errors on one group do not stop kubectl.
+    lab.ok(&["get", "pods", "-A"], None);
+    lab.ok(
+        &[
+            "create",
+            "deployment",
+            "metrics-server",
+            "-n",
+            "kube-system",
+            "--image=rancher/mirrored-metrics-server:v0.8.0",
+        ],
+        None,
+    );
+    lab.ok(
+        &[
+            "wait",
+            "-n",
+            "kube-system",
+            "--for=condition=Available",
+            "deployment/metrics-server",
+            "--timeout=60s",
+        ],
+        None,
+    );
+    let served = raw("/apis/metrics.k8s.io/v1beta1");
+    assert_eq!(served["groupVersion"], "metrics.k8s.io/v1beta1", "{served}");
+}
