@@ -157,9 +157,26 @@ impl Cluster {
         // nothing announces that, so the write is tried again until the deadline.
         let deadline = tokio::time::Instant::now() + WEBHOOK_DEADLINE;
         let mut told = false;
+        // Refusals that say "not now" (kube-client already retries 429, 503 and 504).
+        let transient_deadline = tokio::time::Instant::now() + TRANSIENT_DEADLINE;
+        let mut backoff = TRANSIENT_FIRST_RETRY;
         loop {
             match api.patch(name, &params, &Patch::Apply(obj)).await {
                 Ok(_) => break,
+                Err(kube::Error::Api(status))
+                    if transient(&status) && tokio::time::Instant::now() < transient_deadline =>
+                {
+                    eprintln!(
+                        "    the API server refused applying {} for now ({} {}: {}); applying it again in {:.1}s",
+                        describe(obj),
+                        status.code,
+                        status.reason,
+                        status.message,
+                        backoff.as_secs_f64()
+                    );
+                    tokio::time::sleep(jittered(backoff)).await;
+                    backoff = (backoff * 2).min(TRANSIENT_MAX_RETRY);
+                }
                 Err(kube::Error::Api(status))
                     if webhook_not_serving(&status) && tokio::time::Instant::now() < deadline =>
                 {
@@ -202,6 +219,30 @@ const KIND_RETRY: Duration = Duration::from_secs(1);
 /// How long a write may be refused because its admission webhook does not serve yet.
 const WEBHOOK_DEADLINE: Duration = Duration::from_secs(600);
 const WEBHOOK_RETRY: Duration = Duration::from_secs(2);
+
+/// How long a write may be refused with a "not now" answer ([`transient`]), and the backoff
+/// between tries (doubling, with jitter so that retries do not march in step).
+const TRANSIENT_DEADLINE: Duration = Duration::from_secs(120);
+const TRANSIENT_FIRST_RETRY: Duration = Duration::from_millis(500);
+const TRANSIENT_MAX_RETRY: Duration = Duration::from_secs(8);
+
+/// A refusal worth applying again: 409 Conflict (the object changed under the write; a
+/// server-side apply carries no resourceVersion, so the next one applies to what is there
+/// now), or a 500/502 that is not a webhook's (an etcd or apiserver hiccup). 429, 503 and 504
+/// are retried by kube-client's own policy before they reach here.
+fn transient(status: &kube::core::Status) -> bool {
+    match status.code {
+        409 => true,
+        500 | 502 => !webhook_not_serving(status),
+        _ => false,
+    }
+}
+
+/// `d` give or take a quarter.
+fn jittered(d: Duration) -> Duration {
+    use rand::Rng;
+    d.mul_f64(rand::thread_rng().gen_range(0.75..1.25))
+}
 
 /// kube-apiserver's answer when it cannot call a webhook (not running, no endpoints, a CA
 /// bundle not injected yet): 500 InternalError "failed calling webhook …"

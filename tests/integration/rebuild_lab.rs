@@ -480,3 +480,40 @@ fn rebuild_killed_before_the_root_token_is_revoked_is_cleaned_up_by_the_rerun() 
     );
     assert_eq!(lab.root_token_record(), serde_json::json!([]));
 }
+
+/// A busy or briefly failing API server does not stop a rebuild (issue 26, item 8): writes
+/// answered 409 or 500 are applied again with backoff, and the run says so (429 and 503
+/// kube-client's own retry policy already takes).
+#[test]
+fn rebuild_retries_writes_the_api_server_refuses_for_a_moment() {
+    let lab = Lab::start(LabOptions::default());
+    lab.trust();
+    let bundle = lab_bundle(lab.dir.path());
+    // lab-k3s reads its fault switches on every request (rebox_lab::k3s::faults).
+    lab.server
+        .run_as_root_ok(r#"mkdir -p /var/lib/rancher/k3s && cat > /var/lib/rancher/k3s/lab-faults.json <<'JSON'
+{"api": [
+  {"method": "PATCH", "path": "/api/v1/namespaces/security", "status": 429, "times": 2},
+  {"method": "PATCH", "path": "/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/longhorn", "status": 500, "times": 2},
+  {"method": "PATCH", "path": "/apis/helm.cattle.io/v1/namespaces/kube-system/helmcharts/vault", "status": 409, "times": 1}
+]}
+JSON"#)
+        .unwrap();
+    let out = rebuild_cmd(&lab, &bundle, &[]).output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the API server refused applying HelmChart kube-system/vault for now (409")
+            && stderr.contains(
+                "the API server refused applying HelmChart kube-system/longhorn for now (500"
+            ),
+        "{stderr}"
+    );
+    // Every rule was met (lab-k3s removes a rule at zero, and the file with its last rule).
+    let left = std::fs::read_to_string(lab.server.path("/var/lib/rancher/k3s/lab-faults.json"))
+        .unwrap_or_default();
+    assert!(
+        !left.contains("\"status\""),
+        "not every refusal was met: {left}"
+    );
+}
