@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::site::eso_auth::Setup;
+use crate::site::eso_auth::{RoleState, Setup};
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
@@ -295,18 +295,17 @@ impl Fixer<'_> {
             eprintln!("    {line}");
         }
         let work = async {
-            let auth = self.site.eso_auth(&token.token).await?;
-            let problems = self.site.eso_setup_problems(&token.token).await?;
+            let found = self.site.eso_setup(&token.token).await?;
+            let problems = found.problems(&self.site.config.eso);
             if !problems.is_empty() {
                 eprintln!("    Vault's setup for ESO: {}", problems.join("; "));
             }
             // The operator confirmed this fix: a pinned or missing config is rewritten
             // in-cluster, a missing or unbound role is written again; a policy that exists
             // is theirs and stays.
-            let role_wrong = problems.iter().any(|p| p.starts_with("role "));
             let setup = Setup::Repair {
-                config: auth.host.is_none() || !auth.pins().is_empty(),
-                role: role_wrong,
+                config: found.config_wrong(),
+                role: found.role != RoleState::BindsEso,
             };
             self.site.ready_vault_for_eso(&token.token, setup).await
         }

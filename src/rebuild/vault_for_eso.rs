@@ -104,7 +104,9 @@ impl Phase<Ctx> for ReadyForEso {
             Ok::<_, anyhow::Error>(())
         }
         .await;
-        crate::failpoint::exit_after("vault-for-eso:set-up");
+        if !steps.planning() {
+            crate::failpoint::exit_after("vault-for-eso:set-up");
+        }
         steps.run(revoke, revoke_token(ctx, token)).await?;
         work
     }
@@ -172,7 +174,11 @@ async fn set_up(ctx: &Ctx, token: Option<&RootToken>, setup: Setup) -> Result<()
 
 async fn read_back_setup(ctx: &Ctx, token: Option<&RootToken>) -> Result<()> {
     let token = token.context("no root token")?;
-    let problems = ctx.site.eso_setup_problems(&token.token).await?;
+    let problems = ctx
+        .site
+        .eso_setup(&token.token)
+        .await?
+        .problems(&ctx.site.config.eso);
     if !problems.is_empty() {
         anyhow::bail!(crate::next::hinted(
             format!(

@@ -281,41 +281,76 @@ impl Site {
         Ok(done)
     }
 
-    /// Reads back what ESO's login depends on, with `token`: the auth config in-cluster and
-    /// the role bound to ESO's service account and namespace. The words of what is wrong.
-    pub async fn eso_setup_problems(&self, token: &SecretText) -> Result<Vec<String>> {
+    /// Reads back what ESO's login depends on, with `token`: the auth config and whether the
+    /// role binds ESO's service account in its namespace.
+    pub async fn eso_setup(&self, token: &SecretText) -> Result<EsoSetup> {
         let eso = &self.config.eso;
-        let mut problems = Vec::new();
         let auth = self.eso_auth(token).await?;
-        if auth.host.is_none() {
-            problems.push(format!("auth/{} has no config", eso.vault_auth_mount));
-        }
-        problems.extend(auth.pins());
         let mount = eso.vault_auth_mount.trim_matches('/');
-        match self
+        let role = match self
             .vault()
             .await?
             .read(token, &format!("auth/{mount}/role/{}", eso.vault_role))
             .await?
         {
-            None => problems.push(format!("role {} is missing", eso.vault_role)),
+            None => RoleState::Missing,
             Some(role) => {
                 let has = |field: &str, want: &str| {
                     role[field]
                         .as_array()
                         .is_some_and(|a| a.iter().any(|v| v == want || v == "*"))
                 };
-                if !has("bound_service_account_names", &eso.service_account)
-                    || !has("bound_service_account_namespaces", &eso.namespace)
+                if has("bound_service_account_names", &eso.service_account)
+                    && has("bound_service_account_namespaces", &eso.namespace)
                 {
-                    problems.push(format!(
-                        "role {} is not bound to service account {}/{}",
-                        eso.vault_role, eso.namespace, eso.service_account
-                    ));
+                    RoleState::BindsEso
+                } else {
+                    RoleState::Unbound
                 }
             }
+        };
+        Ok(EsoSetup { auth, role })
+    }
+}
+
+/// ESO's role as Vault holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleState {
+    Missing,
+    /// It exists but does not bind ESO's service account in ESO's namespace.
+    Unbound,
+    BindsEso,
+}
+
+/// What ESO's login depends on, as read back from Vault ([`Site::eso_setup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EsoSetup {
+    pub auth: EsoAuth,
+    pub role: RoleState,
+}
+
+impl EsoSetup {
+    /// The auth config is missing or ties Vault to one cluster.
+    pub fn config_wrong(&self) -> bool {
+        self.auth.host.is_none() || !self.auth.pins().is_empty()
+    }
+
+    /// What is wrong, one line each, in `eso`'s names; empty when ESO can log in.
+    pub fn problems(&self, eso: &crate::config::Eso) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.auth.host.is_none() {
+            out.push(format!("auth/{} has no config", eso.vault_auth_mount));
         }
-        Ok(problems)
+        out.extend(self.auth.pins());
+        match self.role {
+            RoleState::Missing => out.push(format!("role {} is missing", eso.vault_role)),
+            RoleState::Unbound => out.push(format!(
+                "role {} is not bound to service account {}/{}",
+                eso.vault_role, eso.namespace, eso.service_account
+            )),
+            RoleState::BindsEso => {}
+        }
+        out
     }
 }
 

@@ -174,14 +174,7 @@ impl VaultClient {
     /// `GET /v1/<path>`'s `data`, or None on 404.
     pub async fn read(&self, token: &SecretText, path: &str) -> Result<Option<Value>, VaultError> {
         let url = format!("/v1/{}", path.trim_matches('/'));
-        let ans = self
-            .send_as(Some(token), Op::Admin, Method::GET, &url, None)
-            .await?;
-        match ans.status {
-            200 => Ok(Some(self.parse::<Data<Value>>(&ans.body)?.data)),
-            404 => Ok(None),
-            _ => Err(self.refusal(Op::Admin, ans, &[token.expose()])),
-        }
+        self.admin_opt(token, Method::GET, &url, None, &[404]).await
     }
 
     /// `POST /v1/<path>` with `body` (config, policy, role): 200 or 204.
@@ -233,21 +226,15 @@ impl VaultClient {
         accessor: &str,
     ) -> Result<Option<TokenInfo>, VaultError> {
         let body = wire::json(&serde_json::json!({ "accessor": accessor }));
-        let ans = self
-            .send_as(
-                Some(token),
-                Op::Admin,
-                Method::POST,
-                "/v1/auth/token/lookup-accessor",
-                Some(body),
-            )
-            .await?;
-        match ans.status {
-            200 => Ok(Some(self.parse::<Data<TokenInfo>>(&ans.body)?.data)),
-            // Vault answers 400 "invalid accessor" for one it does not know (OpenBao too).
-            400 | 404 => Ok(None),
-            _ => Err(self.refusal(Op::Admin, ans, &[token.expose()])),
-        }
+        // Vault answers 400 "invalid accessor" for one it does not know (OpenBao too).
+        self.admin_opt(
+            token,
+            Method::POST,
+            "/v1/auth/token/lookup-accessor",
+            Some(body),
+            &[400, 404],
+        )
+        .await
     }
 
     /// Every token accessor Vault holds (`LIST /v1/auth/token/accessors`; needs sudo).
@@ -312,6 +299,25 @@ impl VaultClient {
             return Err(self.refusal(Op::Admin, ans, &[token.expose()]));
         }
         self.parse(&ans.body)
+    }
+
+    /// [`Self::admin`] where the statuses in `absent` mean "no such thing": `data` or None.
+    async fn admin_opt<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &SecretText,
+        method: Method,
+        path: &str,
+        body: Option<bytes::Bytes>,
+        absent: &[u16],
+    ) -> Result<Option<T>, VaultError> {
+        let ans = self
+            .send_as(Some(token), Op::Admin, method, path, body)
+            .await?;
+        match ans.status {
+            200 => Ok(Some(self.parse::<Data<T>>(&ans.body)?.data)),
+            s if absent.contains(&s) => Ok(None),
+            _ => Err(self.refusal(Op::Admin, ans, &[token.expose()])),
+        }
     }
 
     async fn admin_write(

@@ -238,13 +238,7 @@ impl RotLab {
 
     /// The unseal shares of a backup file, read with the stock age CLI.
     fn backup_shares(&self, file: &Path) -> Vec<String> {
-        let doc: toml::Value = toml::from_str(&self.age_decrypt(file)).unwrap();
-        doc["unseal"]["shares"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["key"].as_str().unwrap().to_string())
-            .collect()
+        common::backup_shares_of(&self.lab.decrypted_backup(file))
     }
 
     /// The rotation journal, decrypted with the stock age CLI.

@@ -442,6 +442,16 @@ impl VaultLogin {
         }
     }
 
+    /// [`Self::read`] where a missing secret is an error too, both in ESO's words after
+    /// `what` (`<what>, err: Secret does not exist`).
+    async fn read_existing(&self, token: &str, key: &str, what: &str) -> Result<Value, String> {
+        match self.read(token, key).await {
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => Err(format!("{what}, err: Secret does not exist")),
+            Err(e) => Err(format!("{what}, err: {e}")),
+        }
+    }
+
     async fn revoke(&self, token: &str) {
         let _ = bao::call(
             self.addr,
@@ -680,14 +690,12 @@ async fn read_values(
     {
         let key = d["remoteRef"]["key"].as_str().unwrap_or_default();
         let secret = login
-            .read(token, key)
-            .await
-            .map_err(|e| format!("error retrieving secret at .data[{i}], key: {key}, err: {e}"))?
-            .ok_or_else(|| {
-                format!(
-                    "error retrieving secret at .data[{i}], key: {key}, err: Secret does not exist"
-                )
-            })?;
+            .read_existing(
+                token,
+                key,
+                &format!("error retrieving secret at .data[{i}], key: {key}"),
+            )
+            .await?;
         let value = match d["remoteRef"]["property"].as_str() {
             Some(p) => secret[p]
                 .as_str()
@@ -708,12 +716,12 @@ async fn read_values(
     {
         let key = d["extract"]["key"].as_str().unwrap_or_default();
         let secret = login
-            .read(token, key)
-            .await
-            .map_err(|e| format!("error processing spec.dataFrom[{i}].extract, err: {e}"))?
-            .ok_or_else(|| {
-                format!("error processing spec.dataFrom[{i}].extract, err: Secret does not exist")
-            })?;
+            .read_existing(
+                token,
+                key,
+                &format!("error processing spec.dataFrom[{i}].extract"),
+            )
+            .await?;
         for (k, v) in secret.as_object().into_iter().flatten() {
             data.insert(
                 k.clone(),
@@ -730,11 +738,10 @@ async fn read_values(
 fn sync_external_secret(
     store: &Store,
     es: &Value,
-    values: Result<BTreeMap<String, String>, String>,
+    result: Result<BTreeMap<String, String>, String>,
 ) {
     let ns = es["metadata"]["namespace"].as_str().unwrap_or_default();
     let name = es["metadata"]["name"].as_str().unwrap_or_default();
-    let result = values;
     let target = es["spec"]["target"]["name"]
         .as_str()
         .unwrap_or(name)
