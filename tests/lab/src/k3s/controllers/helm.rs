@@ -337,10 +337,10 @@ pub fn chart_objects(
                 super::longhorn::longhorn_crds(),
                 vec![
                     cm,
-                    // templates/serviceaccount.yaml: the manager and the driver deployer run as
-                    // longhorn-service-account, the UI as longhorn-ui-service-account.
+                    // templates/serviceaccount.yaml makes longhorn-service-account, which the
+                    // manager and the driver deployer run as; deployment-ui.yaml names none
+                    // (outside OpenShift), so the UI runs as the namespace's `default`.
                     service_account(ns, "longhorn-service-account"),
-                    service_account(ns, "longhorn-ui-service-account"),
                     run_as(
                         daemonset(
                             ns,
@@ -362,14 +362,11 @@ pub fn chart_objects(
                         ),
                         "longhorn-service-account",
                     ),
-                    run_as(
-                        deployment(
-                            ns,
-                            "longhorn-ui",
-                            ui.clone(),
-                            container("longhorn-ui", "longhornio/longhorn-ui:v1.11.3"),
-                        ),
-                        "longhorn-ui-service-account",
+                    deployment(
+                        ns,
+                        "longhorn-ui",
+                        ui.clone(),
+                        container("longhorn-ui", "longhornio/longhorn-ui:v1.11.3"),
                     ),
                     service(ns, "longhorn-frontend", ui, 80),
                     sc,
@@ -447,8 +444,9 @@ pub fn chart_objects(
                     ),
                 );
                 d["metadata"]["labels"] = labels(name, release, component);
-                // Each component runs as its own ServiceAccount of the same name
-                // (external-secrets chart's templates/*serviceaccount.yaml).
+                // Each component runs as its own ServiceAccount of the same name (the
+                // chart's templates/serviceaccount.yaml, webhook-serviceaccount.yaml,
+                // cert-controller-serviceaccount.yaml, named from its fullname helpers).
                 objs.push(service_account(ns, name));
                 objs.push(run_as(d, name));
             }
